@@ -1,0 +1,1 @@
+"""Connectors to external systems, one package per system: streamfn.connectors.<system>."""

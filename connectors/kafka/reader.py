@@ -1,0 +1,160 @@
+"""KafkaReader: the engine's SourceReader over one aiokafka consumer in the function's consumer group.
+
+Offsets are committed only by the engine's checkpoint (auto-commit off). When the group has no committed offset
+for a partition, the starting position is resolved once and committed at once, so it applies exactly once per
+group (as Lambda's does) and a partition moving before its first record cannot skip what arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from streamfn.connectors.kafka.event import lambda_event as build_lambda_event
+
+from streamfn.record import Partition, SourceRecord
+from streamfn.source import AssignmentListener
+
+if TYPE_CHECKING:
+    from streamfn.connectors.kafka.source import KafkaSource
+
+log = logging.getLogger("streamfn.kafka")
+
+PROBE_TIMEOUT_SECONDS = 5.0
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka awaits these before it rejoins, so work is settled before partitions move."""
+
+    def __init__(self, reader: KafkaReader, listener: AssignmentListener) -> None:
+        self._reader = reader
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._reader.accepted -= revoked
+        if revoked:
+            await self._listener.revoked({Partition(*tp) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            await self._reader.settle_start_positions(assigned)
+            await self._listener.assigned({Partition(*tp) for tp in assigned})
+            self._reader.accepted |= assigned
+
+
+class KafkaReader:
+    def __init__(self, source: KafkaSource, *, servers: str, group_id: str) -> None:
+        self.source = source
+        self.servers = servers
+        self.group_id = group_id
+        self.accepted: set[TopicPartition] = set()
+        """Partitions the engine has a worker for; only their records are delivered."""
+        self.description = f"topics {', '.join(source.topics)} on {servers}"
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=source.session_timeout_ms,
+            heartbeat_interval_ms=max(source.session_timeout_ms // 6, 500),
+            fetch_max_bytes=MAX_FETCH_BYTES,
+            client_id=f"streamfn-{group_id}",
+        )
+
+    async def start(self, listener: AssignmentListener) -> None:
+        self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
+        await self._consumer.start()
+
+    async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
+        # TopicPartition and Partition are equal tuples, so the mapping serves both without conversion.
+        fetched: dict[Any, Sequence[SourceRecord]] = await self._consumer.getmany(timeout_ms=int(timeout * 1000))
+        if fetched.keys() - self.accepted:
+            # aiokafka may fetch for a partition while its assignment callback is still running: give the
+            # records back (rewind) so they are fetched again once the engine has a worker for it.
+            assignment = self._consumer.assignment()
+            for tp in fetched.keys() - self.accepted:
+                records = fetched.pop(tp)
+                if tp in assignment:
+                    self._consumer.seek(tp, records[0].offset)
+        return fetched
+
+    def end_offset(self, partition: Partition) -> int | None:
+        """The log end offset as of the last fetch (the fetch high watermark), if known."""
+        end: int | None = self._consumer.highwater(TopicPartition(*partition))
+        return end
+
+    def pause(self, partition: Partition) -> None:
+        self._consumer.pause(TopicPartition(*partition))
+
+    def resume(self, partition: Partition) -> None:
+        self._consumer.resume(TopicPartition(*partition))
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        await self._consumer.commit({TopicPartition(*p): o for p, o in offsets.items()})
+
+    async def committed(self, partition: Partition) -> int | None:
+        offset: int | None = await self._consumer.committed(TopicPartition(*partition))
+        return offset
+
+    def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
+        return build_lambda_event(self.servers, partition, records)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def settle_start_positions(self, assigned: set[TopicPartition]) -> None:
+        """Seek and commit the starting position of each partition the group has no offset for."""
+        fresh = [tp for tp in assigned if await self._consumer.committed(tp) is None]
+        if not fresh:
+            return
+        starts = await self._start_offsets(fresh)
+        for tp, offset in starts.items():
+            self._consumer.seek(tp, offset)
+        await self._consumer.commit(starts)
+        log.info(
+            "group %s: no committed offsets; starting at %s (%s)",
+            self.group_id,
+            ", ".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(starts.items())),
+            self.source.starting_position,
+        )
+
+    async def _start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        position = self.source.starting_position
+        if position == "TRIM_HORIZON":
+            beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
+            return beginnings
+        ends = await self._log_ends(partitions)
+        if position == "LATEST":
+            return ends
+        assert self.source.starting_position_timestamp is not None
+        wanted = int(self.source.starting_position_timestamp * 1000)
+        found = await self._consumer.offsets_for_times({tp: wanted for tp in partitions})
+        # No record at or after the timestamp means "the end". Tansu answers that with timestamp -1.
+        return {tp: ends[tp] if hit is None or hit.timestamp < 0 else hit.offset for tp, hit in found.items()}
+
+    async def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The true log end offsets.
+
+        ListOffsets(latest) is not enough: some Kafka-compatible brokers (Tansu) answer the base offset of the
+        last record batch + 1. The fetch high watermark is right, so fetch the last record once and read it.
+        """
+        answered: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        nonempty = [tp for tp in partitions if answered[tp] > 0]
+        if not nonempty:
+            return answered
+        probe = AIOKafkaConsumer(bootstrap_servers=self.servers, enable_auto_commit=False, group_id=None)
+        await probe.start()
+        try:
+            probe.assign(nonempty)
+            for tp in nonempty:
+                probe.seek(tp, answered[tp] - 1)
+            deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS
+            while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in nonempty):
+                await probe.getmany(*nonempty, timeout_ms=200)
+            return {tp: max(answered[tp], probe.highwater(tp) or 0) for tp in partitions}
+        finally:
+            await probe.stop()

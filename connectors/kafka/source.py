@@ -1,0 +1,64 @@
+"""KafkaSource: where a function reads from, with the AWS names of a self-managed Kafka event source mapping."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from streamfn.connectors.kafka.reader import KafkaReader
+
+from streamfn.config import StrictModel
+from streamfn.formats import ValueFormat
+
+SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
+
+
+class KafkaSource(StrictModel):
+    topics: list[str] = Field(min_length=1, validation_alias=AliasChoices("topics", "Topics"))
+    consumer_group_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[ a-zA-Z0-9\-/*:_+=.@]*$",
+        validation_alias=AliasChoices("consumer_group_id", "ConsumerGroupId"),
+    )
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        "TRIM_HORIZON", validation_alias=AliasChoices("starting_position", "StartingPosition")
+    )
+    starting_position_timestamp: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("starting_position_timestamp", "StartingPositionTimestamp")
+    )
+    value_format: ValueFormat = "json"
+    bootstrap_servers: str | list[str] | None = None
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    """How long the group waits for a silent (crashed) worker before moving its partitions."""
+
+    @model_validator(mode="after")
+    def _timestamp_with_at_timestamp(self) -> KafkaSource:
+        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
+            raise ValueError(
+                "starting_position_timestamp (Unix seconds) is required with starting_position='AT_TIMESTAMP' "
+                "and allowed only with it"
+            )
+        if self.starting_position_timestamp is not None and self.starting_position_timestamp > 1e11:
+            # Lambda takes Unix seconds; a millisecond value would start thousands of years ahead.
+            raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
+        return self
+
+    def group_id(self, app_name: str, function_name: str) -> str:
+        return self.consumer_group_id or f"{app_name}-{function_name}"
+
+    def servers(self, default_servers: str | None) -> str | None:
+        """KafkaSource(bootstrap_servers=), else the run's --bootstrap-servers, else the environment."""
+        if self.bootstrap_servers:
+            return (
+                ",".join(self.bootstrap_servers) if isinstance(self.bootstrap_servers, list) else self.bootstrap_servers
+            )
+        return default_servers or os.environ.get(SERVERS_ENV) or None
+
+    def reader(self, *, group_id: str, default_servers: str | None) -> KafkaReader:
+        servers = self.servers(default_servers)
+        if servers is None:
+            raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
+        return KafkaReader(self, servers=servers, group_id=group_id)

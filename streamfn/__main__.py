@@ -1,0 +1,3 @@
+from streamfn.cli import main
+
+main()

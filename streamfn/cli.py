@@ -1,0 +1,168 @@
+"""The `streamfn` command: run, validate and produce.
+
+Every configuration problem ends the same way: one line on stderr naming the function, field, value and what is
+allowed, and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamfn.app import App
+from streamfn.connectors.kafka.produce import produce_lines
+from streamfn.connectors.kafka.source import SERVERS_ENV
+from streamfn.embedded import EmbeddedBroker
+from streamfn.errors import ConfigError
+from streamfn.loader import load_app
+from streamfn.worker import FunctionSummary, Worker
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
+out = Console()
+
+CONFIG_ERROR_EXIT = 2
+
+Servers = Annotated[
+    str | None,
+    typer.Option("--bootstrap-servers", envvar=SERVERS_ENV, help="Kafka brokers for sources that name none."),
+]
+
+
+def _fail(error: ConfigError) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise typer.Exit(CONFIG_ERROR_EXIT)
+
+
+def _load(pipeline: Path) -> App:
+    try:
+        return load_app(pipeline)
+    except ConfigError as error:
+        _fail(error)
+
+
+def _needs_embedded(app: App, servers: str | None) -> bool:
+    return servers is None and any(getattr(f.source, "bootstrap_servers", None) is None for f in app.functions.values())
+
+
+@cli.command()
+def validate(pipeline: Path) -> None:
+    """Check a pipeline file without running it."""
+    app = _load(pipeline)
+    for function in app.functions.values():
+        out.print(f"function {function.name}: ok ({function.style.value} handler, group {function.group_id})")
+
+
+@cli.command()
+def run(
+    pipeline: Path,
+    bootstrap_servers: Servers = None,
+    seed: Annotated[
+        list[str] | None,
+        typer.Option(help="TOPIC=FILE: produce FILE's lines to TOPIC before the functions start (repeatable)."),
+    ] = None,
+    key_field: Annotated[str | None, typer.Option(help="With --seed: the JSON field that keys each record.")] = None,
+    until_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop once every record is handled and committed and nothing arrived for SECONDS."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = _load(pipeline)
+    seeds = [_seed(spec) for spec in seed or []]
+    with ExitStack() as stack:
+        if _needs_embedded(app, bootstrap_servers):
+            try:
+                broker = stack.enter_context(EmbeddedBroker())
+            except ConfigError as error:
+                _fail(error)
+            bootstrap_servers = broker.address
+            out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
+        summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle))
+    _print_summary(summaries)
+
+
+async def _run(
+    app: App,
+    servers: str | None,
+    seeds: list[tuple[str, Path]],
+    key_field: str | None,
+    until_idle: float | None,
+) -> list[FunctionSummary]:
+    for topic, file in seeds:
+        assert servers is not None
+        with file.open("rb") as lines:
+            count = await produce_lines(servers, topic, lines, key_field=key_field, source=str(file))
+        out.print(f"streamfn: seeded {count} records from {file} into topic {topic}")
+    return await Worker(app, servers).run(until_idle=until_idle)
+
+
+def _seed(spec: str) -> tuple[str, Path]:
+    topic, _, file = spec.partition("=")
+    if not topic or not file:
+        _fail(ConfigError(f"--seed {spec!r} is invalid: expected TOPIC=FILE"))
+    if not Path(file).is_file():
+        _fail(ConfigError(f"--seed {spec!r}: file {file!r} does not exist"))
+    return topic, Path(file)
+
+
+def _print_summary(summaries: list[FunctionSummary]) -> None:
+    table = Table(title="streamfn run summary")
+    for column in (
+        "function",
+        "group",
+        "polled",
+        "invocations",
+        "failed invocations",
+        "handled",
+        "committed",
+    ):
+        table.add_column(column, justify="left" if column in ("function", "group") else "right")
+    table.add_column("committed offsets")
+    for s in summaries:
+        offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
+        table.add_row(
+            s.name,
+            s.group_id,
+            str(s.stats.polled),
+            str(s.stats.batches + s.stats.failed_invocations),
+            str(s.stats.failed_invocations),
+            str(s.stats.handled),
+            str(s.committed_records),
+            offsets,
+        )
+    out.print(table)
+
+
+@cli.command()
+def produce(
+    topic: str,
+    file: Annotated[Path | None, typer.Argument(help="JSON or text lines; standard input if omitted.")] = None,
+    bootstrap_servers: Servers = None,
+    key_field: Annotated[str | None, typer.Option(help="The JSON field that keys each record.")] = None,
+) -> None:
+    """Produce each line of FILE (or standard input) as one record to TOPIC."""
+    if bootstrap_servers is None:
+        _fail(ConfigError(f"produce needs --bootstrap-servers or {SERVERS_ENV}"))
+    try:
+        with ExitStack() as stack:
+            lines = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
+            count = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field, source=str(file)))
+    except ConfigError as error:
+        _fail(error)
+    except FileNotFoundError:
+        _fail(ConfigError(f"file {str(file)!r} does not exist"))
+    out.print(f"produced {count} records to {topic}")
+
+
+def main() -> None:
+    cli()

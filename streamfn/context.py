@@ -1,0 +1,34 @@
+"""The `context` object of a Lambda-style handler: the attributes and methods Lambda's Python runtime offers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+LOCAL_ACCOUNT = "000000000000"
+LOCAL_REGION = "local"
+
+
+def function_arn(function_name: str) -> str:
+    """The ARN streamfn reports for a function: Lambda's layout, with a local region and account."""
+    return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{function_name}"
+
+
+class LambdaContext:
+    """One per invocation, like Lambda's: a fresh request id and a deadline from the function's timeout."""
+
+    function_version = "$LATEST"
+    memory_limit_in_mb = 128
+
+    def __init__(self, function_name: str, timeout: float, logger: logging.Logger) -> None:
+        self.function_name = function_name
+        self.invoked_function_arn = function_arn(function_name)
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = f"streamfn/{function_name}"
+        self.logger = logger
+        self._deadline = time.monotonic() + timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))

@@ -1,0 +1,126 @@
+"""The poller of one function: fetches from its source and feeds the workers of the partitions it owns.
+
+One poller per function, all in one event loop. The fetch loop never waits on a handler, so the consumer keeps
+polling (and heartbeating) while handlers are slow; backpressure is per partition, through pause and resume.
+Assignment changes come from the source's group protocol: a revoked partition's worker finishes (or abandons)
+its in-flight batch and its checkpoint is committed before the partition is given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from streamfn.app import Function
+from streamfn.checkpoint import Checkpoint
+from streamfn.handler import Invoker
+from streamfn.partition import PartitionWorker
+from streamfn.record import Partition
+from streamfn.source import SourceReader
+from streamfn.stats import FunctionStats
+
+log = logging.getLogger("streamfn.poller")
+
+FETCH_TIMEOUT_SECONDS = 0.2
+FETCH_ERROR_BACKOFF_SECONDS = 1.0
+
+
+class Poller:
+    def __init__(self, function: Function, reader: SourceReader) -> None:
+        self.function = function
+        self.reader = reader
+        self.stats = FunctionStats()
+        self.checkpoint = Checkpoint(reader, function.name)
+        self.workers: dict[Partition, PartitionWorker] = {}
+        self.last_fetch = time.monotonic()
+        self.ever_assigned = False
+        self._invoker = Invoker(function.name, function.handler, function.config.timeout)
+        self._stopping = asyncio.Event()
+
+    @property
+    def grace(self) -> float:
+        """How long an in-flight invocation may run on after a revoke or a shutdown: its timeout."""
+        return self.function.config.timeout
+
+    async def run(self) -> None:
+        """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
+        await self.reader.start(self)
+        log.info(
+            "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
+            self.function.name,
+            self.reader.description,
+            self.function.group_id,
+            self.function.config.batch_size,
+            self.function.config.maximum_batching_window_in_seconds,
+        )
+        committer = asyncio.create_task(self.checkpoint.run(), name=f"streamfn:{self.function.name}:commit")
+        try:
+            await self._fetch_until_stopped()
+        finally:
+            await self._release(set(self.workers))
+            committer.cancel()
+            await self.reader.stop()
+            self._invoker.close()
+            log.info("function %s: poller stopped", self.function.name)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def caught_up(self) -> bool:
+        """Every record up to each owned partition's end is handled and committed; nothing is in flight."""
+        committed = self.checkpoint.offsets()
+        return (
+            all(
+                worker.idle and (end := self.reader.end_offset(p)) is not None and committed.get(p, -1) >= end
+                for p, worker in self.workers.items()
+            )
+            and self.checkpoint.is_settled()
+        )
+
+    async def _fetch_until_stopped(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                fetched = await self.reader.fetch(FETCH_TIMEOUT_SECONDS)
+            except Exception as error:  # the client reconnects by itself; keep polling
+                log.warning("function %s: fetch failed: %r", self.function.name, error)
+                await asyncio.sleep(FETCH_ERROR_BACKOFF_SECONDS)
+                continue
+            if not fetched:
+                continue
+            self.last_fetch = time.monotonic()
+            for partition, records in fetched.items():
+                worker = self.workers.get(partition)
+                if worker is not None:
+                    self.stats.polled += len(records)
+                    worker.buffer.feed(records)
+
+    async def assigned(self, partitions: set[Partition]) -> None:
+        self.ever_assigned = True
+        self.last_fetch = time.monotonic()
+        for partition in partitions:
+            self.checkpoint.track(partition, await self.reader.committed(partition))
+            self.workers[partition] = PartitionWorker(
+                self.function,
+                partition,
+                reader=self.reader,
+                invoker=self._invoker,
+                checkpoint=self.checkpoint,
+                stats=self.stats,
+            )
+        log.info("function %s: partitions assigned: %s", self.function.name, _names(partitions))
+
+    async def revoked(self, partitions: set[Partition]) -> None:
+        await self._release(partitions)
+        log.info("function %s: partitions revoked: %s", self.function.name, _names(partitions))
+
+    async def _release(self, partitions: set[Partition]) -> None:
+        """Stop the partitions' workers, commit what they completed, and stop tracking them."""
+        workers = [self.workers.pop(p) for p in partitions if p in self.workers]
+        await asyncio.gather(*(w.stop(self.grace) for w in workers))
+        await self.checkpoint.flush(partitions)
+        self.checkpoint.forget(partitions)
+
+
+def _names(partitions: set[Partition]) -> str:
+    return ", ".join(str(p) for p in sorted(partitions)) or "none"

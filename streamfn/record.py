@@ -1,0 +1,62 @@
+"""What flows through the engine: partitions, the raw records sources deliver, and the records native handlers get.
+
+Sources deliver records in the shape of aiokafka's ConsumerRecord (the `SourceRecord` protocol), so the Kafka
+connector hands them over without copying, and other sources (Kinesis, DynamoDB Streams) adapt theirs to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+
+class Partition(NamedTuple):
+    """A Kafka topic-partition or a stream's shard: the unit of ordering, batching and checkpointing."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        # Lambda's key in event["records"] and in partial batch responses: "<topic>-<partition>".
+        return f"{self.topic}-{self.partition}"
+
+
+class SourceRecord(Protocol):
+    """The record shape the engine reads (aiokafka's ConsumerRecord satisfies it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def timestamp_type(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def serialized_key_size(self) -> int: ...
+    @property
+    def serialized_value_size(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Record:
+    """A record as a native handler receives it: the value decoded per the source's `value_format`."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Epoch milliseconds."""
+    key: bytes | None
+    value: Any
+    headers: Sequence[tuple[str, bytes]]
+    timestamp_type: str = "CREATE_TIME"

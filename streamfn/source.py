@@ -1,0 +1,62 @@
+"""The interface between the engine and a source system.
+
+The engine (poller, batches, checkpoints) never imports a client library: a source connector implements these
+protocols and the engine drives them. Kafka is the first implementation (streamfn.connectors.kafka).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from streamfn.record import Partition, SourceRecord
+
+
+class AssignmentListener(Protocol):
+    """Told by a reader when partitions move, before the reader fetches for the new assignment."""
+
+    async def assigned(self, partitions: set[Partition]) -> None: ...
+
+    async def revoked(self, partitions: set[Partition]) -> None:
+        """Must return only once nothing more will be committed for `partitions` by this process."""
+
+
+class SourceReader(Protocol):
+    """A running connection to a source for one function (for Kafka: one consumer in the function's group)."""
+
+    description: str
+
+    async def start(self, listener: AssignmentListener) -> None: ...
+
+    async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
+        """Records that arrived, by partition, in offset order; empty after `timeout` seconds without any."""
+
+    def pause(self, partition: Partition) -> None:
+        """Stop fetching `partition` (backpressure): nothing past what was delivered is fetched until resume."""
+
+    def resume(self, partition: Partition) -> None: ...
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Store, per partition, the offset of the next record to process (Kafka's convention)."""
+
+    async def committed(self, partition: Partition) -> int | None: ...
+
+    def end_offset(self, partition: Partition) -> int | None:
+        """The partition's end (the offset the next new record will get) as last seen, or None if unknown."""
+
+    def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
+        """The event a Lambda-style handler receives for this batch, in the source's documented Lambda shape."""
+
+    async def stop(self) -> None:
+        """Leave the group and close; called after the final commit."""
+
+
+class Source(Protocol):
+    """A source's configuration, as the user declares it in `@app.function(source=...)`."""
+
+    value_format: str
+
+    def reader(self, *, group_id: str, default_servers: str | None) -> SourceReader: ...
+
+    def group_id(self, app_name: str, function_name: str) -> str:
+        """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""

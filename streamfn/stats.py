@@ -1,0 +1,19 @@
+"""Per-function counters, named after Lambda's event source mapping metrics, for the run summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class FunctionStats:
+    polled: int = 0
+    """PolledEventCount: records fetched from the source."""
+    invoked: int = 0
+    """InvokedEventCount: records passed to the handler (retries count again, as in Lambda)."""
+    handled: int = 0
+    """Records whose batch the handler completed successfully."""
+    batches: int = 0
+    """Successful invocations."""
+    failed_invocations: int = 0
+    """Invocations that raised or timed out."""

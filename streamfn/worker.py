@@ -1,0 +1,98 @@
+"""A worker process: runs every function of an app concurrently, one poller each, until told to stop.
+
+Several workers of the same app share partitions through each function's consumer group, which is how streamfn
+scales out. SIGTERM or SIGINT stops polling, lets in-flight batches finish (bounded by each function's timeout),
+commits and leaves the groups; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from streamfn.app import App
+from streamfn.poller import Poller
+from streamfn.record import Partition
+from streamfn.stats import FunctionStats
+
+log = logging.getLogger("streamfn.worker")
+
+IDLE_CHECK_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class FunctionSummary:
+    name: str
+    group_id: str
+    stats: FunctionStats
+    committed_records: int
+    offsets: dict[Partition, int]
+
+
+class Worker:
+    def __init__(self, app: App, default_servers: str | None) -> None:
+        self.app = app
+        self.pollers = [
+            Poller(f, f.source.reader(group_id=f.group_id, default_servers=default_servers))
+            for f in app.functions.values()
+        ]
+        self._offsets: dict[str, dict[Partition, int]] = {}
+        self._signals = 0
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            self._offsets[poller.function.name] = poller.checkpoint.offsets()
+            poller.stop()
+
+    async def run(self, *, until_idle: float | None = None, handle_signals: bool = True) -> list[FunctionSummary]:
+        """Run until stopped (by a signal, `stop()`, or `until_idle` seconds with everything caught up)."""
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+        tasks = [asyncio.create_task(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
+        watcher = asyncio.create_task(self._stop_when_idle(until_idle)) if until_idle is not None else None
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(t.exception() for t in done):
+                self.stop()
+                await asyncio.wait(tasks)
+            for task in tasks:
+                task.result()  # a poller that failed fails the worker, after the others stopped cleanly
+        finally:
+            if watcher:
+                watcher.cancel()
+        return self.summary()
+
+    def summary(self) -> list[FunctionSummary]:
+        return [
+            FunctionSummary(
+                p.function.name,
+                p.function.group_id,
+                p.stats,
+                p.checkpoint.committed_records,
+                self._offsets.get(p.function.name) or p.checkpoint.offsets(),
+            )
+            for p in self.pollers
+        ]
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: exiting now without waiting for in-flight batches", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s: finishing in-flight batches, committing, leaving the groups", signal.Signals(signum).name)
+        self.stop()
+
+    async def _stop_when_idle(self, idle_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_SECONDS)
+            now = time.monotonic()
+            if all(p.ever_assigned and p.caught_up() and now - p.last_fetch >= idle_seconds for p in self.pollers):
+                log.info("caught up and idle for %g s: stopping", idle_seconds)
+                self.stop()
+                return
