@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
+
+RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
 class ConfigError(Exception):
@@ -25,19 +27,29 @@ class ConfigError(Exception):
 
     @classmethod
     def from_validation(
-        cls, error: ValidationError, *, owner: str, known_fields: Iterable[str], function: str | None = None
+        cls,
+        error: ValidationError,
+        *,
+        owner: str | None,
+        known_fields: Iterable[str],
+        allowed: Callable[[str], str | None],
     ) -> ConfigError:
-        """One readable line per problem, from pydantic's structured errors."""
-        known = list(known_fields)
-        lines = []
+        """One readable line from pydantic's structured errors, naming each field as the user spelled it."""
+        known = sorted(known_fields)
+        prefix = f"{owner}: " if owner else ""
+        problems = []
         for item in error.errors(include_url=False):
-            field = ".".join(str(part) for part in item["loc"]) or owner
+            field = ".".join(str(part) for part in item["loc"])
             if item["type"] == "extra_forbidden":
                 hint = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                lines.append(f"{owner}: unknown parameter {field!r}{suggestion}; allowed: {', '.join(sorted(known))}")
+                problems.append(f"{prefix}unknown parameter {field!r}{suggestion}; allowed: {', '.join(known)}")
             elif item["type"] == "missing":
-                lines.append(f"{owner}: {field} is required")
+                problems.append(f"{prefix}{field} is required")
+            elif not field:  # a rule across fields: its message says it all
+                problems.append(f"{prefix}{item['msg'].removeprefix('Value error, ')}")
             else:
-                lines.append(f"{owner}: {field}={item['input']!r} is invalid: {item['msg']}")
-        return cls("; ".join(lines), function=function)
+                bounds = allowed(str(item["loc"][0])) if item["type"] in RANGE_ERRORS else None
+                rule = f"allowed: {bounds}" if bounds else item["msg"]
+                problems.append(f"{prefix}{field}={item['input']!r} is invalid: {rule}")
+        return cls("; ".join(problems))

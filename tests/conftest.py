@@ -1,0 +1,167 @@
+"""Shared fixtures: one real Tansu broker per test session, and helpers that talk to it with plain aiokafka.
+
+Assertions read the broker's truth (committed offsets through an independent consumer, produced counts we know),
+never the engine's own bookkeeping alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from streamfn.connectors.kafka import KafkaSource
+
+from streamfn import App
+from streamfn.embedded import EmbeddedBroker
+from streamfn.worker import FunctionSummary, Worker
+
+SESSION_MS = 6000  # Tansu makes every group join wait half the session timeout
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    with EmbeddedBroker() as embedded:
+        yield embedded.address
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Unique topic/group names per test (the broker is shared by the whole session)."""
+    base = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
+
+    def make(kind: str) -> str:
+        return f"{base}-{kind}-{next(_names)}"
+
+    return make
+
+
+def source(topic: str | list[str], group: str, **kw: Any) -> KafkaSource:
+    topics = [topic] if isinstance(topic, str) else topic
+    return KafkaSource(topics=topics, consumer_group_id=group, session_timeout_ms=SESSION_MS, **kw)
+
+
+async def create_topic(servers: str, topic: str, partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+@dataclass
+class Out:
+    value: bytes | None
+    key: bytes | None = None
+    partition: int | None = None
+    headers: Sequence[tuple[str, bytes]] | None = None
+    timestamp_ms: int | None = None
+
+
+async def produce(servers: str, topic: str, records: Sequence[Out]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5, max_request_size=16 * 1024 * 1024)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic,
+                r.value,
+                key=r.key,
+                partition=r.partition,
+                headers=list(r.headers or []),
+                timestamp_ms=r.timestamp_ms,
+            )
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_values(servers: str, topic: str, count: int, partitions: int = 4, start: int = 0) -> None:
+    """`count` JSON records {"n": i} spread round-robin over the partitions, keyed "k<i>"."""
+    await produce(
+        servers,
+        topic,
+        [Out(b'{"n": %d}' % i, key=b"k%d" % i, partition=i % partitions) for i in range(start, start + count)],
+    )
+
+
+async def committed(servers: str, group: str, topic: str, partitions: int = 4) -> dict[int, int | None]:
+    """The group's committed offsets, read by an independent consumer."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()
+
+
+async def run_worker(
+    app: App, servers: str, until: Callable[[], bool], *, timeout: float = 60, settle: float = 0.0
+) -> list[FunctionSummary]:
+    """Run `app` in-process until `until()` holds (then `settle` seconds more), stop it gracefully, return."""
+    worker = Worker(app, servers)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    deadline = time.monotonic() + timeout
+    while not until():
+        if task.done():
+            task.result()
+            raise AssertionError("worker stopped before the condition held")
+        if time.monotonic() > deadline:
+            worker.stop()
+            await task
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(settle)
+    worker.stop()
+    return await task
+
+
+# --- subprocess workers (kill -9, rebalances, signals, CLI) -------------------------------------------------------
+
+
+def write_pipeline(directory: Path, body: str) -> Path:
+    path = directory / "pipeline.py"
+    path.write_text(body)
+    return path
+
+
+def start_cli(*args: str, servers: str | None = None, **popen: Any) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop("STREAMFN_BOOTSTRAP_SERVERS", None)
+    if servers:
+        env["STREAMFN_BOOTSTRAP_SERVERS"] = servers
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamfn", *args],
+        env=env,
+        text=True,
+        stdout=popen.pop("stdout", subprocess.PIPE),
+        stderr=popen.pop("stderr", subprocess.PIPE),
+        **popen,
+    )
+
+
+def run_cli(*args: str, servers: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    process = start_cli(*args, servers=servers)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def read_handled(path: Path) -> list[tuple[int, int]]:
+    """(partition, offset) lines a test handler appended, one per handled record."""
+    if not path.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines() if line]  # type: ignore[misc]

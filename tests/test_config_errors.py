@@ -1,0 +1,122 @@
+"""Bad configuration: one line naming function, field, value and what is allowed; exit code 2; no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_pipeline
+
+HEADER = """
+from streamfn import App
+from streamfn.connectors.kafka import KafkaSource
+app = App("errors")
+"""
+
+CASES = {
+    "batch size out of range": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), batch_size=20000)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "batch_size=20000", "allowed: >= 1 and <= 10000"],
+    ),
+    "window out of range (PascalCase alias)": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), MaximumBatchingWindowInSeconds=301)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "MaximumBatchingWindowInSeconds=301", "allowed: >= 0 and <= 300"],
+    ),
+    "typo in a parameter name": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), batchsize=10)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "unknown parameter 'batchsize'", "did you mean 'batch_size'?"],
+    ),
+    "bad starting position in the source": (
+        """
+@app.function(source=KafkaSource(topics=["t"], starting_position="EARLIEST"))
+def enrich(event, context): ...
+""",
+        [
+            "function 'enrich'",
+            "KafkaSource",
+            "starting_position='EARLIEST'",
+            "'TRIM_HORIZON', 'LATEST' or 'AT_TIMESTAMP'",
+        ],
+    ),
+    "AT_TIMESTAMP without a timestamp": (
+        """
+@app.function(source=KafkaSource(topics=["t"], StartingPosition="AT_TIMESTAMP"))
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "starting_position_timestamp", "required"],
+    ),
+    "no topics": (
+        """
+@app.function(source=KafkaSource(topics=[]))
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "topics=[]", "at least 1 item"],
+    ),
+    "handler with three parameters": (
+        """
+@app.function(source=KafkaSource(topics=["t"]))
+def enrich(a, b, c): ...
+""",
+        ["function 'enrich'", "3 required positional parameters", "(event, context)", "(records)"],
+    ),
+    "negative timeout": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), timeout=-1)
+def enrich(records): ...
+""",
+        ["function 'enrich'", "timeout=-1", "allowed: > 0 and <= 900"],
+    ),
+    "no function declared": ("", ["declares no function"]),
+    "import fails": (
+        "import not_a_module_anywhere\n",
+        ["cannot import", "ModuleNotFoundError", "not_a_module_anywhere"],
+    ),
+    "syntax error": ("def broken(:\n", ["cannot import", "SyntaxError"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_error_is_one_clear_line_with_exit_code_2(case: str, tmp_path: Path) -> None:
+    body, expected = CASES[case]
+    pipeline = write_pipeline(tmp_path, HEADER + body)
+    for command in ("run", "validate"):
+        result = run_cli(command, str(pipeline), servers="127.0.0.1:1")
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        for fragment in expected:
+            assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_missing_pipeline_file(tmp_path: Path) -> None:
+    result = run_cli("run", str(tmp_path / "nope.py"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: pipeline file '{tmp_path / 'nope.py'}' does not exist"
+
+
+def test_validate_accepts_a_good_pipeline(tmp_path: Path) -> None:
+    pipeline = write_pipeline(
+        tmp_path,
+        HEADER
+        + """
+@app.function(source=KafkaSource(Topics=["t"], ConsumerGroupId="g1"), BatchSize=500, MaximumBatchingWindowInSeconds=2)
+def enrich(event, context): ...
+
+@app.function(source=KafkaSource(topics=["t"]))
+async def native(records): ...
+""",
+    )
+    result = run_cli("validate", str(pipeline))
+    assert result.returncode == 0, result.stderr
+    assert "function enrich: ok (lambda handler, group g1)" in result.stdout
+    assert "function native: ok (native handler, group errors-native)" in result.stdout
