@@ -2,8 +2,10 @@
 
 A batch is cut when it holds `batch_size` records, when its payload would pass Lambda's 6 MB limit, or when the
 batching window, which starts when the batch's first record arrived (Lambda's rule for Kafka), has elapsed.
-The buffer is bounded: past its high mark it asks the reader to pause the partition, and resumes it once the
-worker has drained it below half, so a slow handler holds memory flat instead of letting fetches pile up.
+The buffer is bounded: past its high mark (records or bytes) it asks the reader to pause the partition, and resumes
+it once the worker has drained it below half, so a slow handler holds memory flat instead of letting fetches pile
+up. The bound is the high mark plus what one fetch can return for a partition (the client's per-partition fetch
+limit, 1 MiB by default).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 
 from streamfn.config import PAYLOAD_LIMIT_BYTES
 from streamfn.record import Partition, SourceRecord
+
+BUFFER_BYTES = 2 * PAYLOAD_LIMIT_BYTES
+"""Buffered bytes past which a partition is paused, whatever the record count (large records)."""
 
 RECORD_OVERHEAD_BYTES = 200
 """What one record adds to a Lambda event beyond its base64 key and value (metadata fields, JSON syntax)."""
@@ -74,6 +79,8 @@ class PartitionBuffer:
         self._chunks: deque[tuple[float, Sequence[SourceRecord]]] = deque()
         self._head = 0  # records of the first chunk already taken
         self._count = 0
+        self.bytes = 0
+        """Key and value bytes buffered."""
         self._high_mark = max(2 * batch_size, 1000)
         self._paused = False
         self._arrived = asyncio.Event()
@@ -88,8 +95,9 @@ class PartitionBuffer:
             return
         self._chunks.append((time.monotonic(), records))
         self._count += len(records)
+        self.bytes += sum(r.serialized_key_size + r.serialized_value_size for r in records)
         self._arrived.set()
-        if not self._paused and self._count >= self._high_mark:
+        if not self._paused and (self._count >= self._high_mark or self.bytes >= BUFFER_BYTES):
             self._paused = True
             self._pause()
 
@@ -97,7 +105,7 @@ class PartitionBuffer:
         """No more batches: a waiting `next_batch` returns None; buffered records are dropped (not committed)."""
         self._closed = True
         self._chunks.clear()
-        self._count = 0
+        self._count = self.bytes = 0
         self._arrived.set()
 
     async def next_batch(self) -> Batch | None:
@@ -136,7 +144,8 @@ class PartitionBuffer:
 
     def _taken(self, taken: list[SourceRecord]) -> Batch:
         self._count -= len(taken)
-        if self._paused and self._count <= self._high_mark // 2:
+        self.bytes -= sum(r.serialized_key_size + r.serialized_value_size for r in taken)
+        if self._paused and self._count <= self._high_mark // 2 and self.bytes <= BUFFER_BYTES // 2:
             self._paused = False
             self._resume()
         return Batch(self.partition, taken)

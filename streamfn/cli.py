@@ -26,7 +26,8 @@ from streamfn.loader import load_app
 from streamfn.worker import FunctionSummary, Worker
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
-out = Console()
+# Off a terminal (logs, pipes) rich would assume 80 columns and cut names short.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 CONFIG_ERROR_EXIT = 2
 
@@ -126,8 +127,8 @@ def _print_summary(summaries: list[FunctionSummary]) -> None:
         "handled",
         "committed",
     ):
-        table.add_column(column, justify="left" if column in ("function", "group") else "right")
-    table.add_column("committed offsets")
+        table.add_column(column, justify="left" if column in ("function", "group") else "right", no_wrap=True)
+    table.add_column("committed offsets", overflow="fold")
     for s in summaries:
         offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
         table.add_row(

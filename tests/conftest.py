@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from streamfn.connectors.kafka import KafkaSource
 
 from streamfn import App
+from streamfn.connectors.kafka import KafkaSource
 from streamfn.embedded import EmbeddedBroker
 from streamfn.worker import FunctionSummary, Worker
 
@@ -139,8 +139,10 @@ def write_pipeline(directory: Path, body: str) -> Path:
     return path
 
 
-def start_cli(*args: str, servers: str | None = None, **popen: Any) -> subprocess.Popen[str]:
-    env = dict(os.environ)
+def start_cli(
+    *args: str, servers: str | None = None, extra_env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[str]:
+    env = dict(os.environ, **(extra_env or {}))
     env.pop("STREAMFN_BOOTSTRAP_SERVERS", None)
     if servers:
         env["STREAMFN_BOOTSTRAP_SERVERS"] = servers

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from conftest import Out, create_topic, produce, run_worker, source
-from streamfn.connectors.kafka.event import lambda_record
 
 from streamfn import App, Record
+from streamfn.connectors.kafka.event import lambda_record
 
 PAYLOADS = [
     Out(b'{"id": 1}', key=b"user-1", partition=0, headers=[("trace", b"abc"), ("trace", b""), ("bin", b"\x00\xff")]),

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from streamfn.connectors.kafka.event import lambda_event as build_lambda_event
 
+from streamfn.connectors.kafka.event import lambda_event as build_lambda_event
 from streamfn.record import Partition, SourceRecord
 from streamfn.source import AssignmentListener
 

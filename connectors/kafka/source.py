@@ -6,9 +6,9 @@ import os
 from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
-from streamfn.connectors.kafka.reader import KafkaReader
 
 from streamfn.config import StrictModel
+from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.formats import ValueFormat
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"

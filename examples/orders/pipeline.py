@@ -8,12 +8,17 @@ Run it on the embedded broker with its sample data (from the repository root):
 
 import base64
 import json
-
-from streamfn.connectors.kafka import KafkaSource
+import sys
 
 from streamfn import App
+from streamfn.connectors.kafka import KafkaSource
 
 app = App("orders")
+
+
+def say(line: str) -> None:
+    """One write per line: the sync handler runs in a thread, and print() writes the newline separately."""
+    sys.stdout.write(line + "\n")
 
 
 @app.function(
@@ -27,7 +32,7 @@ def audit(event, context):
     for key, records in event["records"].items():
         orders = [json.loads(base64.b64decode(r["value"])) for r in records]
         total = sum(o["quantity"] * o["unit_price"] for o in orders)
-        print(
+        say(
             f"[audit {context.aws_request_id[:8]}] {key} offsets {records[0]['offset']}-{records[-1]['offset']}: "
             f"{len(orders)} orders worth {total:.2f}"
         )
@@ -40,7 +45,7 @@ async def large_orders(records):
         order = record.value
         amount = order["quantity"] * order["unit_price"]
         if amount >= 500:
-            print(
+            say(
                 f"[large_orders] {record.topic}-{record.partition}@{record.offset} "
                 f"order {order['order_id']} by {order['customer']}: {amount:.2f}"
             )

