@@ -79,6 +79,7 @@ VARIANTS = {
     v.key: v
     for v in (
         Variant("a", "(a) aiokafka getmany+commit", None),
+        Variant("a-json", "(a') aiokafka getmany+commit, orjson.loads each value", None),
         Variant("b", "(b) native: async def noop(records)", 0.8),
         Variant("c", "(c) Lambda-style: def noop(event, ctx)", 0.5),
         Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
@@ -204,8 +205,12 @@ Timing = tuple[Mark, Mark, int]
 """(clock start, clock end, records received when the clock started)."""
 
 
-async def run_plain(settings: Settings, group: str) -> Timing:
-    """(a): count records from getmany, commit after each non-empty fetch."""
+async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
+    """(a): count records from getmany, commit after each non-empty fetch; (a') also decodes each value.
+
+    (a') is the same work a native handler's records need (streamfn decodes values before the handler runs, so
+    an undecodable one can be routed rather than crash the handler): (b)/(a') is the framework's own overhead.
+    """
     consumer = AIOKafkaConsumer(
         settings.topic,
         bootstrap_servers=settings.servers,
@@ -229,6 +234,9 @@ async def run_plain(settings: Settings, group: str) -> Timing:
                 first_fetch = sum(len(records) for records in batches.values())
             for records in batches.values():
                 count += len(records)
+                if decode:
+                    for record in records:
+                        orjson.loads(record.value)
             await consumer.commit()
         end = now()
     finally:
@@ -310,8 +318,8 @@ async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
     gc.collect()
     group = group_id(variant, run)
     async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
-        if variant == "a":
-            first, end, first_fetch = await run_plain(settings, group)
+        if variant in ("a", "a-json"):
+            first, end, first_fetch = await run_plain(settings, group, decode=variant == "a-json")
         else:
             first, end, first_fetch = await run_streamfn(settings, group, variant)
     return RunResult(settings.records, end.wall - first.wall, end.cpu - first.cpu, rss.peak_kib, first_fetch)
@@ -384,6 +392,7 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
     table.add_column("median records/s", justify="right")
     table.add_column("median s", justify="right")
     table.add_column("vs (a)", justify="right")
+    table.add_column("vs (a')", justify="right")
     table.add_column("target", justify="right")
     table.add_column("CPU %", justify="right")
     table.add_column("1st fetch", justify="right")
@@ -392,10 +401,12 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
         runs = results[key]
         variant = VARIANTS[key]
         if not runs:
-            table.add_row(variant.label, "failed", "-", "-", "-", "-", "-", "-", "-")
+            table.add_row(variant.label, "failed", "-", "-", "-", "-", "-", "-", "-", "-")
             continue
         median = medians[key]
         ratio = median / baseline if baseline else None
+        decoding = medians.get("a-json")
+        ratio_decoding = f"{median / decoding:.2f}" if decoding else "-"
         if variant.target is None:
             target = "-"
         elif ratio is None:
@@ -409,6 +420,7 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
             f"{median:,.0f}",
             f"{statistics.median(r.seconds for r in runs):.2f}",
             "-" if ratio is None else f"{ratio:.2f}",
+            ratio_decoding,
             target,
             f"{statistics.median(100 * r.cpu_seconds / r.seconds for r in runs):.0f}",
             f"{statistics.median(r.first_fetch for r in runs):,.0f}",

@@ -27,11 +27,24 @@ RECORD_OVERHEAD_BYTES = 200
 """What one record adds to a Lambda event beyond its base64 key and value (metadata fields, JSON syntax)."""
 
 
-def event_size(record: SourceRecord) -> int:
-    """The record's share of a Lambda event: base64 key and value plus fixed overhead."""
-    return (
-        (record.serialized_key_size + 2) // 3 * 4 + (record.serialized_value_size + 2) // 3 * 4 + RECORD_OVERHEAD_BYTES
-    )
+def raw_size(record: SourceRecord) -> int:
+    return record.serialized_key_size + record.serialized_value_size
+
+
+def event_size(raw: int) -> int:
+    """A record's share of a Lambda event, from its key and value bytes: base64 of both, plus fixed overhead."""
+    return (raw + 4) * 4 // 3 + 1 + RECORD_OVERHEAD_BYTES
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Records as one fetch delivered them, with what batching needs to know about them as a whole."""
+
+    arrival: float
+    records: Sequence[SourceRecord]
+    raw_bytes: int
+    largest_event: int
+    """The event size of the chunk's largest record: a cheap bound that spares a size check per record."""
 
 
 @dataclass(slots=True)
@@ -75,12 +88,11 @@ class PartitionBuffer:
         self._window = window
         self._pause = pause
         self._resume = resume
-        # Chunks as fetched, each with its arrival time, so the window is known without a timestamp per record.
-        self._chunks: deque[tuple[float, Sequence[SourceRecord]]] = deque()
+        self._chunks: deque[_Chunk] = deque()
         self._head = 0  # records of the first chunk already taken
         self._count = 0
         self.bytes = 0
-        """Key and value bytes buffered."""
+        """Key and value bytes buffered (a chunk counts whole until its last record is taken)."""
         self._high_mark = max(2 * batch_size, 1000)
         self._paused = False
         self._arrived = asyncio.Event()
@@ -93,9 +105,11 @@ class PartitionBuffer:
     def feed(self, records: Sequence[SourceRecord]) -> None:
         if self._closed or not records:
             return
-        self._chunks.append((time.monotonic(), records))
+        sizes = [raw_size(r) for r in records]
+        chunk = _Chunk(time.monotonic(), records, sum(sizes), event_size(max(sizes)))
+        self._chunks.append(chunk)
         self._count += len(records)
-        self.bytes += sum(r.serialized_key_size + r.serialized_value_size for r in records)
+        self.bytes += chunk.raw_bytes
         self._arrived.set()
         if not self._paused and (self._count >= self._high_mark or self.bytes >= BUFFER_BYTES):
             self._paused = True
@@ -114,7 +128,7 @@ class PartitionBuffer:
             if self._count >= self._batch_size:
                 return self._cut()
             if self._count:
-                remaining = self._chunks[0][0] + self._window - time.monotonic()
+                remaining = self._chunks[0].arrival + self._window - time.monotonic()
                 if remaining <= 0:
                     return self._cut()
                 self._arrived.clear()
@@ -129,22 +143,28 @@ class PartitionBuffer:
         taken: list[SourceRecord] = []
         payload = 0
         while self._chunks and len(taken) < self._batch_size:
-            _, chunk = self._chunks[0]
-            while self._head < len(chunk) and len(taken) < self._batch_size:
-                record = chunk[self._head]
-                payload += event_size(record)
-                if taken and payload > PAYLOAD_LIMIT_BYTES:
-                    return self._taken(taken)
-                taken.append(record)
-                self._head += 1
-            if self._head == len(chunk):
+            chunk = self._chunks[0]
+            wanted = min(self._batch_size - len(taken), len(chunk.records) - self._head)
+            if payload + wanted * chunk.largest_event <= PAYLOAD_LIMIT_BYTES:  # all fit: no per-record check
+                taken.extend(chunk.records[self._head : self._head + wanted])
+                payload += wanted * chunk.largest_event
+                self._head += wanted
+            else:
+                while self._head < len(chunk.records) and len(taken) < self._batch_size:
+                    size = event_size(raw_size(chunk.records[self._head]))
+                    if taken and payload + size > PAYLOAD_LIMIT_BYTES:
+                        return self._taken(taken)
+                    taken.append(chunk.records[self._head])
+                    payload += size
+                    self._head += 1
+            if self._head == len(chunk.records):
                 self._chunks.popleft()
+                self.bytes -= chunk.raw_bytes
                 self._head = 0
         return self._taken(taken)
 
     def _taken(self, taken: list[SourceRecord]) -> Batch:
         self._count -= len(taken)
-        self.bytes -= sum(r.serialized_key_size + r.serialized_value_size for r in taken)
         if self._paused and self._count <= self._high_mark // 2 and self.bytes <= BUFFER_BYTES // 2:
             self._paused = False
             self._resume()

@@ -64,19 +64,16 @@ class Invoker:
         args: tuple[Any, ...] = (payload,)
         if self.style is HandlerStyle.LAMBDA:
             args = (payload, LambdaContext(self.name, self._timeout, self._logger))
-        if self._is_async:
-            call: asyncio.Future[Any] = asyncio.ensure_future(self._function(*args))
-        else:
-            call = asyncio.get_running_loop().run_in_executor(self._threads, self._function, *args)
+        deadline = asyncio.timeout(self._timeout)
         try:
-            # asyncio.wait, not wait_for: a TimeoutError raised by the handler itself stays a handler error.
-            done, _ = await asyncio.wait((call,), timeout=self._timeout)
-        finally:
-            if not call.done():
-                call.cancel()
-        if not done:
-            raise InvocationTimeout(f"invocation exceeded the timeout of {self._timeout:g} s")
-        return call.result()
+            async with deadline:
+                if self._is_async:
+                    return await self._function(*args)
+                return await asyncio.get_running_loop().run_in_executor(self._threads, self._function, *args)
+        except TimeoutError:
+            if deadline.expired():  # ours, not a TimeoutError the handler raised itself
+                raise InvocationTimeout(f"invocation exceeded the timeout of {self._timeout:g} s") from None
+            raise
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

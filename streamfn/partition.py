@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from streamfn.app import Function
 from streamfn.batch import Batch, PartitionBuffer
@@ -59,6 +59,10 @@ class PartitionWorker:
         )
         self._invoking = False
         self._stopping = False
+        backoff = function.config.backoff
+        self._retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
+        )
         self._task = asyncio.create_task(self._run(), name=f"streamfn:{function.name}:{partition}")
 
     @property
@@ -109,37 +113,40 @@ class PartitionWorker:
         ]
 
     async def _handle(self, batch: Batch) -> None:
-        """Invoke until the batch succeeds; raises StopProcessing if told to stop first."""
-        backoff = self.function.config.backoff
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds),
-            retry=retry_if_not_exception_type(StopProcessing),
-            before_sleep=lambda state: self._failed(batch, state),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                if self._stopping:
-                    raise StopProcessing
-                payload = self._payload(batch)
-                self._stats.invoked += len(batch.records)
-                self._invoking = True
-                try:
-                    await self._invoker.invoke(payload)
-                finally:
-                    self._invoking = False
-        self._stats.batches += 1
+        """Invoke until the batch succeeds; raises StopProcessing if told to stop first.
 
-    def _failed(self, batch: Batch, state: RetryCallState) -> None:
-        self._stats.failed_invocations += 1
-        error = state.outcome.exception() if state.outcome else None
-        delay = state.upcoming_sleep
-        log.error(
-            "function %s: %s failed (attempt %d): %s: %s; retrying in %.2f s",
-            self.function.name,
-            batch,
-            state.attempt_number,
-            type(error).__name__,
-            error,
-            delay,
-        )
+        The happy path is one plain call: tenacity's wait strategy only comes in once a batch has failed.
+        """
+        attempt = 1
+        while True:
+            if self._stopping:
+                raise StopProcessing
+            try:
+                await self._invoke(batch)
+                self._stats.batches += 1
+                return
+            except Exception as error:
+                self._stats.failed_invocations += 1
+                retry = RetryCallState(self._retrying, None, (), {})
+                retry.attempt_number = attempt
+                delay = self._retrying.wait(retry)
+                log.error(
+                    "function %s: %s failed (attempt %d): %s: %s; retrying in %.2f s",
+                    self.function.name,
+                    batch,
+                    attempt,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _invoke(self, batch: Batch) -> None:
+        payload = self._payload(batch)
+        self._stats.invoked += len(batch.records)
+        self._invoking = True
+        try:
+            await self._invoker.invoke(payload)
+        finally:
+            self._invoking = False

@@ -54,7 +54,9 @@ class SourceReader(Protocol):
 class Source(Protocol):
     """A source's configuration, as the user declares it in `@app.function(source=...)`."""
 
-    value_format: str
+    @property
+    def value_format(self) -> str:
+        """How native handlers receive values (see streamfn.formats)."""
 
     def reader(self, *, group_id: str, default_servers: str | None) -> SourceReader: ...
 

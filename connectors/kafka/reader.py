@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamfn.kafka")
 
 PROBE_TIMEOUT_SECONDS = 5.0
+FETCH_MAX_WAIT_MS = 50
+"""How long a fetch may wait at the broker for data. A partition resumed after backpressure is fetched only once
+the request in flight (for partitions with nothing new) returns, so this bounds its stall; aiokafka's 500 ms
+default cost a third of the throughput when partitions are paused and resumed often."""
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
@@ -62,6 +66,7 @@ class KafkaReader:
             session_timeout_ms=source.session_timeout_ms,
             heartbeat_interval_ms=max(source.session_timeout_ms // 6, 500),
             fetch_max_bytes=MAX_FETCH_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             client_id=f"streamfn-{group_id}",
         )
 
