@@ -49,6 +49,8 @@ class App:
                 if not callable(getattr(source, "reader", None)):
                     raise ConfigError(f"source={source!r} is invalid: expected a source such as KafkaSource(...)")
                 config = FunctionConfig(**parameters)
+                if config.on_failure is not None:
+                    config.on_failure.check(source.topics)
                 style = handler_style(handler)
             except ConfigError as error:
                 raise error.for_function(function_name) from None

@@ -6,13 +6,17 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_pascal
 
 from streamfn.errors import ConfigError
+
+INFINITE_RETRIES_WITH_DESTINATION = 10
+"""Lambda: "When you configure both infinite retries and an on-failure destination, Lambda automatically applies
+a maximum of 10 retry attempts."""
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
 """Lambda's synchronous invocation payload limit, which also caps a batch."""
@@ -82,6 +86,42 @@ class FunctionConfig(StrictModel):
         description="Seconds one invocation may take (Lambda's function timeout, default 3).",
     )
     backoff: Backoff = Field(default_factory=Backoff)
+    maximum_retry_attempts: int = Field(-1, ge=-1, le=10_000, validation_alias=_aws_alias("maximum_retry_attempts"))
+    """Retries after the first attempt; -1 retries for ever (Lambda's default)."""
+    maximum_record_age_in_seconds: int = Field(
+        -1, ge=-1, le=604_800, validation_alias=_aws_alias("maximum_record_age_in_seconds")
+    )
+    bisect_batch_on_function_error: bool = Field(False, validation_alias=_aws_alias("bisect_batch_on_function_error"))
+    function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(
+        default_factory=list, max_length=1, validation_alias=_aws_alias("function_response_types")
+    )
+    on_failure: Any = Field(None, validation_alias=_aws_alias("on_failure"))
+    """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq")."""
+
+    @field_validator("maximum_record_age_in_seconds")
+    @classmethod
+    def _record_age(cls, value: int) -> int:
+        if value != -1 and value < 60:
+            raise ValueError("must be -1 (no limit) or between 60 and 604800 seconds")
+        return value
+
+    @field_validator("on_failure")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        if value is not None and not callable(getattr(value, "deliver", None)):
+            raise ValueError("must be a destination such as KafkaTopic('name')")
+        return value
+
+    @property
+    def retry_limit(self) -> int | None:
+        """Retries allowed, None for no limit. Infinite retries with a destination are capped at 10, as Lambda."""
+        if self.maximum_retry_attempts >= 0:
+            return self.maximum_retry_attempts
+        return INFINITE_RETRIES_WITH_DESTINATION if self.on_failure is not None else None
+
+    @property
+    def reports_item_failures(self) -> bool:
+        return "ReportBatchItemFailures" in self.function_response_types
 
     @field_validator("timeout", mode="before")
     @classmethod

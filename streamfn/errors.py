@@ -50,6 +50,6 @@ class ConfigError(Exception):
                 problems.append(f"{prefix}{item['msg'].removeprefix('Value error, ')}")
             else:
                 bounds = allowed(str(item["loc"][0])) if item["type"] in RANGE_ERRORS else None
-                rule = f"allowed: {bounds}" if bounds else item["msg"]
+                rule = f"allowed: {bounds}" if bounds else item["msg"].removeprefix("Value error, ")
                 problems.append(f"{prefix}{field}={item['input']!r} is invalid: {rule}")
         return cls("; ".join(problems))

@@ -1,8 +1,9 @@
-"""The worker of one assigned partition: cut batches, invoke the handler, retry, and report them checkpointed.
+"""The worker of one assigned partition: cut batches, invoke the handler, recover from failures, checkpoint.
 
-Batches of a partition are invoked in offset order, one at a time. A failing batch is retried with capped
-exponential backoff (tenacity) for ever, Lambda's default; while it waits, the partition's buffer fills and the
-reader pauses the partition, so other partitions keep flowing and memory stays bounded.
+Batches of a partition are invoked in offset order, one at a time. A failing batch is retried, bisected or cut
+under the function's failure policy (streamfn.recovery); what still fails is written to the `on_failure`
+destination, acknowledged, before the checkpoint moves past it. While a batch waits, the partition's buffer
+fills and the reader pauses the partition, so other partitions keep flowing and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
@@ -17,9 +19,12 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 from streamfn.app import Function
 from streamfn.batch import Batch, PartitionBuffer
 from streamfn.checkpoint import Checkpoint
+from streamfn.context import function_arn
+from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin
 from streamfn.formats import DECODERS
 from streamfn.handler import HandlerStyle, Invoker
-from streamfn.record import Partition, Record
+from streamfn.record import Partition, Record, SourceRecord
+from streamfn.recovery import Recovery
 from streamfn.source import SourceReader
 from streamfn.stats import FunctionStats
 
@@ -28,8 +33,10 @@ log = logging.getLogger("streamfn.partition")
 TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
 
 
-class StopProcessing(Exception):
-    """The partition is being revoked or the worker is shutting down: leave the batch uncommitted."""
+class StopProcessing(BaseException):
+    """The partition is being revoked or the worker is shutting down: leave the batch uncommitted.
+
+    A BaseException, so that no handler of function errors mistakes it for one."""
 
 
 class PartitionWorker:
@@ -63,6 +70,7 @@ class PartitionWorker:
         self._retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
         )
+        self._origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
         self._task = asyncio.create_task(self._run(), name=f"streamfn:{function.name}:{partition}")
 
     @property
@@ -91,62 +99,111 @@ class PartitionWorker:
     async def _run(self) -> None:
         while (batch := await self.buffer.next_batch()) is not None:
             await self._handle(batch)
-            self._stats.handled += len(batch.records)
             self._checkpoint.completed(self.partition, batch.next_offset)
 
-    def _payload(self, batch: Batch) -> Any:
-        if self.function.style is HandlerStyle.LAMBDA:
-            return self._reader.lambda_event(batch.partition, batch.records)
-        decode = self._decode
-        return [
-            Record(
-                r.topic,
-                r.partition,
-                r.offset,
-                r.timestamp,
-                r.key,
-                decode(r.value),
-                r.headers,
-                TIMESTAMP_TYPES[r.timestamp_type],
-            )
-            for r in batch.records
-        ]
-
     async def _handle(self, batch: Batch) -> None:
-        """Invoke until the batch succeeds; raises StopProcessing if told to stop first.
+        """Run the batch to the end: every record succeeded, or failed and was delivered (or dropped)."""
+        decoded, failures = self._decode_batch(batch)
+        if self.function.style is HandlerStyle.NATIVE:
+            invocable = [r for r in batch.records if r.offset in decoded]
+        else:
+            invocable = list(batch.records)
 
-        The happy path is one plain call: tenacity's wait strategy only comes in once a batch has failed.
-        """
-        attempt = 1
+        async def invoke(records: Sequence[SourceRecord]) -> Any:
+            if self._stopping:
+                raise StopProcessing
+            if self.function.style is HandlerStyle.LAMBDA:
+                payload: Any = self._reader.lambda_event(self.partition, records)
+            else:
+                payload = [decoded[r.offset] for r in records]
+            self._stats.invoked += len(records)
+            self._invoking = True
+            try:
+                response = await self._invoker.invoke(payload)
+            except BatchItemFailures as reported:  # a native handler's partial failure, raised
+                response = reported
+            except Exception:
+                self._stats.failed_invocations += 1
+                raise
+            finally:
+                self._invoking = False
+            self._stats.batches += 1
+            return response
+
+        if invocable:
+            failures += await self._recovery(invoke).run(self.partition, invocable)
+        self._stats.handled += len(batch.records) - len(failures)
+        if failures:
+            await self._deliver(failures)
+
+    def _recovery(self, invoke: Any) -> Recovery:
+        def split() -> None:
+            self._stats.bisections += 1
+
+        return Recovery(self.function.name, self.function.config, invoke, self._delay, split)
+
+    def _decode_batch(self, batch: Batch) -> tuple[dict[int, Record], list[FailedRecord]]:
+        """Native handlers: decode every value once; a record that does not decode never reaches the handler."""
+        decoded: dict[int, Record] = {}
+        failures: list[FailedRecord] = []
+        if self.function.style is not HandlerStyle.NATIVE:
+            return decoded, failures
+        decode = self._decode
+        for r in batch.records:
+            try:
+                value = decode(r.value)
+            except Exception as error:
+                failures.append(
+                    FailedRecord(self.partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(batch.records))
+                )
+                continue
+            decoded[r.offset] = Record(
+                r.topic, r.partition, r.offset, r.timestamp, r.key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type]
+            )
+        return decoded, failures
+
+    async def _deliver(self, failures: list[FailedRecord]) -> None:
+        """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""
+        destination = self.function.config.on_failure
+        failures.sort(key=lambda f: f.record.offset)
+        if destination is None:
+            for f in failures:
+                log.error(
+                    "function %s: %s offset %d dropped (%s after %d invocations, no on_failure destination): %s",
+                    self.function.name,
+                    self.partition,
+                    f.record.offset,
+                    f.condition,
+                    f.invoke_count,
+                    f.error,
+                )
+            self._stats.dropped += len(failures)
+            return
+        attempt = 0
         while True:
             if self._stopping:
                 raise StopProcessing
             try:
-                await self._invoke(batch)
-                self._stats.batches += 1
+                await destination.deliver(self._origin, failures)
+                self._stats.dead_lettered += len(failures)
                 return
             except Exception as error:
-                self._stats.failed_invocations += 1
-                retry = RetryCallState(self._retrying, None, (), {})
-                retry.attempt_number = attempt
-                delay = self._retrying.wait(retry)
+                attempt += 1
+                delay = self._delay(attempt)
                 log.error(
-                    "function %s: %s failed (attempt %d): %s: %s; retrying in %.2f s",
+                    "function %s: %s: writing %d failed records to %s failed (attempt %d): %r; retrying in %.2f s",
                     self.function.name,
-                    batch,
+                    self.partition,
+                    len(failures),
+                    destination,
                     attempt,
-                    type(error).__name__,
                     error,
                     delay,
                 )
             await asyncio.sleep(delay)
-            attempt += 1
 
-    async def _invoke(self, batch: Batch) -> None:
-        payload = self._payload(batch)
-        self._stats.invoked += len(batch.records)
-        self._invoking = True
-        try:
-            await self._invoker.invoke(payload)
-        finally:
-            self._invoking = False
+    def _delay(self, attempt: int) -> float:
+        """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""
+        state = RetryCallState(self._retrying, None, (), {})
+        state.attempt_number = attempt
+        return self._retrying.wait(state)

@@ -45,6 +45,15 @@ class Poller:
 
     async def run(self) -> None:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
+        destination = self.function.config.on_failure
+        if destination is not None:
+            await destination.start(self.reader.servers)
+            if self.function.config.maximum_retry_attempts == -1:
+                log.info(
+                    "function %s: infinite retries with an on_failure destination: capped at %d retries (as Lambda)",
+                    self.function.name,
+                    self.function.config.retry_limit,
+                )
         await self.reader.start(self)
         log.info(
             "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
@@ -61,6 +70,8 @@ class Poller:
             await self._release(set(self.workers))
             committer.cancel()
             await self.reader.stop()
+            if destination is not None:
+                await destination.stop()
             self._invoker.close()
             log.info("function %s: poller stopped", self.function.name)
 

@@ -25,6 +25,8 @@ class SourceReader(Protocol):
     """A running connection to a source for one function (for Kafka: one consumer in the function's group)."""
 
     description: str
+    servers: str
+    """Where the source is (Kafka: its bootstrap servers), as events and dead letters report it."""
 
     async def start(self, listener: AssignmentListener) -> None: ...
 
@@ -53,6 +55,10 @@ class SourceReader(Protocol):
 
 class Source(Protocol):
     """A source's configuration, as the user declares it in `@app.function(source=...)`."""
+
+    @property
+    def topics(self) -> Sequence[str]:
+        """The streams it reads (Kafka topics)."""
 
     @property
     def value_format(self) -> str:

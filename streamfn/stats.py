@@ -17,3 +17,9 @@ class FunctionStats:
     """Successful invocations."""
     failed_invocations: int = 0
     """Invocations that raised or timed out."""
+    bisections: int = 0
+    """Failing batches split (by halves, or at a reported failed item)."""
+    dead_lettered: int = 0
+    """OnFailureDestinationDeliveredEventCount: records written to the on_failure destination."""
+    dropped: int = 0
+    """DroppedEventCount: records that failed for good with no destination, logged and skipped."""

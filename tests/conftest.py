@@ -167,3 +167,18 @@ def read_handled(path: Path) -> list[tuple[int, int]]:
     if not path.exists():
         return []
     return [tuple(map(int, line.split())) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
+
+
+async def read_topic(servers: str, topic: str, count: int, timeout: float = 20) -> list[Any]:
+    """The first `count` records of `topic` (all partitions), read by an independent consumer."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found.extend(records)
+    finally:
+        await consumer.stop()
+    return sorted(found, key=lambda r: (r.partition, r.offset))

@@ -1,5 +1,6 @@
-"""Kafka: the source of stream functions (KafkaSource)."""
+"""Kafka: the source of stream functions (KafkaSource) and a destination for what fails (KafkaTopic)."""
 
+from streamfn.connectors.kafka.destination import KafkaTopic
 from streamfn.connectors.kafka.source import KafkaSource
 
-__all__ = ["KafkaSource"]
+__all__ = ["KafkaSource", "KafkaTopic"]

@@ -1,0 +1,117 @@
+"""The failure model: what a failed record is, where it goes, and how a partial batch response is read.
+
+Conditions and the response format are Lambda's (event source mapping for Kafka). A destination must have its
+write acknowledged before `deliver` returns: the partition's checkpoint moves past a failed record only then,
+as Kafka Connect's errant-record reporter does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from streamfn.record import Partition, SourceRecord
+
+
+class Condition(StrEnum):
+    RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
+    RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
+    DESERIALIZATION_ERROR = "DeserializationError"
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecord:
+    """One record that reached neither a successful invocation nor (yet) its destination."""
+
+    partition: Partition
+    record: SourceRecord
+    condition: Condition
+    invoke_count: int
+    """Invocations that included this record (Lambda's approximateInvokeCount); 0 if it was never invoked."""
+    error: BaseException | None
+    """The function error of its last invocation; None for a record that was not invoked for its age."""
+    batch_size: int
+    """Records in the last invocation that included it."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureOrigin:
+    """What a destination says about where a dead letter came from."""
+
+    function: str
+    function_arn: str
+    servers: str
+    """Where the source is (Kafka: its bootstrap servers)."""
+    event: Callable[[Partition, Sequence[SourceRecord]], dict[str, Any]]
+    """The Lambda event these records would form, for the dead letter's payload."""
+
+
+class Destination(Protocol):
+    """Where records that still fail go (`on_failure=`): a dead-letter topic, queue or table."""
+
+    def check(self, source_topics: Sequence[str]) -> None:
+        """Raise ConfigError if this destination cannot serve a function reading `source_topics`."""
+
+    async def start(self, default_servers: str | None) -> None: ...
+
+    async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
+        """Write every failure and return only once the destination has acknowledged them all."""
+
+    async def stop(self) -> None: ...
+
+
+class InvalidResponse(Exception):
+    """A partial batch response that does not name records of the batch: the whole batch failed (as Lambda)."""
+
+
+class BatchItemFailures(Exception):
+    """Raised or returned by a native handler: these records failed, the others succeeded.
+
+    Items are `Record`s of the batch or their offsets; the lowest becomes the checkpoint and the retry restarts
+    from it, as with a Lambda-style `{"batchItemFailures": [...]}` response.
+    """
+
+    def __init__(self, failed: Sequence[Any]) -> None:
+        super().__init__(f"{len(failed)} records failed")
+        self.offsets = [getattr(item, "offset", item) for item in failed]
+
+
+def first_failed_index(response: Any, partition: Partition, records: Sequence[SourceRecord]) -> int | None:
+    """Index in `records` of the lowest failed record of a partial batch response, or None for success.
+
+    Success: None, {}, [], "", or an empty/absent/null "batchItemFailures". Anything else that does not name a
+    record of this batch by `{"partition": "<topic>-<n>", "offset": <int>}` is an InvalidResponse.
+    """
+    if isinstance(response, BatchItemFailures):
+        offsets: list[Any] = response.offsets
+        if not offsets:
+            return None
+    else:
+        if response is None or response in ({}, [], ""):
+            return None
+        if not isinstance(response, dict):
+            raise InvalidResponse(f"response is a {type(response).__name__}, not an object")
+        items = response.get("batchItemFailures")
+        if items is None or items == []:
+            return None
+        if not isinstance(items, list):
+            raise InvalidResponse("batchItemFailures is not a list")
+        offsets = [_offset(item, partition) for item in items]
+    by_offset = {r.offset: i for i, r in enumerate(records)}
+    indexes = []
+    for offset in offsets:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset not in by_offset:
+            raise InvalidResponse(f"offset {offset!r} is not in the batch")
+        indexes.append(by_offset[offset])
+    return min(indexes)
+
+
+def _offset(item: Any, partition: Partition) -> Any:
+    identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
+    if not isinstance(identifier, dict) or not identifier:
+        raise InvalidResponse(f"itemIdentifier {identifier!r} is not an object with partition and offset")
+    if identifier.get("partition") != str(partition):
+        raise InvalidResponse(f"itemIdentifier partition {identifier.get('partition')!r} is not {partition}")
+    return identifier.get("offset")

@@ -1,0 +1,138 @@
+"""How a failing batch is retried, bisected and cut until each record has succeeded or failed for good.
+
+Lambda's semantics for Kafka and streams event source mappings:
+- A function error (exception, timeout, malformed partial response) retries the batch whole, with backoff, up to
+  `maximum_retry_attempts`; then its records fail with `RetryAttemptsExhausted`.
+- With `bisect_batch_on_function_error`, a failing batch of more than one record is split in two halves, invoked
+  in order (first half first); splitting consumes no retries and a failing single record gets its retries.
+- With `ReportBatchItemFailures`, the lowest failed record becomes the checkpoint: the records before it
+  succeeded and the retry starts from it (with bisection too, cutting there costs no retry).
+- Records older than `maximum_record_age_in_seconds` are not invoked (again): they fail with `RecordAgeExceeded`
+  while the fresh records of the same batch go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from streamfn.config import FunctionConfig
+from streamfn.failure import Condition, FailedRecord, InvalidResponse, first_failed_index
+from streamfn.record import Partition, SourceRecord
+
+log = logging.getLogger("streamfn.recovery")
+
+Invoke = Callable[[Sequence[SourceRecord]], Awaitable[Any]]
+"""Invokes the handler with these records and returns its response; raises on a function error."""
+
+
+class PartialFailure(Exception):
+    """The handler reported failed items: a function error with status 200 (no exception), as Lambda's."""
+
+
+class Recovery:
+    """Runs one batch to the end under the function's failure policy; returns the records that failed for good."""
+
+    def __init__(
+        self,
+        function: str,
+        config: FunctionConfig,
+        invoke: Invoke,
+        backoff: Callable[[int], float],
+        on_split: Callable[[], None],
+    ) -> None:
+        self._function = function
+        self._config = config
+        self._invoke = invoke
+        self._backoff = backoff
+        self._on_split = on_split
+        self._max_age_ms = config.maximum_record_age_in_seconds * 1000
+
+    async def run(self, partition: Partition, records: Sequence[SourceRecord]) -> list[FailedRecord]:
+        failures: list[FailedRecord] = []
+        await self._segment(partition, records, failures, inherited=0)
+        return failures
+
+    async def _segment(
+        self, partition: Partition, records: Sequence[SourceRecord], failures: list[FailedRecord], inherited: int
+    ) -> None:
+        """Invoke `records` until they succeed or fail for good; `inherited`: invocations that already had them."""
+        invocations = retries = 0
+        while True:
+            records = self._expire(partition, records, failures, inherited + invocations)
+            if not records:
+                return
+            try:
+                response = await self._invoke(records)
+                invocations += 1
+                index = first_failed_index(response, partition, records) if self._config.reports_item_failures else None
+                if index is None:
+                    return
+                error: BaseException = PartialFailure(f"the function reported {records[index].offset} failed")
+                records = records[index:]  # those before the lowest failed record succeeded
+                if index > 0 and self._config.bisect_batch_on_function_error:
+                    self._on_split()
+                    continue  # cut at the failure: no retry consumed
+            except InvalidResponse as invalid:
+                error = invalid
+            except Exception as function_error:
+                invocations += 1
+                error = function_error
+            if self._config.bisect_batch_on_function_error and len(records) > 1:
+                self._on_split()
+                half = (len(records) + 1) // 2
+                log.warning(
+                    "function %s: %s offsets %d-%d failed (%s); bisecting",
+                    self._function,
+                    partition,
+                    records[0].offset,
+                    records[-1].offset,
+                    type(error).__name__,
+                )
+                await self._segment(partition, records[:half], failures, inherited + invocations)
+                await self._segment(partition, records[half:], failures, inherited + invocations)
+                return
+            limit = self._config.retry_limit
+            if limit is not None and retries >= limit:
+                failures.extend(
+                    FailedRecord(
+                        partition, r, Condition.RETRY_ATTEMPTS_EXHAUSTED, inherited + invocations, error, len(records)
+                    )
+                    for r in records
+                )
+                return
+            retries += 1
+            delay = self._backoff(retries)
+            log.error(
+                "function %s: %s offsets %d-%d failed (attempt %d of %s): %s: %s; retrying in %.2f s",
+                self._function,
+                partition,
+                records[0].offset,
+                records[-1].offset,
+                retries,
+                "unlimited" if limit is None else limit + 1,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _expire(
+        self, partition: Partition, records: Sequence[SourceRecord], failures: list[FailedRecord], invoked: int
+    ) -> Sequence[SourceRecord]:
+        """Route records past the maximum record age to the failures; return the fresh ones."""
+        if self._max_age_ms < 0:
+            return records
+        oldest_allowed = time.time() * 1000 - self._max_age_ms
+        if records[0].timestamp >= oldest_allowed and all(r.timestamp >= oldest_allowed for r in records):
+            return records
+        fresh = [r for r in records if r.timestamp >= oldest_allowed]
+        failures.extend(
+            FailedRecord(partition, r, Condition.RECORD_AGE_EXCEEDED, invoked, None, len(records))
+            for r in records
+            if r.timestamp < oldest_allowed
+        )
+        return fresh
