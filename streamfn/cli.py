@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from streamfn.app import App
+from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 from streamfn.connectors.kafka.produce import produce_lines
+from streamfn.connectors.kafka.redrive import redrive as redrive_dead_letters
 from streamfn.connectors.kafka.source import SERVERS_ENV
 from streamfn.embedded import EmbeddedBroker
 from streamfn.errors import ConfigError
@@ -142,6 +144,36 @@ def _print_summary(summaries: list[FunctionSummary]) -> None:
             offsets,
         )
     out.print(table)
+
+
+@cli.command()
+def redrive(
+    pipeline: Path,
+    function: Annotated[str, typer.Option("--function", help="The function whose dead letters to redrive.")],
+    bootstrap_servers: Servers = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Redrive at most N records.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be redriven; produce and commit nothing.")] = False,
+) -> None:
+    """Produce a function's dead letters back to their source topics (once: progress is committed)."""
+    app = _load(pipeline)
+    target = app.functions.get(function)
+    if target is None:
+        _fail(
+            ConfigError(f"--function {function!r} is not declared in {pipeline}; declared: {', '.join(app.functions)}")
+        )
+    destination = target.config.on_failure
+    if not isinstance(destination, KafkaTopic):
+        _fail(ConfigError(f"function {function!r} has no on_failure=KafkaTopic(...) to redrive from"))
+    source_servers = target.source.servers(bootstrap_servers) if isinstance(target.source, KafkaSource) else None
+    servers = destination.servers(source_servers or bootstrap_servers)
+    if servers is None:
+        _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
+    group = f"{target.group_id}-redrive"
+    redriven = asyncio.run(redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run))
+    verb = "would redrive" if dry_run else "redrove"
+    for item in redriven:
+        out.print(f"{verb} {item.topic}-{item.partition}@{item.offset} ({item.condition})")
+    out.print(f"{verb} {len(redriven)} records from {destination.topic}")
 
 
 @cli.command()

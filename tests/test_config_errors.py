@@ -75,6 +75,35 @@ def enrich(records): ...
 """,
         ["function 'enrich'", "timeout=-1", "allowed: > 0 and <= 900"],
     ),
+    "dead letters to the source topic": (
+        """
+from streamfn.connectors.kafka import KafkaTopic
+@app.function(source=KafkaSource(topics=["orders"]), on_failure=KafkaTopic("orders"))
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "on_failure=KafkaTopic('orders') is the function's own source topic"],
+    ),
+    "record age below 60": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), MaximumRecordAgeInSeconds=30)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "MaximumRecordAgeInSeconds=30", "-1 (no limit) or between 60 and 604800"],
+    ),
+    "retries out of range": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), maximum_retry_attempts=10001)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "maximum_retry_attempts=10001", "allowed: >= -1 and <= 10000"],
+    ),
+    "unknown response type": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), FunctionResponseTypes=["ReportItemFailures"])
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "FunctionResponseTypes.0='ReportItemFailures'", "'ReportBatchItemFailures'"],
+    ),
     "no function declared": ("", ["declares no function"]),
     "import fails": (
         "import not_a_module_anywhere\n",

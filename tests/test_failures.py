@@ -32,8 +32,13 @@ async def test_bisect_isolates_one_poison_record_within_the_bound(broker: str, n
     app = App("bisect")
 
     @app.function(
-        source=source(topic, group), batch_size=64, maximum_batching_window_in_seconds=0.5, backoff=FAST,
-        bisect_batch_on_function_error=True, maximum_retry_attempts=2, on_failure=KafkaTopic(dlq),
+        source=source(topic, group),
+        batch_size=64,
+        maximum_batching_window_in_seconds=0.5,
+        backoff=FAST,
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=2,
+        on_failure=KafkaTopic(dlq),
     )
     def handler(records: list[Record]) -> None:
         if records[0].partition == 0:
@@ -45,9 +50,16 @@ async def test_bisect_isolates_one_poison_record_within_the_bound(broker: str, n
     summary = await run_worker(app, broker, lambda: len(handled) >= 127, settle=1.0)
     dead = await read_topic(broker, dlq, 1)
     assert [(list(r.headers), orjson.loads(r.value)["requestContext"]["condition"]) for r in dead] == [
-        ([("streamfn.source.topic", topic.encode()), ("streamfn.source.partition", b"0"),
-          ("streamfn.source.offset", b"37"), ("streamfn.error.condition", b"RetryAttemptsExhausted"),
-          ("streamfn.error.type", b"ValueError")], "RetryAttemptsExhausted"),
+        (
+            [
+                ("streamfn.source.topic", topic.encode()),
+                ("streamfn.source.partition", b"0"),
+                ("streamfn.source.offset", b"37"),
+                ("streamfn.error.condition", b"RetryAttemptsExhausted"),
+                ("streamfn.error.type", b"ValueError"),
+            ],
+            "RetryAttemptsExhausted",
+        ),
     ]
     assert handled == {(p, o) for p in range(2) for o in range(64)} - {(0, 37)}
     assert len(invocations) <= 2 * math.ceil(math.log2(64)) + 1 + 2
@@ -68,8 +80,12 @@ async def test_without_bisect_the_whole_batch_is_dead_lettered_after_its_retries
     app = App("nobisect")
 
     @app.function(
-        source=source(topic, group), batch_size=10, maximum_batching_window_in_seconds=0.5, backoff=FAST,
-        maximum_retry_attempts=3, on_failure=KafkaTopic(dlq),
+        source=source(topic, group),
+        batch_size=10,
+        maximum_batching_window_in_seconds=0.5,
+        backoff=FAST,
+        maximum_retry_attempts=3,
+        on_failure=KafkaTopic(dlq),
     )
     async def handler(records: list[Record]) -> None:
         calls.append(records[0].offset)
@@ -90,12 +106,20 @@ async def test_without_bisect_the_whole_batch_is_dead_lettered_after_its_retries
 async def test_dead_letter_layout_field_by_field(broker: str, name: Any) -> None:
     topic, group, dlq = name("t"), name("g"), name("dlq")
     await create_topic(broker, topic, 1)
-    await produce(broker, topic, [Out(b'{"bad": true}', key=b"user-7", partition=0, headers=[("trace", b"t1")],
-                                      timestamp_ms=1_700_000_000_000)])
+    await produce(
+        broker,
+        topic,
+        [Out(b'{"bad": true}', key=b"user-7", partition=0, headers=[("trace", b"t1")], timestamp_ms=1_700_000_000_000)],
+    )
     app = App("layout")
 
-    @app.function(source=source(topic, group), backoff=FAST, maximum_retry_attempts=0, on_failure=KafkaTopic(dlq),
-                  maximum_batching_window_in_seconds=0)
+    @app.function(
+        source=source(topic, group),
+        backoff=FAST,
+        maximum_retry_attempts=0,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0,
+    )
     def enrich(event: dict[str, Any], context: Any) -> None:
         raise KeyError("customer")
 
@@ -111,8 +135,17 @@ async def test_dead_letter_layout_field_by_field(broker: str, name: Any) -> None
     headers = dict(letter_record.headers)
     assert headers["trace"] == b"t1" and headers["streamfn.source.offset"] == b"0"
     letter = orjson.loads(letter_record.value)
-    assert set(letter) == {"requestContext", "responseContext", "errorType", "errorMessage", "stackTrace", "version",
-                           "timestamp", "KafkaBatchInfo", "payload"}
+    assert set(letter) == {
+        "requestContext",
+        "responseContext",
+        "errorType",
+        "errorMessage",
+        "stackTrace",
+        "version",
+        "timestamp",
+        "KafkaBatchInfo",
+        "payload",
+    }
     assert letter["requestContext"]["functionArn"] == "arn:aws:lambda:local:000000000000:function:enrich"
     assert letter["requestContext"]["approximateInvokeCount"] == 1 and len(letter["requestContext"]["requestId"]) == 36
     assert letter["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
@@ -120,11 +153,334 @@ async def test_dead_letter_layout_field_by_field(broker: str, name: Any) -> None
     assert any("raise KeyError" in line for line in letter["stackTrace"])
     assert letter["version"] == "1.0" and letter["timestamp"].endswith("Z")
     payload = letter["payload"]
-    assert letter["KafkaBatchInfo"] == {"batchSize": 1, "bootstrapServers": broker,
-                                        "payloadSize": len(orjson.dumps(payload)),
-                                        "recordInfo": {"offset": 0, "timestamp": 1_700_000_000_000}}
+    assert letter["KafkaBatchInfo"] == {
+        "batchSize": 1,
+        "bootstrapServers": broker,
+        "payloadSize": len(orjson.dumps(payload)),
+        "recordInfo": {"offset": 0, "timestamp": 1_700_000_000_000},
+    }
     assert payload["eventSource"] == "SelfManagedKafka" and payload["bootstrapServers"] == broker
     (record,) = payload["records"][f"{topic}-0"]
     assert base64.b64decode(record["value"]) == b'{"bad": true}' and base64.b64decode(record["key"]) == b"user-7"
     assert record["headers"] == [{"trace": list(b"t1")}] and record["offset"] == 0
     assert await committed(broker, group, topic, 1) == {0: 1}
+
+
+def item(topic: str, partition: int, offset: Any) -> dict[str, Any]:
+    return {"itemIdentifier": {"partition": f"{topic}-{partition}", "offset": offset}}
+
+
+async def test_partial_batch_response_checkpoints_at_the_lowest_failure_and_retries_from_it(
+    broker: str, name: Any
+) -> None:
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 10, partitions=1)
+    calls: list[list[int]] = []
+    app = App("partial")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=10,
+        maximum_batching_window_in_seconds=0.5,
+        backoff=FAST,
+        function_response_types=["ReportBatchItemFailures"],
+    )
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        offsets = [r["offset"] for r in event["records"][f"{topic}-0"]]
+        calls.append(offsets)
+        if len(calls) == 1:  # 4 and 7 failed: the checkpoint is 4, the retry starts there
+            return {"batchItemFailures": [item(topic, 0, 7), item(topic, 0, 4)]}
+        return {"batchItemFailures": []}
+
+    await run_worker(app, broker, lambda: len(calls) >= 2, settle=0.5)
+    assert calls == [list(range(10)), list(range(4, 10))]
+    assert await committed(broker, group, topic, 1) == {0: 10}
+
+
+SUCCESS_FORMS = [None, {}, [], "", {"batchItemFailures": []}, {"batchItemFailures": None}]
+
+
+async def test_partial_batch_success_forms(broker: str, name: Any) -> None:
+    """Each form Lambda accepts as success commits the batch after one invocation (one function per form)."""
+    topics = [name(f"t{i}") for i in range(len(SUCCESS_FORMS))]
+    calls: dict[int, int] = {}
+    app = App("success-forms")
+    for i, (topic, response) in enumerate(zip(topics, SUCCESS_FORMS, strict=True)):
+        await create_topic(broker, topic, 1)
+        await produce_values(broker, topic, 3, partitions=1)
+
+        def handler(event: dict[str, Any], context: Any, i: int = i, response: Any = response) -> Any:
+            calls[i] = calls.get(i, 0) + 1
+            return response
+
+        app.function(
+            source=source(topic, f"{topic}-g"),
+            name=f"form{i}",
+            batch_size=3,
+            backoff=FAST,
+            maximum_batching_window_in_seconds=0.2,
+            function_response_types=["ReportBatchItemFailures"],
+        )(handler)
+
+    await run_worker(app, broker, lambda: len(calls) == len(SUCCESS_FORMS), settle=0.5)
+    assert calls == dict.fromkeys(range(len(SUCCESS_FORMS)), 1)
+    for topic in topics:
+        assert await committed(broker, f"{topic}-g", topic, 1) == {0: 3}
+
+
+MALFORMED = {
+    "empty identifier": lambda t: {"batchItemFailures": [{"itemIdentifier": ""}]},
+    "null identifier": lambda t: {"batchItemFailures": [{"itemIdentifier": None}]},
+    "missing identifier": lambda t: {"batchItemFailures": [{"id": {"partition": f"{t}-0", "offset": 1}}]},
+    "offset not in batch": lambda t: {"batchItemFailures": [item(t, 0, 123)]},
+    "other partition": lambda t: {"batchItemFailures": [item(t, 5, 1)]},
+    "offset as string": lambda t: {"batchItemFailures": [item(t, 0, "1")]},
+    "failures not a list": lambda t: {"batchItemFailures": "1"},
+    "not an object": lambda t: "failed",
+}
+
+
+async def test_malformed_partial_response_fails_the_whole_batch(broker: str, name: Any) -> None:
+    """Each malformed response fails the whole batch: retried whole, then dead-lettered whole."""
+    cases = {case: (name("t"), name("dlq")) for case in MALFORMED}
+    calls: dict[str, list[list[int]]] = {case: [] for case in MALFORMED}
+    app = App("malformed")
+    for case, (topic, dlq) in cases.items():
+        await create_topic(broker, topic, 1)
+        await produce_values(broker, topic, 3, partitions=1)
+
+        def handler(event: dict[str, Any], context: Any, case: str = case, topic: str = topic) -> Any:
+            calls[case].append([r["offset"] for r in event["records"][f"{topic}-0"]])
+            return MALFORMED[case](topic)
+
+        app.function(
+            source=source(topic, f"{topic}-g"),
+            name=case.replace(" ", "_"),
+            batch_size=3,
+            backoff=FAST,
+            maximum_batching_window_in_seconds=0.2,
+            function_response_types=["ReportBatchItemFailures"],
+            maximum_retry_attempts=1,
+            on_failure=KafkaTopic(dlq),
+        )(handler)
+
+    await run_worker(app, broker, lambda: all(len(c) >= 2 for c in calls.values()), settle=1.0)
+    for case, (topic, dlq) in cases.items():
+        assert calls[case] == [[0, 1, 2], [0, 1, 2]], case
+        dead = await read_topic(broker, dlq, 3)
+        assert sorted(int(dict(r.headers)["streamfn.source.offset"]) for r in dead) == [0, 1, 2], case
+        assert {orjson.loads(r.value)["errorType"] for r in dead} == {"InvalidResponse"}, case
+        assert await committed(broker, f"{topic}-g", topic, 1) == {0: 3}, case
+
+
+async def test_native_handler_reports_failed_records_and_bisect_cuts_there(broker: str, name: Any) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 8, partitions=1)
+    calls: list[list[int]] = []
+    app = App("native-partial")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=8,
+        maximum_batching_window_in_seconds=0.5,
+        backoff=FAST,
+        function_response_types=["ReportBatchItemFailures"],
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=1,
+        on_failure=KafkaTopic(dlq),
+    )
+    async def handler(records: list[Record]) -> BatchItemFailures | None:
+        calls.append([r.offset for r in records])
+        bad = [r for r in records if r.offset == 5]
+        if bad:
+            raise BatchItemFailures(bad)
+        return None
+
+    await run_worker(app, broker, lambda: [7] in calls, settle=1.0)
+    # cut at 5 (no retry used); 5-7 fails at its first record: halves 5-6 then 7; 5-6 halves 5 then 6;
+    # 5 alone gets its one retry
+    assert calls == [list(range(8)), [5, 6, 7], [5, 6], [5], [5], [6], [7]]
+    dead = await read_topic(broker, dlq, 1)
+    assert [dict(r.headers)["streamfn.source.offset"] for r in dead] == [b"5"]
+    assert orjson.loads(dead[0].value)["responseContext"]["functionError"] is None  # a reported item, as Lambda
+    assert await committed(broker, group, topic, 1) == {0: 8}
+
+
+async def test_records_past_their_maximum_age_go_to_the_destination_and_fresh_ones_are_delivered(
+    broker: str, name: Any
+) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    old = int(time.time() * 1000) - 120_000
+    await produce(
+        broker, topic, [Out(b'{"n": %d}' % i, partition=0, timestamp_ms=old if i % 2 else None) for i in range(6)]
+    )
+    delivered: list[int] = []
+    app = App("age")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=6,
+        maximum_batching_window_in_seconds=0.5,
+        maximum_record_age_in_seconds=60,
+        on_failure=KafkaTopic(dlq),
+    )
+    def handler(records: list[Record]) -> None:
+        delivered.extend(r.offset for r in records)
+
+    await run_worker(app, broker, lambda: len(delivered) >= 3, settle=1.0)
+    assert delivered == [0, 2, 4]
+    dead = letters(await read_topic(broker, dlq, 3))
+    assert sorted(d["KafkaBatchInfo"]["recordInfo"]["offset"] for d in dead) == [1, 3, 5]
+    for letter in dead:
+        assert letter["requestContext"]["condition"] == "RecordAgeExceeded"
+        assert "responseContext" not in letter and letter["requestContext"]["approximateInvokeCount"] == 0
+    assert await committed(broker, group, topic, 1) == {0: 6}
+
+
+async def test_unwritable_destination_holds_the_commit_until_it_recovers(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamfn.embedded import EmbeddedBroker, free_port
+
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 20, partitions=1)
+    port = free_port()  # nothing listens here yet: the dead-letter cluster is down
+    handled: list[int] = []
+    app = App("dlq-down")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=5,
+        maximum_batching_window_in_seconds=0.2,
+        backoff=FAST,
+        maximum_retry_attempts=0,
+        on_failure=KafkaTopic(dlq, bootstrap_servers=f"127.0.0.1:{port}"),
+    )
+    def handler(records: list[Record]) -> None:
+        if records[0].offset == 5:
+            raise ValueError("poison batch")
+        handled.extend(r.offset for r in records)
+
+    from streamfn.worker import Worker
+
+    worker = Worker(app, broker)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    while "writing 5 failed records" not in caplog.text:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(3)
+    assert handled == [0, 1, 2, 3, 4]  # the partition waits on the destination; nothing after it ran
+    assert await committed(broker, group, topic, 1) == {0: 5}  # never past the undelivered failures
+    with EmbeddedBroker(port) as dead_letters:
+        while len(handled) < 15:
+            assert not task.done()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        worker.stop()
+        await task
+        dead = await read_topic(dead_letters.address, dlq, 5)
+    assert sorted(int(dict(r.headers)["streamfn.source.offset"]) for r in dead) == [5, 6, 7, 8, 9]
+    assert handled == [0, 1, 2, 3, 4, *range(10, 20)]
+    assert await committed(broker, group, topic, 1) == {0: 20}
+
+
+async def test_timeouts_and_exceptions_in_sync_and_async_handlers_are_function_errors(broker: str, name: Any) -> None:
+    topics = {kind: (name("t"), name("dlq")) for kind in ("sync", "async", "timeout")}
+    app = App("errors")
+    for topic, _ in topics.values():
+        await create_topic(broker, topic, 1)
+        await produce_values(broker, topic, 2, partitions=1)
+    common = {"batch_size": 2, "maximum_batching_window_in_seconds": 0.2, "backoff": FAST, "maximum_retry_attempts": 1}
+
+    @app.function(source=source(topics["sync"][0], name("g")), on_failure=KafkaTopic(topics["sync"][1]), **common)
+    def sync_handler(records: list[Record]) -> None:
+        raise LookupError("sync failure")
+
+    @app.function(source=source(topics["async"][0], name("g")), on_failure=KafkaTopic(topics["async"][1]), **common)
+    async def async_handler(records: list[Record]) -> None:
+        await asyncio.sleep(0)
+        raise ArithmeticError("async failure")
+
+    @app.function(
+        source=source(topics["timeout"][0], name("g")),
+        on_failure=KafkaTopic(topics["timeout"][1]),
+        timeout=0.3,
+        **common,
+    )
+    async def slow_handler(records: list[Record]) -> None:
+        await asyncio.sleep(10)
+
+    found: dict[str, list[Any]] = {}
+
+    async def collect() -> None:
+        for kind, (_, dlq) in topics.items():
+            found[kind] = letters(await read_topic(broker, dlq, 2, timeout=40))
+
+    reader = asyncio.create_task(collect())
+    await run_worker(app, broker, reader.done, timeout=60)
+    expected = {
+        "sync": ("LookupError", "sync failure"),
+        "async": ("ArithmeticError", "async failure"),
+        "timeout": ("InvocationTimeout", "invocation exceeded the timeout of 0.3 s"),
+    }
+    for kind, (error_type, message) in expected.items():
+        assert [
+            (d["errorType"], d["errorMessage"], d["requestContext"]["approximateInvokeCount"]) for d in found[kind]
+        ] == [(error_type, message, 2)] * 2, kind
+
+
+async def test_undecodable_values_are_dead_lettered_and_never_reach_the_handler(broker: str, name: Any) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce(
+        broker, topic, [Out(b'{"n": 0}', partition=0), Out(b"{not json", partition=0), Out(b'{"n": 2}', partition=0)]
+    )
+    seen: list[Any] = []
+    app = App("undecodable")
+
+    @app.function(
+        source=source(topic, group), batch_size=3, maximum_batching_window_in_seconds=0.3, on_failure=KafkaTopic(dlq)
+    )
+    def handler(records: list[Record]) -> None:
+        seen.extend(r.value for r in records)
+
+    await run_worker(app, broker, lambda: len(seen) >= 2, settle=1.0)
+    assert seen == [{"n": 0}, {"n": 2}]
+    (letter,) = letters(await read_topic(broker, dlq, 1))
+    assert letter["requestContext"]["condition"] == "DeserializationError"
+    assert letter["requestContext"]["approximateInvokeCount"] == 0 and "responseContext" not in letter
+    assert letter["errorType"] == "JSONDecodeError" and "unexpected character" in letter["errorMessage"]
+    assert base64.b64decode(letter["payload"]["records"][f"{topic}-0"][0]["value"]) == b"{not json"
+    assert await committed(broker, group, topic, 1) == {0: 3}
+
+
+async def test_without_a_destination_failed_records_are_dropped_logged_and_counted(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 4, partitions=1)
+    calls: list[int] = []
+    app = App("drop")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=2,
+        maximum_batching_window_in_seconds=0.2,
+        backoff=FAST,
+        maximum_retry_attempts=1,
+    )
+    def handler(records: list[Record]) -> None:
+        calls.append(records[0].offset)
+        if records[0].offset == 0:
+            raise ValueError("nope")
+
+    summary = await run_worker(app, broker, lambda: 2 in calls, settle=0.5)
+    assert calls == [0, 0, 2]
+    assert summary[0].stats.dropped == 2 and summary[0].stats.handled == 2
+    for offset in (0, 1):
+        assert f"{topic}-0 offset {offset} dropped (RetryAttemptsExhausted after 2 invocations" in caplog.text
+    assert await committed(broker, group, topic, 1) == {0: 4}

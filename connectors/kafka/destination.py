@@ -50,9 +50,13 @@ class KafkaTopic(StrictModel):
                 "(Lambda refuses this too); use another topic"
             )
 
+    def servers(self, source_servers: str | None) -> str | None:
+        """Its own cluster if it names one, else its function's source cluster."""
+        servers = self.bootstrap_servers or source_servers
+        return ",".join(servers) if isinstance(servers, list) else servers
+
     async def start(self, default_servers: str | None) -> None:
-        servers = self.bootstrap_servers or default_servers
-        self._servers = ",".join(servers) if isinstance(servers, list) else servers
+        self._servers = self.servers(default_servers)
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         producer = await self._connected(origin.servers)
