@@ -19,7 +19,7 @@ from rich.table import Table
 
 from streamfn.app import App
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
-from streamfn.connectors.kafka.produce import produce_lines
+from streamfn.connectors.kafka.produce import Produced, produce_lines
 from streamfn.connectors.kafka.redrive import redrive as redrive_dead_letters
 from streamfn.connectors.kafka.source import SERVERS_ENV
 from streamfn.embedded import EmbeddedBroker
@@ -90,7 +90,10 @@ def run(
                 _fail(error)
             bootstrap_servers = broker.address
             out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
-        summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle))
+        try:
+            summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle))
+        except ConfigError as error:
+            _fail(error)
     _print_summary(summaries)
 
 
@@ -104,8 +107,10 @@ async def _run(
     for topic, file in seeds:
         assert servers is not None
         with file.open("rb") as lines:
-            count = await produce_lines(servers, topic, lines, key_field=key_field, source=str(file))
-        out.print(f"streamfn: seeded {count} records from {file} into topic {topic}")
+            produced = await produce_lines(servers, topic, lines, key_field=key_field)
+        out.print(
+            f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
+        )
     return await Worker(app, servers).run(until_idle=until_idle)
 
 
@@ -118,31 +123,37 @@ def _seed(spec: str) -> tuple[str, Path]:
     return topic, Path(file)
 
 
+SUMMARY_COLUMNS = (
+    "function",
+    "group",
+    "polled",
+    "invocations",
+    "failed invocations",
+    "handled",
+    "dead-lettered",
+    "dropped",
+    "committed",
+)
+
+
 def _print_summary(summaries: list[FunctionSummary]) -> None:
     table = Table(title="streamfn run summary")
-    for column in (
-        "function",
-        "group",
-        "polled",
-        "invocations",
-        "failed invocations",
-        "handled",
-        "committed",
-    ):
+    for column in SUMMARY_COLUMNS:
         table.add_column(column, justify="left" if column in ("function", "group") else "right", no_wrap=True)
     table.add_column("committed offsets", overflow="fold")
     for s in summaries:
-        offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
-        table.add_row(
-            s.name,
-            s.group_id,
-            str(s.stats.polled),
-            str(s.stats.batches + s.stats.failed_invocations),
-            str(s.stats.failed_invocations),
-            str(s.stats.handled),
-            str(s.committed_records),
-            offsets,
+        stats = s.stats
+        counts = (
+            stats.polled,
+            stats.batches + stats.failed_invocations,
+            stats.failed_invocations,
+            stats.handled,
+            stats.dead_lettered,
+            stats.dropped,
+            s.committed_records,
         )
+        offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
+        table.add_row(s.name, s.group_id, *map(str, counts), offsets)
     out.print(table)
 
 
@@ -189,12 +200,16 @@ def produce(
     try:
         with ExitStack() as stack:
             lines = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
-            count = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field, source=str(file)))
-    except ConfigError as error:
-        _fail(error)
+            produced = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field))
     except FileNotFoundError:
         _fail(ConfigError(f"file {str(file)!r} does not exist"))
-    out.print(f"produced {count} records to {topic}")
+    out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
+
+
+def _unkeyed(produced: Produced, key_field: str | None) -> str:
+    if not produced.unkeyed:
+        return ""
+    return f" ({produced.unkeyed} without a key: no {key_field!r} field)"
 
 
 def main() -> None:

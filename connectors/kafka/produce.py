@@ -3,41 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streamfn.errors import ConfigError
 
-
-def _key(line: bytes, key_field: str | None, where: str) -> bytes | None:
+def _key(line: bytes, key_field: str | None) -> bytes | None:
+    """The key from a JSON object's field; None when the line is no JSON object or lacks the field."""
     if key_field is None:
         return None
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
-        raise ConfigError(f"{where}: --key-field needs JSON lines; this line is not JSON") from None
+        return None
     if not isinstance(value, dict) or key_field not in value:
-        raise ConfigError(f"{where}: no field {key_field!r} for the key")
+        return None
     key = value[key_field]
     return (key if isinstance(key, str) else orjson.dumps(key).decode()).encode()
 
 
-async def produce_lines(
-    servers: str, topic: str, lines: Iterable[bytes], *, key_field: str | None = None, source: str = "input"
-) -> int:
-    """Produce each non-empty line as one record's value; the key from a JSON field, if given. Returns the count."""
+@dataclass(frozen=True)
+class Produced:
+    count: int
+    unkeyed: int
+    """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
+
+
+async def produce_lines(servers: str, topic: str, lines: Iterable[bytes], *, key_field: str | None = None) -> Produced:
+    """Produce each non-empty line as one record's value, keyed by a JSON field if given."""
     producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5, acks="all")
     await producer.start()
-    count = 0
+    count = unkeyed = 0
     try:
-        for number, raw in enumerate(lines, 1):
+        for raw in lines:
             line = raw.rstrip(b"\r\n")
             if not line:
                 continue
-            await producer.send(topic, line, key=_key(line, key_field, f"{source}, line {number}"))
+            key = _key(line, key_field)
+            unkeyed += key_field is not None and key is None
+            await producer.send(topic, line, key=key)
             count += 1
         await producer.flush()
     finally:
         await producer.stop()
-    return count
+    return Produced(count, unkeyed)
