@@ -70,6 +70,9 @@ class PartitionWorker:
         self._retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
         )
+        self._recovery = Recovery(function.name, function.config, self._delay, self._count_split)
+        self._decoded: dict[int, Record] = {}
+        """The current batch's records as a native handler receives them, by offset."""
         self._origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
         self._task = asyncio.create_task(self._run(), name=f"streamfn:{function.name}:{partition}")
 
@@ -103,44 +106,39 @@ class PartitionWorker:
 
     async def _handle(self, batch: Batch) -> None:
         """Run the batch to the end: every record succeeded, or failed and was delivered (or dropped)."""
-        decoded, failures = self._decode_batch(batch)
-        if self.function.style is HandlerStyle.NATIVE:
-            invocable = [r for r in batch.records if r.offset in decoded]
-        else:
-            invocable = list(batch.records)
-
-        async def invoke(records: Sequence[SourceRecord]) -> Any:
-            if self._stopping:
-                raise StopProcessing
-            if self.function.style is HandlerStyle.LAMBDA:
-                payload: Any = self._reader.lambda_event(self.partition, records)
-            else:
-                payload = [decoded[r.offset] for r in records]
-            self._stats.invoked += len(records)
-            self._invoking = True
-            try:
-                response = await self._invoker.invoke(payload)
-            except BatchItemFailures as reported:  # a native handler's partial failure, raised
-                response = reported
-            except Exception:
-                self._stats.failed_invocations += 1
-                raise
-            finally:
-                self._invoking = False
-            self._stats.batches += 1
-            return response
-
+        self._decoded, failures = self._decode_batch(batch)
+        invocable = batch.records
+        if failures:  # only what decoded reaches the handler
+            invocable = [r for r in batch.records if r.offset in self._decoded]
         if invocable:
-            failures += await self._recovery(invoke).run(self.partition, invocable)
+            failures += await self._recovery.run(self.partition, invocable, self._invoke)
         self._stats.handled += len(batch.records) - len(failures)
         if failures:
             await self._deliver(failures)
 
-    def _recovery(self, invoke: Any) -> Recovery:
-        def split() -> None:
-            self._stats.bisections += 1
-
-        return Recovery(self.function.name, self.function.config, invoke, self._delay, split)
+    async def _invoke(self, records: Sequence[SourceRecord]) -> Any:
+        """One invocation with these records of the current batch; returns the handler's response."""
+        if self._stopping:
+            raise StopProcessing
+        if self.function.style is HandlerStyle.LAMBDA:
+            payload: Any = self._reader.lambda_event(self.partition, records)
+        elif len(records) == len(self._decoded):  # the whole batch: the decoded records, in offset order
+            payload = list(self._decoded.values())
+        else:
+            payload = [self._decoded[r.offset] for r in records]
+        self._stats.invoked += len(records)
+        self._invoking = True
+        try:
+            response = await self._invoker.invoke(payload)
+        except BatchItemFailures as reported:  # a native handler's partial failure, raised
+            response = reported
+        except Exception:
+            self._stats.failed_invocations += 1
+            raise
+        finally:
+            self._invoking = False
+        self._stats.batches += 1
+        return response
 
     def _decode_batch(self, batch: Batch) -> tuple[dict[int, Record], list[FailedRecord]]:
         """Native handlers: decode every value once; a record that does not decode never reaches the handler."""
@@ -201,6 +199,9 @@ class PartitionWorker:
                     delay,
                 )
             await asyncio.sleep(delay)
+
+    def _count_split(self) -> None:
+        self._stats.bisections += 1
 
     def _delay(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""

@@ -37,27 +37,26 @@ class Recovery:
     """Runs one batch to the end under the function's failure policy; returns the records that failed for good."""
 
     def __init__(
-        self,
-        function: str,
-        config: FunctionConfig,
-        invoke: Invoke,
-        backoff: Callable[[int], float],
-        on_split: Callable[[], None],
+        self, function: str, config: FunctionConfig, backoff: Callable[[int], float], on_split: Callable[[], None]
     ) -> None:
         self._function = function
         self._config = config
-        self._invoke = invoke
         self._backoff = backoff
         self._on_split = on_split
         self._max_age_ms = config.maximum_record_age_in_seconds * 1000
 
-    async def run(self, partition: Partition, records: Sequence[SourceRecord]) -> list[FailedRecord]:
+    async def run(self, partition: Partition, records: Sequence[SourceRecord], invoke: Invoke) -> list[FailedRecord]:
         failures: list[FailedRecord] = []
-        await self._segment(partition, records, failures, inherited=0)
+        await self._segment(partition, records, invoke, failures, inherited=0)
         return failures
 
     async def _segment(
-        self, partition: Partition, records: Sequence[SourceRecord], failures: list[FailedRecord], inherited: int
+        self,
+        partition: Partition,
+        records: Sequence[SourceRecord],
+        invoke: Invoke,
+        failures: list[FailedRecord],
+        inherited: int,
     ) -> None:
         """Invoke `records` until they succeed or fail for good; `inherited`: invocations that already had them."""
         invocations = retries = 0
@@ -66,7 +65,7 @@ class Recovery:
             if not records:
                 return
             try:
-                response = await self._invoke(records)
+                response = await invoke(records)
                 invocations += 1
                 index = first_failed_index(response, partition, records) if self._config.reports_item_failures else None
                 if index is None:
@@ -92,8 +91,8 @@ class Recovery:
                     records[-1].offset,
                     type(error).__name__,
                 )
-                await self._segment(partition, records[:half], failures, inherited + invocations)
-                await self._segment(partition, records[half:], failures, inherited + invocations)
+                await self._segment(partition, records[:half], invoke, failures, inherited + invocations)
+                await self._segment(partition, records[half:], invoke, failures, inherited + invocations)
                 return
             limit = self._config.retry_limit
             if limit is not None and retries >= limit:
