@@ -71,8 +71,8 @@ class PartitionWorker:
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
         )
         self._recovery = Recovery(function.name, function.config, self._delay, self._count_split)
-        self._decoded: dict[int, Record] = {}
-        """The current batch's records as a native handler receives them, by offset."""
+        self._decoded: list[Record] = []
+        """The current batch's records as a native handler receives them (those that decoded)."""
         self._origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
         self._task = asyncio.create_task(self._run(), name=f"streamfn:{function.name}:{partition}")
 
@@ -109,7 +109,8 @@ class PartitionWorker:
         self._decoded, failures = self._decode_batch(batch)
         invocable = batch.records
         if failures:  # only what decoded reaches the handler
-            invocable = [r for r in batch.records if r.offset in self._decoded]
+            decodable = {record.offset for record in self._decoded}
+            invocable = [r for r in batch.records if r.offset in decodable]
         if invocable:
             failures += await self._recovery.run(self.partition, invocable, self._invoke)
         self._stats.handled += len(batch.records) - len(failures)
@@ -123,9 +124,10 @@ class PartitionWorker:
         if self.function.style is HandlerStyle.LAMBDA:
             payload: Any = self._reader.lambda_event(self.partition, records)
         elif len(records) == len(self._decoded):  # the whole batch: the decoded records, in offset order
-            payload = list(self._decoded.values())
-        else:
-            payload = [self._decoded[r.offset] for r in records]
+            payload = self._decoded
+        else:  # a part of it, after a partial failure or a bisection
+            wanted = {r.offset for r in records}
+            payload = [record for record in self._decoded if record.offset in wanted]
         self._stats.invoked += len(records)
         self._invoking = True
         try:
@@ -140,25 +142,30 @@ class PartitionWorker:
         self._stats.batches += 1
         return response
 
-    def _decode_batch(self, batch: Batch) -> tuple[dict[int, Record], list[FailedRecord]]:
+    def _decode_batch(self, batch: Batch) -> tuple[list[Record], list[FailedRecord]]:
         """Native handlers: decode every value once; a record that does not decode never reaches the handler."""
-        decoded: dict[int, Record] = {}
-        failures: list[FailedRecord] = []
         if self.function.style is not HandlerStyle.NATIVE:
-            return decoded, failures
-        decode = self._decode
+            return [], []
+        try:  # the common case, in one pass
+            return [self._record(r, self._decode(r.value)) for r in batch.records], []
+        except Exception:
+            pass
+        decoded: list[Record] = []
+        failures: list[FailedRecord] = []
         for r in batch.records:
             try:
-                value = decode(r.value)
+                decoded.append(self._record(r, self._decode(r.value)))
             except Exception as error:
                 failures.append(
                     FailedRecord(self.partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(batch.records))
                 )
-                continue
-            decoded[r.offset] = Record(
-                r.topic, r.partition, r.offset, r.timestamp, r.key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type]
-            )
         return decoded, failures
+
+    @staticmethod
+    def _record(r: SourceRecord, value: Any) -> Record:
+        return Record(
+            r.topic, r.partition, r.offset, r.timestamp, r.key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type]
+        )
 
     async def _deliver(self, failures: list[FailedRecord]) -> None:
         """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""

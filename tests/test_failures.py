@@ -484,3 +484,36 @@ async def test_without_a_destination_failed_records_are_dropped_logged_and_count
     for offset in (0, 1):
         assert f"{topic}-0 offset {offset} dropped (RetryAttemptsExhausted after 2 invocations" in caplog.text
     assert await committed(broker, group, topic, 1) == {0: 4}
+
+
+async def test_infinite_retries_with_a_destination_are_capped_at_10_and_the_log_says_so(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 1, partitions=1)
+    calls: list[int] = []
+    app = App("cap")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=1,
+        maximum_batching_window_in_seconds=0,
+        backoff=Backoff(initial_seconds=0.001, max_seconds=0.005),
+        on_failure=KafkaTopic(dlq),
+    )
+    def handler(records: list[Record]) -> None:  # maximum_retry_attempts left at -1 (for ever)
+        calls.append(records[0].offset)
+        raise ValueError("always")
+
+    dead: list[Any] = []
+
+    async def wait_dead() -> None:
+        dead.extend(await read_topic(broker, dlq, 1, timeout=30))
+
+    waiter = asyncio.create_task(wait_dead())
+    await run_worker(app, broker, waiter.done, timeout=40)
+    assert len(calls) == 11  # 1 + 10 retries
+    assert letters(dead)[0]["requestContext"]["approximateInvokeCount"] == 11
+    assert "infinite retries with an on_failure destination: capped at 10 retries" in caplog.text
+    assert await committed(broker, group, topic, 1) == {0: 1}
