@@ -182,3 +182,16 @@ async def read_topic(servers: str, topic: str, count: int, timeout: float = 20) 
     finally:
         await consumer.stop()
     return sorted(found, key=lambda r: (r.partition, r.offset))
+
+
+async def run_until_read(app: App, servers: str, wanted: dict[str, int], timeout: float = 40) -> dict[str, list[Any]]:
+    """Run `app` until `wanted[topic]` records can be read from each topic (dead letters, say); return them."""
+    found: dict[str, list[Any]] = {}
+
+    async def read() -> None:
+        for topic, count in wanted.items():
+            found[topic] = await read_topic(servers, topic, count, timeout=timeout)
+
+    reader = asyncio.create_task(read())
+    await run_worker(app, servers, reader.done, timeout=timeout + 10)
+    return found

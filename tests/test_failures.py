@@ -10,7 +10,17 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import Out, committed, create_topic, produce, produce_values, read_topic, run_worker, source
+from conftest import (
+    Out,
+    committed,
+    create_topic,
+    produce,
+    produce_values,
+    read_topic,
+    run_until_read,
+    run_worker,
+    source,
+)
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
@@ -123,14 +133,7 @@ async def test_dead_letter_layout_field_by_field(broker: str, name: Any) -> None
     def enrich(event: dict[str, Any], context: Any) -> None:
         raise KeyError("customer")
 
-    dead: list[Any] = []
-
-    async def poll() -> None:
-        dead.extend(await read_topic(broker, dlq, 1, timeout=30))
-
-    reader = asyncio.create_task(poll())
-    await run_worker(app, broker, lambda: reader.done(), timeout=40)
-    (letter_record,) = dead
+    (letter_record,) = (await run_until_read(app, broker, {dlq: 1}))[dlq]
     assert letter_record.key == b"user-7"
     headers = dict(letter_record.headers)
     assert headers["trace"] == b"t1" and headers["streamfn.source.offset"] == b"0"
@@ -413,14 +416,8 @@ async def test_timeouts_and_exceptions_in_sync_and_async_handlers_are_function_e
     async def slow_handler(records: list[Record]) -> None:
         await asyncio.sleep(10)
 
-    found: dict[str, list[Any]] = {}
-
-    async def collect() -> None:
-        for kind, (_, dlq) in topics.items():
-            found[kind] = letters(await read_topic(broker, dlq, 2, timeout=40))
-
-    reader = asyncio.create_task(collect())
-    await run_worker(app, broker, reader.done, timeout=60)
+    read = await run_until_read(app, broker, {dlq: 2 for _, dlq in topics.values()})
+    found = {kind: letters(read[dlq]) for kind, (_, dlq) in topics.items()}
     expected = {
         "sync": ("LookupError", "sync failure"),
         "async": ("ArithmeticError", "async failure"),
@@ -506,13 +503,7 @@ async def test_infinite_retries_with_a_destination_are_capped_at_10_and_the_log_
         calls.append(records[0].offset)
         raise ValueError("always")
 
-    dead: list[Any] = []
-
-    async def wait_dead() -> None:
-        dead.extend(await read_topic(broker, dlq, 1, timeout=30))
-
-    waiter = asyncio.create_task(wait_dead())
-    await run_worker(app, broker, waiter.done, timeout=40)
+    dead = (await run_until_read(app, broker, {dlq: 1}))[dlq]
     assert len(calls) == 11  # 1 + 10 retries
     assert letters(dead)[0]["requestContext"]["approximateInvokeCount"] == 11
     assert "infinite retries with an on_failure destination: capped at 10 retries" in caplog.text

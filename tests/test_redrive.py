@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-from conftest import Out, committed, create_topic, produce, read_topic, run_cli, run_worker, source, write_pipeline
+from conftest import (
+    Out,
+    committed,
+    create_topic,
+    produce,
+    read_topic,
+    run_cli,
+    run_until_read,
+    run_worker,
+    source,
+    write_pipeline,
+)
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
@@ -62,13 +72,7 @@ async def test_redrive_round_trip(broker: str, name: Any, tmp_path: Path, monkey
         return app
 
     # 1. a buggy handler: partition 1's batch (1, 3, 5, 7) and partition 0's batch (0, 2, 4, 6) fail
-    dead: list[Any] = []
-
-    async def wait_dead() -> None:
-        dead.extend(await read_topic(broker, dlq, 8, timeout=30))
-
-    waiter = asyncio.create_task(wait_dead())
-    await run_worker(build(), broker, waiter.done, timeout=40)
+    dead = (await run_until_read(build(), broker, {dlq: 8}))[dlq]
     assert len(dead) == 8 and handled == []
     assert await committed(broker, group, topic, 2) == {0: 4, 1: 4}
 
