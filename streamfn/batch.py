@@ -97,10 +97,21 @@ class PartitionBuffer:
         self._paused = False
         self._arrived = asyncio.Event()
         self._closed = False
+        self._dropped_from: int | None = None
 
     @property
     def buffered(self) -> int:
         return self._count
+
+    @property
+    def first_offset(self) -> int | None:
+        """The offset of the oldest record received and not yet handed out in a batch, if any.
+
+        Records dropped by `close` still count: they were never handled, so no commit may pass them.
+        """
+        if self._chunks:
+            return self._chunks[0].records[self._head].offset
+        return self._dropped_from
 
     def feed(self, records: Sequence[SourceRecord]) -> None:
         if self._closed or not records:
@@ -118,6 +129,7 @@ class PartitionBuffer:
     def close(self) -> None:
         """No more batches: a waiting `next_batch` returns None; buffered records are dropped (not committed)."""
         self._closed = True
+        self._dropped_from = self.first_offset
         self._chunks.clear()
         self._count = self.bytes = 0
         self._arrived.set()

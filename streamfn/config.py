@@ -86,6 +86,8 @@ class FunctionConfig(StrictModel):
         description="Seconds one invocation may take (Lambda's function timeout, default 3).",
     )
     backoff: Backoff = Field(default_factory=Backoff)
+    parallelization_factor: int = Field(1, ge=1, le=10, validation_alias=_aws_alias("parallelization_factor"))
+    """Batches of one partition in flight at once, by key (Lambda offers it for Kinesis and DynamoDB Streams)."""
     maximum_retry_attempts: int = Field(-1, ge=-1, le=10_000, validation_alias=_aws_alias("maximum_retry_attempts"))
     """Retries after the first attempt; -1 retries for ever (Lambda's default)."""
     maximum_record_age_in_seconds: int = Field(

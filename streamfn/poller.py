@@ -104,7 +104,7 @@ class Poller:
                 worker = self.workers.get(partition)
                 if worker is not None:
                     self.stats.polled += len(records)
-                    worker.buffer.feed(records)
+                    worker.feed(records)
 
     async def assigned(self, partitions: set[Partition]) -> None:
         self.ever_assigned = True

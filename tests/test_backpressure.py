@@ -32,8 +32,8 @@ async def test_slow_handler_pauses_its_partition_and_memory_stays_bounded(broker
         assert not task.done()
         poller = worker.pollers[0]
         if (p0 := poller.workers.get((topic, 0))) is not None:
-            peak = max(peak, p0.buffer.buffered)
-            peak_bytes = max(peak_bytes, p0.buffer.bytes)
+            peak = max(peak, p0.buffered)
+            peak_bytes = max(peak_bytes, p0.buffered_bytes)
         paused_seen |= any(tp.partition == 0 for tp in reader._consumer.paused())  # type: ignore[attr-defined]
         await asyncio.sleep(0.01)
     worker.stop()

@@ -104,6 +104,13 @@ def enrich(event, context): ...
 """,
         ["function 'enrich'", "FunctionResponseTypes.0='ReportItemFailures'", "'ReportBatchItemFailures'"],
     ),
+    "parallelization factor out of range": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), ParallelizationFactor=11)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "ParallelizationFactor=11", "allowed: >= 1 and <= 10"],
+    ),
     "no function declared": ("", ["declares no function"]),
     "import fails": (
         "import not_a_module_anywhere\n",

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import SESSION_MS, committed, create_topic, produce_values, read_handled, start_cli, write_pipeline
 
 PIPELINE = f"""
@@ -29,6 +30,7 @@ SLEEP = float(os.environ.get("SLEEP", "0"))
     source=KafkaSource(topics=[os.environ["TOPIC"]], consumer_group_id=os.environ["GROUP"],
                        session_timeout_ms={SESSION_MS}),
     batch_size=int(os.environ.get("BATCH", "10")),
+    parallelization_factor=int(os.environ.get("FACTOR", "1")),
     maximum_batching_window_in_seconds=0.1,
     timeout=float(os.environ.get("TIMEOUT", "30")),
 )
@@ -62,18 +64,21 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_kill_9_mid_stream_then_restart_loses_nothing(broker: str, name: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("factor", ["1", "5"])
+async def test_kill_9_mid_stream_then_restart_loses_nothing(
+    broker: str, name: Any, tmp_path: Path, factor: str
+) -> None:
     topic, group, out = name("t"), name("g"), tmp_path / "handled.txt"
     await create_topic(broker, topic, 4)
     await produce_values(broker, topic, 2000)
-    first = launch(tmp_path, broker, topic, group, out, SLEEP="0.05")
+    first = launch(tmp_path, broker, topic, group, out, SLEEP="0.05", FACTOR=factor)
     await wait_for(lambda: len(read_handled(out)) >= 600, 60, "the first worker to handle 600 records")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     handled_before_kill = len(read_handled(out))
     assert handled_before_kill < 2000
 
-    second = launch(tmp_path, broker, topic, group, out)
+    second = launch(tmp_path, broker, topic, group, out, FACTOR=factor)
     await wait_for(lambda: len(set(read_handled(out))) >= 2000, 90, "every record to be handled")
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
