@@ -271,9 +271,7 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         topics=[settings.topic], consumer_group_id=group, session_timeout_ms=SESSION_TIMEOUT_MS, value_format="json"
     )
     app.function(
-        # Ignored: streamfn.source.Source declares value_format as a settable str while KafkaSource's is a frozen
-        # Literal, so mypy rejects any KafkaSource here (an issue of the protocol, not of this bench).
-        source=source,  # type: ignore[arg-type]
+        source=source,
         name="noop",
         batch_size=settings.batch_size,
         maximum_batching_window_in_seconds=settings.window,
