@@ -62,11 +62,6 @@ class Batch:
     def last_offset(self) -> int:
         return self.records[-1].offset
 
-    @property
-    def next_offset(self) -> int:
-        """The offset to commit once this batch is done."""
-        return self.records[-1].offset + 1
-
     def __str__(self) -> str:
         return f"{self.partition} offsets {self.first_offset}-{self.last_offset}"
 

@@ -31,11 +31,10 @@ class Checkpoint:
         self.committed_records = 0
         """Records covered by successful commits (Lambda's CommittedEventCount)."""
 
-    def track(self, partition: Partition, committed: int | None) -> None:
-        """Start tracking a newly assigned partition from its committed offset, if the group has one."""
+    def track(self, partition: Partition, committed: int) -> None:
+        """Start tracking a newly assigned partition from its committed offset."""
         self._owned.add(partition)
-        if committed is not None:
-            self._done[partition] = self._committed[partition] = committed
+        self._done[partition] = self._committed[partition] = committed
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Stop committing for partitions this process no longer owns."""

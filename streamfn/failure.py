@@ -62,6 +62,10 @@ class Destination(Protocol):
     async def stop(self) -> None: ...
 
 
+class PartialFailure(Exception):
+    """The handler reported failed items: a function error with status 200 (no exception), as Lambda's."""
+
+
 class InvalidResponse(Exception):
     """A partial batch response that does not name records of the batch: the whole batch failed (as Lambda)."""
 

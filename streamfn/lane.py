@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any
 from streamfn.batch import Batch, PartitionBuffer
 from streamfn.failure import BatchItemFailures, Condition, FailedRecord
 from streamfn.handler import HandlerStyle
-from streamfn.record import Record, SourceRecord
+from streamfn.record import TIMESTAMP_TYPES, Record, SourceRecord
 
 if TYPE_CHECKING:
     from streamfn.partition import PartitionWorker
 
 log = logging.getLogger("streamfn.lane")
-
-TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
 
 
 class StopProcessing(BaseException):

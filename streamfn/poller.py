@@ -106,11 +106,11 @@ class Poller:
                     self.stats.polled += len(records)
                     worker.feed(records)
 
-    async def assigned(self, partitions: set[Partition]) -> None:
+    async def assigned(self, offsets: dict[Partition, int]) -> None:
         self.ever_assigned = True
         self.last_fetch = time.monotonic()
-        for partition in partitions:
-            self.checkpoint.track(partition, await self.reader.committed(partition))
+        for partition, committed in offsets.items():
+            self.checkpoint.track(partition, committed)
             self.workers[partition] = PartitionWorker(
                 self.function,
                 partition,
@@ -119,7 +119,7 @@ class Poller:
                 checkpoint=self.checkpoint,
                 stats=self.stats,
             )
-        log.info("function %s: partitions assigned: %s", self.function.name, _names(partitions))
+        log.info("function %s: partitions assigned: %s", self.function.name, _names(set(offsets)))
 
     async def revoked(self, partitions: set[Partition]) -> None:
         await self._release(partitions)

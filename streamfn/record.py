@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
+"""Kafka's timestamp types by number, as Lambda's event and `Record.timestamp_type` name them."""
+
 
 class Partition(NamedTuple):
     """A Kafka topic-partition or a stream's shard: the unit of ordering, batching and checkpointing."""

@@ -20,17 +20,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streamfn.config import FunctionConfig
-from streamfn.failure import Condition, FailedRecord, InvalidResponse, first_failed_index
+from streamfn.failure import Condition, FailedRecord, InvalidResponse, PartialFailure, first_failed_index
 from streamfn.record import Partition, SourceRecord
 
 log = logging.getLogger("streamfn.recovery")
 
 Invoke = Callable[[Sequence[SourceRecord]], Awaitable[Any]]
 """Invokes the handler with these records and returns its response; raises on a function error."""
-
-
-class PartialFailure(Exception):
-    """The handler reported failed items: a function error with status 200 (no exception), as Lambda's."""
 
 
 class Recovery:

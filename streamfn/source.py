@@ -15,7 +15,8 @@ from streamfn.record import Partition, SourceRecord
 class AssignmentListener(Protocol):
     """Told by a reader when partitions move, before the reader fetches for the new assignment."""
 
-    async def assigned(self, partitions: set[Partition]) -> None: ...
+    async def assigned(self, offsets: dict[Partition, int]) -> None:
+        """Partitions now owned, each with the committed offset its records resume from."""
 
     async def revoked(self, partitions: set[Partition]) -> None:
         """Must return only once nothing more will be committed for `partitions` by this process."""
@@ -40,8 +41,6 @@ class SourceReader(Protocol):
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Store, per partition, the offset of the next record to process (Kafka's convention)."""
-
-    async def committed(self, partition: Partition) -> int | None: ...
 
     def end_offset(self, partition: Partition) -> int | None:
         """The partition's end (the offset the next new record will get) as last seen, or None if unknown."""

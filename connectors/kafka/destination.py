@@ -19,8 +19,9 @@ from aiokafka import AIOKafkaProducer
 from pydantic import PrivateAttr
 
 from streamfn.config import StrictModel
+from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
-from streamfn.failure import Condition, FailedRecord, FailureOrigin
+from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
 
 PROVENANCE_PREFIX = "streamfn."
 STACK_LINES = 20
@@ -52,8 +53,7 @@ class KafkaTopic(StrictModel):
 
     def servers(self, source_servers: str | None) -> str | None:
         """Its own cluster if it names one, else its function's source cluster."""
-        servers = self.bootstrap_servers or source_servers
-        return ",".join(servers) if isinstance(servers, list) else servers
+        return join_servers(self.bootstrap_servers) or source_servers
 
     async def start(self, default_servers: str | None) -> None:
         self._servers = self.servers(default_servers)
@@ -101,11 +101,11 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:
         },
     }
     if failure.invoke_count and failure.condition is not Condition.RECORD_AGE_EXCEEDED:
-        partial = type(failure.error).__name__ == "PartialFailure"
         message["responseContext"] = {
             "statusCode": 200,
             "executedVersion": "$LATEST",
-            "functionError": None if partial else "Unhandled",  # Lambda reports null for partial batch failures
+            # Lambda reports null for partial batch failures
+            "functionError": None if isinstance(failure.error, PartialFailure) else "Unhandled",
         }
     if failure.error is not None:
         message["errorType"] = type(failure.error).__name__

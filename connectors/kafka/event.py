@@ -11,10 +11,9 @@ from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
 
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import TIMESTAMP_TYPES, Partition, SourceRecord
 
 EVENT_SOURCE = "SelfManagedKafka"
-TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
 
 
 def lambda_record(record: SourceRecord) -> dict[str, Any]:

@@ -45,8 +45,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
-            await self._reader.settle_start_positions(assigned)
-            await self._listener.assigned({Partition(*tp) for tp in assigned})
+            offsets = await self._reader.settle_start_positions(assigned)
+            await self._listener.assigned({Partition(*tp): offset for tp, offset in offsets.items()})
             self._reader.accepted |= assigned
 
 
@@ -101,21 +101,20 @@ class KafkaReader:
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         await self._consumer.commit({TopicPartition(*p): o for p, o in offsets.items()})
 
-    async def committed(self, partition: Partition) -> int | None:
-        offset: int | None = await self._consumer.committed(TopicPartition(*partition))
-        return offset
-
     def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
         return build_lambda_event(self.servers, partition, records)
 
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def settle_start_positions(self, assigned: set[TopicPartition]) -> None:
-        """Seek and commit the starting position of each partition the group has no offset for."""
-        fresh = [tp for tp in assigned if await self._consumer.committed(tp) is None]
+    async def settle_start_positions(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Every assigned partition's committed offset; where the group has none, the starting position, sought
+        and committed at once."""
+        committed: dict[TopicPartition, int | None] = {tp: await self._consumer.committed(tp) for tp in assigned}
+        offsets = {tp: offset for tp, offset in committed.items() if offset is not None}
+        fresh = [tp for tp, offset in committed.items() if offset is None]
         if not fresh:
-            return
+            return offsets
         starts = await self._start_offsets(fresh)
         for tp, offset in starts.items():
             self._consumer.seek(tp, offset)
@@ -126,6 +125,7 @@ class KafkaReader:
             ", ".join(f"{tp.topic}-{tp.partition}@{o}" for tp, o in sorted(starts.items())),
             self.source.starting_position,
         )
+        return offsets | starts
 
     async def _start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         position = self.source.starting_position

@@ -14,6 +14,11 @@ from streamfn.formats import ValueFormat
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
 
+def join_servers(servers: str | list[str] | None) -> str | None:
+    """Bootstrap servers as one comma-separated string, as Kafka clients and Lambda's events take them."""
+    return ",".join(servers) if isinstance(servers, list) else servers
+
+
 class KafkaSource(StrictModel):
     owner = "KafkaSource"
 
@@ -53,11 +58,7 @@ class KafkaSource(StrictModel):
 
     def servers(self, default_servers: str | None) -> str | None:
         """KafkaSource(bootstrap_servers=), else the run's --bootstrap-servers, else the environment."""
-        if self.bootstrap_servers:
-            return (
-                ",".join(self.bootstrap_servers) if isinstance(self.bootstrap_servers, list) else self.bootstrap_servers
-            )
-        return default_servers or os.environ.get(SERVERS_ENV) or None
+        return join_servers(self.bootstrap_servers) or default_servers or os.environ.get(SERVERS_ENV) or None
 
     def reader(self, *, group_id: str, default_servers: str | None) -> KafkaReader:
         servers = self.servers(default_servers)
