@@ -19,6 +19,8 @@ class Condition(StrEnum):
     RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
     RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
     DESERIALIZATION_ERROR = "DeserializationError"
+    OUTPUT_DELIVERY_FAILED = "OutputDeliveryFailed"
+    """streamfn's own: the handler succeeded but a sink could not write its outputs within the sink's retries."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,145 @@
+"""Sinks: where a function's outputs go (`@app.function(outputs=[...])`), as a small interface connectors implement.
+
+A handler's outputs are written to every sink of its function before the input offsets are committed, so an
+output is never lost: a crash before the write completes replays the batch (at-least-once; sinks that upsert by a
+key, like `Table`, turn that into exactly one row). The engine retries a failed `write` with capped exponential
+backoff (tenacity) per the sink's `retry`; meanwhile the lane takes no new batch, so its partition's buffer fills
+and the partition is paused: a sink that is down holds its partitions, it never grows memory. When the retries
+are exhausted, the input records go to the function's `on_failure` destination and only then is the offset
+committed.
+
+Declared sinks are configuration, shared freely; `open()` gives each function its own writer (client, pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from pydantic import BaseModel, Field
+
+from streamfn.config import StrictModel
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One item a native handler emits with a key or headers; plain values (dict, str, model...) need no wrapper."""
+
+    value: Any
+    key: str | bytes | None = None
+    headers: Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """The invocation an output came from: its function and the source records it was invoked with."""
+
+    function: str
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+
+    def __str__(self) -> str:
+        return f"{self.function}/{self.topic}-{self.partition}/{self.first_offset}-{self.last_offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """An output as sinks receive it: the value as the handler gave it, the key and headers as bytes.
+
+    `headers` holds the handler's headers, then the provenance of the invocation that emitted it
+    (`streamfn.source.function`, `.topic`, `.partition`, `.offsets` as "first-last") and the W3C trace context
+    (`traceparent`, `tracestate`) of its input, so a chain of functions can be followed across sinks.
+    """
+
+    value: Any
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    source: Provenance
+    index: int
+    """Position among the outputs of its invocation."""
+
+    @property
+    def id(self) -> str:
+        """Stable while the same batch is replayed: a deduplication id (SQS FIFO) or an idempotency key (HTTP)."""
+        return f"{self.source}/{self.index}"
+
+
+class RejectedOutput(Exception):
+    """The sink can never write this output (wrong shape for it, refused as invalid): not retried, its input
+    records go to `on_failure` at once."""
+
+
+class SinkRetry(StrictModel):
+    """How long a sink's write is retried before the input records go to `on_failure`."""
+
+    owner = "SinkRetry"
+
+    max_attempts: int = Field(10, ge=-1, le=10_000)
+    """Attempts of one write, the first included; -1 retries for ever (the partition stays paused meanwhile)."""
+    initial_seconds: float = Field(0.5, gt=0, le=60)
+    max_seconds: float = Field(30.0, gt=0, le=3600)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink learns about the function whose outputs it writes, when it is opened."""
+
+    function: str
+    servers: str
+    """Where the function's source is (Kafka: its bootstrap servers); a KafkaTopic output defaults to it."""
+    chain: Callable[[Callable[..., Any]], Callable[[Sequence[Emitted]], Awaitable[None]]]
+    """Resolves another function of the same app by its handler to a call that runs a batch of outputs through it
+    (its own retries, bisection and on_failure); used by the `Function` sink."""
+
+
+class SinkWriter(Protocol):
+    """An open sink of one function."""
+
+    async def write(self, outputs: Sequence[Emitted]) -> None:
+        """Write all `outputs` (in order) and return only once the system has acknowledged every one.
+
+        Raise on any failure: the engine retries the whole write, so a sink must tolerate seeing an output again
+        (upsert by key, or document duplicates). Raise RejectedOutput for what no retry can fix."""
+
+    async def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """A sink as the user declares it in `outputs=[...]`."""
+
+    @property
+    def retry(self) -> SinkRetry: ...
+
+    def check(self, source_topics: Sequence[str]) -> None:
+        """Raise ConfigError if this sink cannot serve a function reading `source_topics` (e.g. a loop)."""
+
+    async def open(self, context: SinkContext) -> SinkWriter: ...
+
+
+def plain(value: Any) -> Any:
+    """A value with pydantic models turned into dicts of Python values (for rows)."""
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON bytes of any output value (pydantic models included), with orjson."""
+    return orjson.dumps(value, default=_default)
+
+
+def encode(value: Any) -> bytes:
+    """An output value as message bytes: bytes as they are, str as UTF-8, anything else as JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return encode_json(value)
