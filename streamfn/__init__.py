@@ -1,9 +1,22 @@
 """streamfn: AWS Lambda's event source mapping for any Kafka, as a Python framework."""
 
-from streamfn.app import App, Function
+from streamfn.app import App
+from streamfn.chain import Function
 from streamfn.config import Backoff
 from streamfn.errors import ConfigError
+from streamfn.failure import BatchItemFailures
 from streamfn.record import Partition, Record
+from streamfn.sink import Output, SinkRetry
 
-__all__ = ["App", "Backoff", "ConfigError", "Function", "Partition", "Record"]
+__all__ = [
+    "App",
+    "Backoff",
+    "BatchItemFailures",
+    "ConfigError",
+    "Function",
+    "Output",
+    "Partition",
+    "Record",
+    "SinkRetry",
+]
 __version__ = "0.1.0"

@@ -52,7 +52,9 @@ def _load(pipeline: Path) -> App:
 
 
 def _needs_embedded(app: App, servers: str | None) -> bool:
-    return servers is None and any(getattr(f.source, "bootstrap_servers", None) is None for f in app.functions.values())
+    return servers is None and any(
+        f.source is not None and getattr(f.source, "bootstrap_servers", None) is None for f in app.functions.values()
+    )
 
 
 @cli.command()
@@ -60,7 +62,8 @@ def validate(pipeline: Path) -> None:
     """Check a pipeline file without running it."""
     app = _load(pipeline)
     for function in app.functions.values():
-        out.print(f"function {function.name}: ok ({function.style.value} handler, group {function.group_id})")
+        fed = f"group {function.group_id}" if function.source is not None else "fed by Function(...) outputs"
+        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed})")
 
 
 @cli.command()
@@ -130,6 +133,7 @@ SUMMARY_COLUMNS = (
     "invocations",
     "failed invocations",
     "handled",
+    "outputs",
     "dead-lettered",
     "dropped",
     "committed",
@@ -148,12 +152,13 @@ def _print_summary(summaries: list[FunctionSummary]) -> None:
             stats.batches + stats.failed_invocations,
             stats.failed_invocations,
             stats.handled,
+            stats.outputs,
             stats.dead_lettered,
             stats.dropped,
             s.committed_records,
         )
         offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
-        table.add_row(s.name, s.group_id, *map(str, counts), offsets)
+        table.add_row(s.name, s.group_id or "-", *map(str, counts), offsets)
     out.print(table)
 
 
@@ -171,6 +176,13 @@ def redrive(
     if target is None:
         _fail(
             ConfigError(f"--function {function!r} is not declared in {pipeline}; declared: {', '.join(app.functions)}")
+        )
+    if target.source is None:
+        _fail(
+            ConfigError(
+                f"function {function!r} has no source to redrive into: its dead letters hold other functions' "
+                "outputs; read them from its on_failure topic instead"
+            )
         )
     destination = target.config.on_failure
     if not isinstance(destination, KafkaTopic):

@@ -56,12 +56,19 @@ class Destination(Protocol):
     def check(self, source_topics: Sequence[str]) -> None:
         """Raise ConfigError if this destination cannot serve a function reading `source_topics`."""
 
-    async def start(self, default_servers: str | None) -> None: ...
+    async def start(self, default_servers: str) -> None:
+        """Before the first delivery; `default_servers`: the function's source servers."""
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         """Write every failure and return only once the destination has acknowledged them all."""
 
     async def stop(self) -> None: ...
+
+
+class StopProcessing(BaseException):
+    """Not a failure: the partition is being revoked or the worker is shutting down; leave the batch uncommitted.
+
+    A BaseException, so that no handler of function errors or sink retry mistakes it for one."""
 
 
 class PartialFailure(Exception):

@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from streamfn.app import App
+from streamfn.chain import check_chains
 from streamfn.errors import ConfigError
 
 
@@ -38,8 +39,9 @@ def load_app(path: str | Path) -> App:
         raise ConfigError(f"{file} declares no App: create one with app = App('name')")
     if len(apps) > 1:
         raise ConfigError(f"{file} declares {len(apps)} Apps ({', '.join(a.name for a in apps)}); declare one")
-    if not apps[0].functions:
+    if not any(f.source is not None for f in apps[0].functions.values()):
         raise ConfigError(f"{file} declares no function: decorate a handler with @app.function(source=...)")
+    check_chains(apps[0])
     return apps[0]
 
 

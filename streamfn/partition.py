@@ -11,45 +11,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
-
-from streamfn.app import Function
+from streamfn.app import StreamFunction
 from streamfn.checkpoint import Checkpoint
-from streamfn.context import function_arn
-from streamfn.failure import FailureOrigin
-from streamfn.formats import DECODERS
-from streamfn.handler import Invoker
 from streamfn.lane import Lane
 from streamfn.record import Partition, SourceRecord
-from streamfn.recovery import Recovery
+from streamfn.runner import FunctionRunner
 from streamfn.source import SourceReader
-from streamfn.stats import FunctionStats
 
 
 class PartitionWorker:
     def __init__(
         self,
-        function: Function,
+        function: StreamFunction,
         partition: Partition,
         *,
         reader: SourceReader,
-        invoker: Invoker,
+        runner: FunctionRunner,
         checkpoint: Checkpoint,
-        stats: FunctionStats,
     ) -> None:
         self.function = function
         self.partition = partition
         self.reader = reader
-        self.invoker = invoker
-        self.stats = stats
-        self.decode = DECODERS[function.source.value_format]
+        self.runner = runner
         self.stopping = False
-        backoff = function.config.backoff
-        self._retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
-        )
-        self.recovery = Recovery(function.name, function.config, self.delay, self._count_split)
-        self.origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
         self._checkpoint = checkpoint
         self._fed_until: int | None = None
         """The offset after the last record fed: where the partition stands when every lane is empty."""
@@ -104,12 +88,3 @@ class PartitionWorker:
         """Take no new batch; let invocations under way finish within `grace` seconds; never commit after."""
         self.stopping = True
         await asyncio.gather(*(lane.stop(grace) for lane in self.lanes))
-
-    def delay(self, attempt: int) -> float:
-        """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""
-        state = RetryCallState(self._retrying, None, (), {})
-        state.attempt_number = attempt
-        return self._retrying.wait(state)
-
-    def _count_split(self) -> None:
-        self.stats.bisections += 1

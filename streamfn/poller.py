@@ -12,12 +12,16 @@ import asyncio
 import logging
 import time
 
-from streamfn.app import Function
+from streamfn.app import StreamFunction
+from streamfn.chain import Chains
 from streamfn.checkpoint import Checkpoint
-from streamfn.handler import Invoker
+from streamfn.context import function_arn
+from streamfn.failure import FailureOrigin
+from streamfn.formats import DECODERS
 from streamfn.partition import PartitionWorker
 from streamfn.record import Partition
-from streamfn.source import SourceReader
+from streamfn.runner import FunctionRunner
+from streamfn.source import Source, SourceReader
 from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.poller")
@@ -27,15 +31,19 @@ FETCH_ERROR_BACKOFF_SECONDS = 1.0
 
 
 class Poller:
-    def __init__(self, function: Function, reader: SourceReader) -> None:
+    def __init__(
+        self, function: StreamFunction, source: Source, reader: SourceReader, stats: FunctionStats, chains: Chains
+    ) -> None:
         self.function = function
         self.reader = reader
-        self.stats = FunctionStats()
+        self.stats = stats
         self.checkpoint = Checkpoint(reader, function.name)
         self.workers: dict[Partition, PartitionWorker] = {}
         self.last_fetch = time.monotonic()
         self.ever_assigned = False
-        self._invoker = Invoker(function.name, function.handler, function.config.timeout)
+        origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
+        self._runner = FunctionRunner(function, stats=stats, origin=origin, decode=DECODERS[source.value_format])
+        self._chains = chains
         self._stopping = asyncio.Event()
 
     @property
@@ -45,15 +53,7 @@ class Poller:
 
     async def run(self) -> None:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
-        destination = self.function.config.on_failure
-        if destination is not None:
-            await destination.start(self.reader.servers)
-            if self.function.config.maximum_retry_attempts == -1:
-                log.info(
-                    "function %s: infinite retries with an on_failure destination: capped at %d retries (as Lambda)",
-                    self.function.name,
-                    self.function.config.retry_limit,
-                )
+        await self._runner.open(self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event))
         await self.reader.start(self)
         log.info(
             "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
@@ -70,9 +70,7 @@ class Poller:
             await self._release(set(self.workers))
             committer.cancel()
             await self.reader.stop()
-            if destination is not None:
-                await destination.stop()
-            self._invoker.close()
+            await self._runner.close()
             log.info("function %s: poller stopped", self.function.name)
 
     def stop(self) -> None:
@@ -115,9 +113,8 @@ class Poller:
                 self.function,
                 partition,
                 reader=self.reader,
-                invoker=self._invoker,
+                runner=self._runner,
                 checkpoint=self.checkpoint,
-                stats=self.stats,
             )
         log.info("function %s: partitions assigned: %s", self.function.name, _names(set(offsets)))
 

@@ -21,6 +21,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from streamfn.config import StrictModel
+from streamfn.record import SourceRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,9 @@ class SinkContext:
     function: str
     servers: str
     """Where the function's source is (Kafka: its bootstrap servers); a KafkaTopic output defaults to it."""
-    chain: Callable[[Callable[..., Any]], Callable[[Sequence[Emitted]], Awaitable[None]]]
-    """Resolves another function of the same app by its handler to a call that runs a batch of outputs through it
-    (its own retries, bisection and on_failure); used by the `Function` sink."""
+    chain: Callable[[Callable[..., Any], str], Awaitable[Callable[[Sequence[SourceRecord]], Awaitable[None]]]]
+    """Opens another function of the same app, by its handler and value format, as a call that runs a batch of
+    records through it (its own retries, bisection, outputs and on_failure); used by the `Function` sink."""
 
 
 class SinkWriter(Protocol):

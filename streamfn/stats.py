@@ -21,5 +21,7 @@ class FunctionStats:
     """Failing batches split (by halves, or at a reported failed item)."""
     dead_lettered: int = 0
     """OnFailureDestinationDeliveredEventCount: records written to the on_failure destination."""
+    outputs: int = 0
+    """Outputs written to every sink of the function (once each, however many sinks)."""
     dropped: int = 0
     """DroppedEventCount: records that failed for good with no destination, logged and skipped."""

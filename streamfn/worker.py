@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from streamfn.app import App
+from streamfn.chain import Chains
 from streamfn.poller import Poller
 from streamfn.record import Partition
 from streamfn.stats import FunctionStats
@@ -36,9 +37,18 @@ class FunctionSummary:
 class Worker:
     def __init__(self, app: App, default_servers: str | None) -> None:
         self.app = app
+        self.stats = {name: FunctionStats() for name in app.functions}
+        self.chains = Chains(app, self.stats)
         self.pollers = [
-            Poller(f, f.source.reader(group_id=f.group_id, default_servers=default_servers))
+            Poller(
+                f,
+                f.source,
+                f.source.reader(group_id=f.group_id, default_servers=default_servers),
+                self.stats[f.name],
+                self.chains,
+            )
             for f in app.functions.values()
+            if f.source is not None
         ]
         self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
@@ -66,18 +76,21 @@ class Worker:
         finally:
             if watcher:
                 watcher.cancel()
+            await self.chains.close()
         return self.summary()
 
     def summary(self) -> list[FunctionSummary]:
+        """Every function, in declaration order; functions fed only through `Function(...)` have no offsets."""
+        pollers = {p.function.name: p for p in self.pollers}
         return [
             FunctionSummary(
-                p.function.name,
-                p.function.group_id,
-                p.stats,
-                p.checkpoint.committed_records,
-                self._offsets.get(p.function.name) or p.checkpoint.offsets(),
+                name,
+                function.group_id,
+                self.stats[name],
+                p.checkpoint.committed_records if (p := pollers.get(name)) else 0,
+                (self._offsets.get(name) or p.checkpoint.offsets()) if p else {},
             )
-            for p in self.pollers
+            for name, function in self.app.functions.items()
         ]
 
     def _on_signal(self, signum: int) -> None:

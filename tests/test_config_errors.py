@@ -81,7 +81,7 @@ from streamfn.connectors.kafka import KafkaTopic
 @app.function(source=KafkaSource(topics=["orders"]), on_failure=KafkaTopic("orders"))
 def enrich(event, context): ...
 """,
-        ["function 'enrich'", "on_failure=KafkaTopic('orders') is the function's own source topic"],
+        ["function 'enrich'", "KafkaTopic('orders') is the function's own source topic"],
     ),
     "record age below 60": (
         """

@@ -1,5 +1,10 @@
-"""KafkaTopic as an on_failure destination: one dead letter per failed record, in Lambda's layout.
+"""KafkaTopic: a topic as an on_failure destination (dead letters) and as an output (a queue between functions).
 
+As an output, each output is one record: the value encoded by `streamfn.sink.encode` (JSON unless it is already
+str or bytes; None stays a tombstone), the output's key, and headers carrying its provenance and trace context.
+All records of a batch are sent, then awaited together (acks=all) before the batch counts as written.
+
+As a destination, one dead letter per failed record, in Lambda's layout.
 The value is Lambda's on-failure record for Kafka-topic destinations (requestContext, responseContext, version,
 timestamp, KafkaBatchInfo, payload with the record in the Lambda event format) plus errorType, errorMessage and a
 truncated stackTrace. The key is the original key; headers are the original ones plus `streamfn.*` provenance, so
@@ -8,6 +13,7 @@ dead letters can be filtered and redriven without parsing the value.
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -15,17 +21,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from streamfn.config import StrictModel
+from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
 from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
+from streamfn.sink import Emitted, SinkContext, SinkRetry, encode
 
 PROVENANCE_PREFIX = "streamfn."
 STACK_LINES = 20
-DELIVERY_TIMEOUT_MS = 10_000
 
 
 class KafkaTopic(StrictModel):
@@ -35,8 +41,9 @@ class KafkaTopic(StrictModel):
 
     topic: str
     bootstrap_servers: str | list[str] | None = None
-    _servers: str | None = PrivateAttr(None)
-    _producer: AIOKafkaProducer | None = PrivateAttr(None)
+    retry: SinkRetry = Field(default_factory=SinkRetry)
+    """As an output: how long a failing write is retried before its input records go to on_failure."""
+    _producer: LazyProducer | None = PrivateAttr(None)
 
     def __init__(self, topic: str | None = None, /, **values: Any) -> None:
         super().__init__(**({"topic": topic} if topic is not None else {}), **values)
@@ -47,19 +54,24 @@ class KafkaTopic(StrictModel):
     def check(self, source_topics: Sequence[str]) -> None:
         if self.topic in source_topics and self.bootstrap_servers is None:
             raise ConfigError(
-                f"on_failure={self} is the function's own source topic: its dead letters would be read again "
-                "(Lambda refuses this too); use another topic"
+                f"{self} is the function's own source topic: what it writes there would be read again by the "
+                "same function (Lambda refuses this for on_failure too); use another topic"
             )
 
     def servers(self, source_servers: str | None) -> str | None:
         """Its own cluster if it names one, else its function's source cluster."""
         return join_servers(self.bootstrap_servers) or source_servers
 
-    async def start(self, default_servers: str | None) -> None:
-        self._servers = self.servers(default_servers)
+    async def open(self, context: SinkContext) -> TopicWriter:
+        return TopicWriter(self.topic, LazyProducer(self.servers(context.servers) or context.servers))
+
+    async def start(self, default_servers: str) -> None:
+        if self._producer is None:  # one producer however many functions share this destination
+            self._producer = LazyProducer(self.servers(default_servers) or default_servers)
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
-        producer = await self._connected(origin.servers)
+        assert self._producer is not None, "started before any delivery"
+        producer = await self._producer.get()
         sent = [
             await producer.send(self.topic, dead_letter(origin, f), key=f.record.key, headers=provenance_headers(f))
             for f in failures
@@ -69,24 +81,27 @@ class KafkaTopic(StrictModel):
 
     async def stop(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            await self._producer.stop()  # a function still sharing it starts it again on its next delivery
 
-    async def _connected(self, source_servers: str) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._servers or source_servers,
-                acks="all",
-                request_timeout_ms=DELIVERY_TIMEOUT_MS,
-                max_request_size=16 * 1024 * 1024,
-            )
-            try:
-                await producer.start()
-            except Exception:
-                await producer.stop()
-                raise
-            self._producer = producer
-        return self._producer
+
+class TopicWriter:
+    """A KafkaTopic opened as one function's output."""
+
+    def __init__(self, topic: str, producer: LazyProducer) -> None:
+        self._topic = topic
+        self._producer = producer
+
+    async def write(self, outputs: Sequence[Emitted]) -> None:
+        producer = await self._producer.get()
+        topic = self._topic
+        sent = [
+            await producer.send(topic, None if o.value is None else encode(o.value), key=o.key, headers=list(o.headers))
+            for o in outputs
+        ]
+        await asyncio.gather(*sent)  # acknowledged by the broker (acks=all) before the batch counts as written
+
+    async def close(self) -> None:
+        await self._producer.stop()
 
 
 def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:

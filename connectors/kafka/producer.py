@@ -1,0 +1,39 @@
+"""A producer started on first use, shared by what a KafkaTopic writes (dead letters, outputs).
+
+Started lazily so that an unreachable cluster fails a write (which is retried, holding the partition) rather
+than the worker's start-up; acks=all because a write must be durable before the source's offset moves.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+DELIVERY_TIMEOUT_MS = 10_000
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class LazyProducer:
+    def __init__(self, servers: str) -> None:
+        self.servers = servers
+        self._producer: AIOKafkaProducer | None = None
+
+    async def get(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.servers,
+                acks="all",
+                request_timeout_ms=DELIVERY_TIMEOUT_MS,
+                max_request_size=MAX_REQUEST_BYTES,
+            )
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

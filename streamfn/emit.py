@@ -1,0 +1,74 @@
+"""What an invocation emits: a handler's response turned into outputs, with provenance and trace context.
+
+Native handlers return their outputs: an iterable of items (dict, list, str, bytes, pydantic model, or `Output`
+with a key and headers), or one such item, or None. Lambda-style handlers return Lambda's response payload; the
+rule (streamfn's choice; Lambda has no outputs for event source mappings) is: `{"outputs": [...]}` emits those
+items (beside a `batchItemFailures` list if any), a list emits its items, a partial batch response alone or None
+emits nothing, and any other payload is emitted as one output, as Lambda's on-success destination receives the
+response payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from streamfn.failure import BatchItemFailures
+from streamfn.handler import HandlerStyle
+from streamfn.record import Partition, SourceRecord
+from streamfn.sink import Emitted, Output, Provenance
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+_SINGLE = (str, bytes, bytearray, Mapping, BaseModel, Output)
+
+
+def items(response: Any, style: HandlerStyle) -> list[Any]:
+    """The output items of a handler's response, per the rule above."""
+    if response is None or isinstance(response, BatchItemFailures):
+        return []
+    if style is HandlerStyle.LAMBDA and isinstance(response, dict):
+        if "outputs" in response:
+            listed = response["outputs"]
+            return list(listed) if isinstance(listed, list | tuple) else [listed]
+        return [] if set(response) <= {"batchItemFailures"} else [response]
+    if isinstance(response, _SINGLE) or not isinstance(response, Iterable):
+        return [response]
+    return list(response)
+
+
+def emitted(function: str, partition: Partition, records: Sequence[SourceRecord], items: list[Any]) -> list[Emitted]:
+    """The items of one invocation over `records`, as sinks receive them."""
+    source = Provenance(function, partition.topic, partition.partition, records[0].offset, records[-1].offset)
+    common = (
+        ("streamfn.source.function", function.encode()),
+        ("streamfn.source.topic", partition.topic.encode()),
+        ("streamfn.source.partition", str(partition.partition).encode()),
+        ("streamfn.source.offsets", f"{source.first_offset}-{source.last_offset}".encode()),
+        *_trace_context(records),
+    )
+    return [_emitted(item, common, source, index) for index, item in enumerate(items)]
+
+
+def _emitted(item: Any, common: tuple[tuple[str, bytes], ...], source: Provenance, index: int) -> Emitted:
+    if not isinstance(item, Output):
+        return Emitted(item, None, common, source, index)
+    headers = item.headers.items() if isinstance(item.headers, Mapping) else item.headers or ()
+    own = tuple((name, _bytes(value)) for name, value in headers)
+    key = None if item.key is None else _bytes(item.key)
+    return Emitted(item.value, key, own + common, source, index)
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _trace_context(records: Sequence[SourceRecord]) -> tuple[tuple[str, bytes], ...]:
+    """The W3C trace context of the first input record that carries one, so a chain of functions stays one trace."""
+    for record in records:
+        if record.headers:
+            found = tuple((name, value) for name, value in record.headers if name in TRACE_HEADERS)
+            if found:
+                return found
+    return ()

@@ -1,0 +1,243 @@
+"""Running one batch of a function to the end: decode, invoke under the failure policy, write the outputs, route
+what still fails to `on_failure`. Only then may the batch's offsets be committed.
+
+One runner per function and poller, shared by its partitions' lanes (and used directly by `Function(...)`
+outputs, which run another function's batch inside the calling lane). The order of the steps is the guarantee:
+outputs are acknowledged by every sink, then failures by the destination, then the lane reports the batch done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+
+from streamfn.app import StreamFunction
+from streamfn.delivery import Outputs
+from streamfn.emit import emitted, items
+from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin, StopProcessing
+from streamfn.handler import HandlerStyle, Invoker
+from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
+from streamfn.recovery import Recovery
+from streamfn.sink import Emitted, SinkContext
+from streamfn.stats import FunctionStats
+
+log = logging.getLogger("streamfn.runner")
+
+Decode = Callable[[bytes | None], Any]
+Invocation = tuple[Sequence[SourceRecord], list[Emitted]]
+"""The records of one successful invocation and the outputs it emitted."""
+
+
+class Busy(Protocol):
+    """The lane a batch runs in: told when work that should finish within the grace period is under way."""
+
+    busy: bool
+    """An invocation or a sink write is under way: on revoke or shutdown, let it finish within the timeout."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+class FunctionRunner:
+    def __init__(
+        self, function: StreamFunction, *, stats: FunctionStats, origin: FailureOrigin, decode: Decode
+    ) -> None:
+        self.function = function
+        self.stats = stats
+        self.origin = origin
+        self._decode = decode
+        self._native = function.style is HandlerStyle.NATIVE
+        self._invoker = Invoker(function.name, function.handler, function.config.timeout)
+        backoff = function.config.backoff
+        self._retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
+        )
+        self._recovery = Recovery(function.name, function.config, self.delay, self._count_split)
+        self._outputs = Outputs(function.name, function.outputs)
+        self._destination = function.config.on_failure
+
+    async def open(self, context: SinkContext) -> None:
+        """Start the destination and open the sinks (before any batch runs)."""
+        if self._destination is not None:
+            await self._destination.start(context.servers)
+            if self.function.config.maximum_retry_attempts == -1:
+                log.info(
+                    "function %s: infinite retries with an on_failure destination: capped at %d retries (as Lambda)",
+                    self.function.name,
+                    self.function.config.retry_limit,
+                )
+        await self._outputs.open(context)
+
+    async def close(self) -> None:
+        await self._outputs.close()
+        if self._destination is not None:
+            await self._destination.stop()
+        self._invoker.close()
+
+    async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
+        """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""
+        decoded, failures = self._decode_batch(partition, records)
+        invocable = records
+        if failures:  # only what decoded reaches the handler
+            decodable = {record.offset for record in decoded}
+            invocable = [r for r in records if r.offset in decodable]
+        invocations: list[Invocation] = []
+        if invocable:
+            invoke = partial(self._invoke, partition, decoded, lane, invocations)
+            failures += await self._recovery.run(partition, invocable, invoke)
+        if invocations:
+            failures += await self._write_outputs(partition, invocations, failures, lane)
+        self.stats.handled += len(records) - len(failures)
+        if failures:
+            await self._deliver(failures, lane)
+
+    async def _invoke(
+        self,
+        partition: Partition,
+        decoded: list[Record],
+        lane: Busy,
+        invocations: list[Invocation],
+        records: Sequence[SourceRecord],
+    ) -> Any:
+        """One invocation with these records of the batch; returns the response for the failure policy to read."""
+        if lane.stopping:
+            raise StopProcessing
+        if not self._native:
+            payload: Any = self.origin.event(partition, records)
+        elif len(records) == len(decoded):  # the whole batch: the decoded records, in offset order
+            payload = decoded
+        else:  # a part of it, after a partial failure or a bisection
+            wanted = {r.offset for r in records}
+            payload = [record for record in decoded if record.offset in wanted]
+        self.stats.invoked += len(records)
+        lane.busy = True
+        try:
+            response = await self._invoker.invoke(payload)
+        except BatchItemFailures as reported:  # a native handler's partial failure, raised
+            response = reported
+        except Exception:
+            self.stats.failed_invocations += 1
+            raise
+        finally:
+            lane.busy = False
+        self.stats.batches += 1
+        if not self._outputs:
+            return response
+        if emitting := items(response, self.function.style):
+            invocations.append((records, emitted(self.function.name, partition, records, emitting)))
+        # What the failure policy reads: a partial batch response; the outputs are not one.
+        if self._native:
+            return response if isinstance(response, BatchItemFailures) else None
+        return response if isinstance(response, dict) else None
+
+    async def _write_outputs(
+        self, partition: Partition, invocations: list[Invocation], failures: list[FailedRecord], lane: Busy
+    ) -> list[FailedRecord]:
+        """Write every output of the batch; if a sink gives up, the records that emitted them have failed."""
+        outputs = [output for _, emitted_ in invocations for output in emitted_]
+        lane.busy = True
+        try:
+            error = await self._outputs.write(outputs, lambda: lane.stopping)
+        finally:
+            lane.busy = False
+        if error is None:
+            self.stats.outputs += len(outputs)
+            return []
+        log.error(
+            "function %s: %s: giving up writing %d outputs: %r",
+            self.function.name,
+            partition,
+            len(outputs),
+            error,
+        )
+        failed = {f.record.offset for f in failures}
+        counts: dict[int, int] = {}
+        emitters: list[tuple[SourceRecord, int]] = []
+        for records, _ in invocations:
+            for record in records:
+                if record.offset not in failed:
+                    if record.offset not in counts:
+                        emitters.append((record, len(records)))
+                    counts[record.offset] = counts.get(record.offset, 0) + 1
+        return [
+            FailedRecord(partition, r, Condition.OUTPUT_DELIVERY_FAILED, counts[r.offset], error, size)
+            for r, size in emitters
+        ]
+
+    def _decode_batch(
+        self, partition: Partition, records: Sequence[SourceRecord]
+    ) -> tuple[list[Record], list[FailedRecord]]:
+        """Native handlers: decode every value once; a record that does not decode never reaches the handler."""
+        if not self._native:
+            return [], []
+        decode = self._decode
+        try:  # the common case, in one pass
+            return [_record(r, decode(r.value)) for r in records], []
+        except Exception:
+            pass
+        decoded: list[Record] = []
+        failures: list[FailedRecord] = []
+        for r in records:
+            try:
+                decoded.append(_record(r, decode(r.value)))
+            except Exception as error:
+                failures.append(FailedRecord(partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(records)))
+        return decoded, failures
+
+    async def _deliver(self, failures: list[FailedRecord], lane: Busy) -> None:
+        """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""
+        failures.sort(key=lambda f: f.record.offset)
+        if self._destination is None:
+            for f in failures:
+                log.error(
+                    "function %s: %s offset %d dropped (%s after %d invocations, no on_failure destination): %s",
+                    self.function.name,
+                    f.partition,
+                    f.record.offset,
+                    f.condition,
+                    f.invoke_count,
+                    f.error,
+                )
+            self.stats.dropped += len(failures)
+            return
+        attempt = 0
+        while True:
+            if lane.stopping:
+                raise StopProcessing
+            try:
+                await self._destination.deliver(self.origin, failures)
+                self.stats.dead_lettered += len(failures)
+                return
+            except Exception as error:
+                attempt += 1
+                delay = self.delay(attempt)
+                log.error(
+                    "function %s: writing %d failed records to %s failed (attempt %d): %r; retrying in %.2f s",
+                    self.function.name,
+                    len(failures),
+                    self._destination,
+                    attempt,
+                    error,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+
+    def delay(self, attempt: int) -> float:
+        """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""
+        state = RetryCallState(self._retrying, None, (), {})
+        state.attempt_number = attempt
+        return self._retrying.wait(state)
+
+    def _count_split(self) -> None:
+        self.stats.bisections += 1
+
+
+def _record(r: SourceRecord, value: Any) -> Record:
+    return Record(
+        r.topic, r.partition, r.offset, r.timestamp, r.key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type]
+    )
