@@ -195,3 +195,44 @@ async def run_until_read(app: App, servers: str, wanted: dict[str, int], timeout
     reader = asyncio.create_task(read())
     await run_worker(app, servers, reader.done, timeout=timeout + 10)
     return found
+
+
+# --- PostgreSQL (Table sink tests) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session, started only when a test asks for it; yields its url.
+
+    PostgreSQL refuses to run as root, so as root initdb and the server run as the `postgres` system user (in a
+    temp dir it owns). Trust authentication on 127.0.0.1, no fsync: nothing here needs to survive the session.
+    """
+    import glob
+    import shutil
+    import tempfile
+
+    from streamfn.embedded import free_port
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: run scripts/test.sh, or apt-get install postgresql")
+    bin_dir = Path(found[-1]).parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    directory = Path(tempfile.mkdtemp(prefix="streamfn-pg-"))
+    if as_postgres:
+        shutil.chown(directory, "postgres", "postgres")
+    data, port = directory / "data", free_port()
+
+    def pg(*command: str) -> None:
+        subprocess.run([*as_postgres, *command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start")
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""The writer of one function's outputs to one table: each output value is a row, upserted by the key.
+
+A write is one transaction: its rows all land or none do, so a batch replayed after a crash (at-least-once) just
+writes the same rows again. Rows are checked before anything is sent, so a row that can never fit (not a dict,
+no key, a column the table lacks) rejects the write at once instead of being retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from streamfn.connectors.table.database import Database, Transaction
+from streamfn.connectors.table.schema import (
+    Adapter,
+    TableName,
+    create_table,
+    identifier_problem,
+    model_columns,
+    row_columns,
+    upsert,
+)
+from streamfn.errors import ConfigError
+from streamfn.sink import Emitted, RejectedOutput, plain
+
+Row = dict[str, Any]
+
+
+class TableWriter:
+    def __init__(
+        self, sink: str, database: Database, table: TableName, key: tuple[str, ...], model: type[BaseModel] | None
+    ) -> None:
+        self._sink = sink
+        self._database = database
+        self._dialect = database.dialect
+        self._table = table
+        self._key = key
+        self._model = model
+        self._adapters: dict[str, Adapter] = {}
+        """The table's columns (empty until the table exists) and how each binds its values."""
+        self._statements: dict[tuple[str, ...], str] = {}
+
+    def __str__(self) -> str:
+        return self._sink
+
+    async def start(self) -> None:
+        """Use the table if it exists, create it if a model describes it; else the first write creates it."""
+        if await self._load_columns():
+            return
+        if self._model is not None:
+            await self._create(model_columns(self._model, self._dialect))
+
+    async def write(self, outputs: Sequence[Emitted]) -> None:
+        rows = self._rows(outputs)
+        if not rows:
+            return
+        if not self._adapters:
+            await self._create(self._columns_of(rows))
+        await self._check_columns(rows)
+        try:
+            async with self._database.transaction() as transaction:
+                await self._upsert(transaction, [row for _, row in rows])
+        except Exception as error:
+            if self._database.refuses(error):
+                which = f"output {outputs[0].id}" if len(outputs) == 1 else f"outputs {outputs[0].id}..{outputs[-1].id}"
+                raise RejectedOutput(
+                    f"{self._sink}: the database refused {which}: {type(error).__name__}: {error}"
+                ) from error
+            raise
+
+    async def close(self) -> None:
+        await self._database.close()
+
+    async def _upsert(self, transaction: Transaction, rows: Sequence[Row]) -> None:
+        """Upsert `rows` within `transaction` (which a caller may use to write more in the same commit).
+
+        Rows with the same columns share one statement, run with executemany; a column a row leaves out is not
+        touched (its default on insert, its old value on update)."""
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in rows:
+            columns = tuple(row)
+            groups.setdefault(columns, []).append([self._adapters[c](row[c]) for c in columns])
+        for columns, values in groups.items():
+            statement = self._statements.get(columns)
+            if statement is None:
+                statement = self._statements[columns] = upsert(self._dialect, self._table, columns, self._key)
+            await transaction.executemany(statement, values)
+
+    def _rows(self, outputs: Sequence[Emitted]) -> list[tuple[Emitted, Row]]:
+        """The rows of `outputs`, checked, one per key: the last one wins, in the place of the key's first row
+        (the order the rows would be inserted in if they were written one by one)."""
+        rows: dict[tuple[Any, ...], tuple[Emitted, Row]] = {}
+        for output in outputs:
+            row = plain(output.value)
+            if not isinstance(row, dict):
+                raise self._rejected(output, f"is a {type(row).__name__}, not a row: return a dict or a pydantic model")
+            missing = [c for c in self._key if row.get(c) is None]
+            if missing:
+                raise self._rejected(output, f"has no value for the key column(s) {', '.join(map(repr, missing))}")
+            key = tuple(row[c] for c in self._key)
+            try:
+                rows[key] = (output, row)  # a key seen before keeps its place
+            except TypeError:
+                raise self._rejected(
+                    output, f"has a key {key!r} that is not a plain value (number, string...)"
+                ) from None
+        return list(rows.values())
+
+    async def _check_columns(self, rows: Sequence[tuple[Emitted, Row]]) -> None:
+        """Every row's columns exist in the table (looked up again once: a column may have been added)."""
+        if all(column in self._adapters for _, row in rows for column in row):
+            return
+        await self._load_columns()
+        for output, row in rows:
+            unknown = [column for column in row if column not in self._adapters]
+            if unknown:
+                raise self._rejected(
+                    output,
+                    f"has column(s) {', '.join(map(repr, unknown))} that table {str(self._table)!r} lacks "
+                    f"(its columns: {', '.join(self._adapters)})",
+                )
+
+    def _columns_of(self, rows: Sequence[tuple[Emitted, Row]]) -> dict[str, str]:
+        """The columns of a table made from `rows`, whose keys must all be usable as column names."""
+        for output, row in rows:
+            for column in row:
+                problem = identifier_problem(column)
+                if problem:
+                    raise self._rejected(output, f"has a column named {column!r}, which {problem}")
+        return row_columns((row for _, row in rows), self._dialect)
+
+    def _rejected(self, output: Emitted, problem: str) -> RejectedOutput:
+        return RejectedOutput(f"{self._sink}: output {output.id} {problem}")
+
+    async def _create(self, columns: Mapping[str, str]) -> None:
+        try:
+            await self._database.execute(create_table(self._table, columns, self._key))
+        except Exception:
+            # PostgreSQL: a concurrent CREATE TABLE IF NOT EXISTS of the same table may fail instead of waiting.
+            if await self._load_columns():
+                return
+            raise
+        if not await self._load_columns():
+            raise RuntimeError(f"{self._sink}: table {str(self._table)!r} is missing right after creating it")
+
+    async def _load_columns(self) -> bool:
+        """Read the table's columns; check that the key can be upserted on. False when there is no table."""
+        columns = await self._database.columns(self._table)
+        if not columns:
+            return False
+        missing = [c for c in self._key if c not in columns]
+        if missing:
+            raise ConfigError(
+                f"{self._sink}: table {str(self._table)!r} has no key column(s) {', '.join(map(repr, missing))}; "
+                f"its columns: {', '.join(columns)}"
+            )
+        if not self._adapters:
+            try:
+                await self._database.compile(upsert(self._dialect, self._table, self._key, self._key), len(self._key))
+            except Exception as error:
+                raise ConfigError(
+                    f"{self._sink}: key {', '.join(self._key)} of table {str(self._table)!r} is not its primary key "
+                    f"or a unique index, which upserts need ({type(error).__name__}: {error})"
+                ) from None
+        self._adapters = {column: self._dialect.adapter(declared) for column, declared in columns.items()}
+        return True
