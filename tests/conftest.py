@@ -156,8 +156,10 @@ def start_cli(
     )
 
 
-def run_cli(*args: str, servers: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    process = start_cli(*args, servers=servers)
+def run_cli(
+    *args: str, servers: str | None = None, timeout: float = 60, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    process = start_cli(*args, servers=servers, **popen)
     stdout, stderr = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

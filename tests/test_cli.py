@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,43 @@ def test_main_job_runs_on_the_embedded_broker_and_reports_what_it_did() -> None:
     for function in ("audit", "large_orders"):
         cells = [c.strip() for c in rows[function].split("│")[1:-1]]
         # polled and committed 1003; handled 1000; the 3 malformed orders dead-lettered
-        assert (cells[2], cells[5], cells[6], cells[7], cells[8]) == ("1003", "1000", "3", "0", "1003"), cells
+        assert (cells[2], cells[5], cells[7], cells[8], cells[9]) == ("1003", "1000", "3", "0", "1003"), cells
+
+
+def test_chained_example_enriches_through_a_topic_into_a_table_per_customer(tmp_path: Path) -> None:
+    result = run_cli(
+        "run",
+        str(ROOT / "examples/chain/pipeline.py"),
+        "--seed",
+        f"orders={ORDERS}",
+        "--key-field",
+        "customer",
+        "--until-idle",
+        "1",
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    valid = [o for o in map(_parse, ORDERS.read_text().splitlines()) if o and isinstance(o.get("quantity"), int)]
+    expected: dict[str, tuple[int, int, float]] = {}
+    for o in valid:
+        orders, quantity, amount = expected.get(o["customer"], (0, 0, 0.0))
+        expected[o["customer"]] = (
+            orders + 1,
+            quantity + o["quantity"],
+            amount + round(o["quantity"] * o["unit_price"], 2),
+        )
+    with sqlite3.connect(tmp_path / "customer_totals.db") as db:
+        rows = db.execute("SELECT customer, orders, quantity, amount FROM customer_totals").fetchall()
+    assert {c: (n, q) for c, n, q, _ in rows} == {c: (n, q) for c, (n, q, _) in expected.items()}
+    assert all(abs(amount - expected[c][2]) < 0.01 for c, _, _, amount in rows)
+    summary = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    enrich = [c.strip() for c in summary["enrich"].split("│")[1:-1]]
+    totals = [c.strip() for c in summary["totals"].split("│")[1:-1]]
+    # enrich: 1003 polled, 1000 priced and emitted, the 3 malformed orders dead-lettered, all committed
+    assert (enrich[2], enrich[5], enrich[6], enrich[7], enrich[9]) == ("1003", "1000", "1000", "3", "1003"), enrich
+    # totals: the 1000 priced orders read from the topic enrich wrote, all committed
+    assert (totals[2], totals[5], totals[9]) == ("1000", "1000", "1000"), totals
 
 
 async def test_produce_puts_each_line_on_the_topic_keyed_by_a_field(broker: str, name: Any, tmp_path: Path) -> None:
