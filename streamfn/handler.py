@@ -48,14 +48,28 @@ def handler_style(function: Callable[..., Any]) -> HandlerStyle:
     )
 
 
+def _collecting(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A generator handler yields its outputs: collect them within the invocation (its thread, its timeout), so
+    an error raised while yielding is a function error of that invocation like any other."""
+    if inspect.isasyncgenfunction(function):
+
+        async def collect_async(*args: Any) -> list[Any]:
+            return [item async for item in function(*args)]
+
+        return collect_async
+    if inspect.isgeneratorfunction(function):
+        return lambda *args: list(function(*args))
+    return function
+
+
 class Invoker:
     """Invokes one function's handler with a payload, enforcing its timeout."""
 
     def __init__(self, name: str, function: Callable[..., Any], timeout: float) -> None:
         self.name = name
         self.style = handler_style(function)
-        self._function = function
-        self._is_async = inspect.iscoroutinefunction(function)
+        self._function = _collecting(function)
+        self._is_async = inspect.iscoroutinefunction(self._function)
         self._timeout = timeout
         self._logger = logging.getLogger(f"streamfn.function.{name}")
         self._threads = ThreadPoolExecutor(MAX_HANDLER_THREADS, thread_name_prefix=f"streamfn-{name}")

@@ -1,13 +1,16 @@
-"""A slow handler holds memory flat: its partition is paused at the buffer's high mark and resumed as it drains."""
+"""A slow handler or a sink that is down holds memory flat: the partition is paused at the buffer's high mark."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from conftest import committed, create_topic, produce_values, source
 
-from streamfn import App, Record
+from streamfn import App, Record, SinkRetry
+from streamfn.connectors.kafka import KafkaTopic
+from streamfn.embedded import free_port
 from streamfn.worker import Worker
 
 
@@ -46,3 +49,41 @@ async def test_slow_handler_pauses_its_partition_and_memory_stays_bounded(broker
     offsets = await committed(broker, group, topic, 2)
     assert offsets == handled  # every handled record committed on stop, nothing beyond
     assert handled[1] > 2 * handled[0]  # the fast partition was never held back by the slow one
+
+
+async def test_a_sink_that_is_down_pauses_its_partition_and_commits_nothing_unwritten(broker: str, name: Any) -> None:
+    topic, group, out = name("t"), name("g"), name("out")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 20_000, partitions=1)
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    app = App("sink-backpressure")
+    handled = 0
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=100,
+        maximum_batching_window_in_seconds=0,
+        outputs=[KafkaTopic(out, bootstrap_servers=down, retry=SinkRetry(max_attempts=-1, max_seconds=0.2))],
+    )
+    async def forward(records: list[Record]) -> list[Any]:
+        nonlocal handled
+        handled += len(records)
+        return [r.value for r in records]
+
+    worker = Worker(app, broker)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    reader = worker.pollers[0].reader
+    peak, paused_seen, deadline = 0, False, time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert not task.done()
+        if (p0 := worker.pollers[0].workers.get((topic, 0))) is not None:
+            peak = max(peak, p0.buffered)
+        paused_seen |= bool(reader._consumer.paused())  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await task
+
+    assert handled == 100  # one batch invoked; its write is still being retried, nothing else was taken
+    assert paused_seen  # the full buffer paused the partition
+    assert peak < 1_000 + 1024 * 1024 / 20, peak  # bounded as for a slow handler, never the 20,000 in Kafka
+    assert await committed(broker, group, topic, 1) == {0: 0}  # nothing committed past the unwritten outputs

@@ -214,3 +214,38 @@ def test_bad_outputs_are_one_line_config_errors(case: str, tmp_path: Path) -> No
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_generator_handlers_yield_outputs_and_an_error_while_yielding_fails_the_batch(
+    broker: str, name: Any
+) -> None:
+    topic, group, out, dlq = name("t"), name("g"), name("out"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await create_topic(broker, out, 1)
+    await produce_values(broker, topic, 10, partitions=1)
+    app = App("generators")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=5,
+        maximum_retry_attempts=0,
+        on_failure=KafkaTopic(dlq),
+        outputs=[KafkaTopic(out)],
+    )
+    async def numbers(records: list[Record]) -> Any:
+        for r in records:
+            if r.value["n"] == 7:
+                raise ValueError("no sevens")
+            yield {"n": r.value["n"]}
+
+    found = await run_until_read(app, broker, {out: 5, dlq: 5})
+    assert values(found[out]) == [{"n": n} for n in range(5)]  # the failed batch emitted nothing
+    assert sorted(dict(letter.headers)["streamfn.source.offset"] for letter in found[dlq]) == [
+        b"5",
+        b"6",
+        b"7",
+        b"8",
+        b"9",
+    ]
+    assert {orjson.loads(letter.value)["errorMessage"] for letter in found[dlq]} == {"no sevens"}
+    assert await committed(broker, group, topic, 1) == {0: 10}
