@@ -6,6 +6,8 @@ What it measures
     fresh consumer group, and its records/s is measured:
 
     (a)  plain aiokafka: `getmany(timeout_ms=200)` + `commit()` after each non-empty fetch (the baseline);
+    (a+out) the same, also decoding each value and producing it again (orjson.dumps) to another topic with
+         aiokafka's batch API, acks=all, awaited before the commit: the baseline for (b+out);
     (b)  streamfn, native no-op handler `async def noop(records)` (values decoded as JSON into Records);
     (c)  streamfn, Lambda-style no-op handler `def noop(event, context)`, a sync def (run in the thread pool);
     (c') streamfn, Lambda-style no-op handler `async def noop(event, context)` (extra, no target);
@@ -43,7 +45,7 @@ from typing import Any
 
 import harness
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -70,6 +72,7 @@ VARIANTS = {
     for v in (
         Variant("a", "(a) aiokafka getmany+commit", None),
         Variant("a-json", "(a') aiokafka getmany+commit, orjson.loads each value", None),
+        Variant("a-out", "(a+out) aiokafka getmany+produce+commit", None),
         Variant("b", "(b) native: async def noop(records)", 0.8),
         Variant("c", "(c) Lambda-style: def noop(event, ctx)", 0.5),
         Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
@@ -157,12 +160,17 @@ Timing = tuple[harness.Mark, harness.Mark, int]
 """(clock start, clock end, records received when the clock started)."""
 
 
-async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
+async def run_plain(settings: Settings, group: str, decode: bool, produce: bool) -> Timing:
     """(a): count records from getmany, commit after each non-empty fetch; (a') also decodes each value.
 
     (a') is the same work a native handler's records need (streamfn decodes values before the handler runs, so
     an undecodable one can be routed rather than crash the handler): (b)/(a') is the framework's own overhead.
+    (a+out) also encodes each value again and produces it, one producer batch per partition, awaited before the
+    commit, as (b+out)'s KafkaTopic output does.
     """
+    producer = AIOKafkaProducer(bootstrap_servers=settings.servers, acks="all") if produce else None
+    if producer is not None:
+        await producer.start()
     consumer = AIOKafkaConsumer(
         settings.topic,
         bootstrap_servers=settings.servers,
@@ -184,19 +192,41 @@ async def run_plain(settings: Settings, group: str, decode: bool) -> Timing:
             if first is None:
                 first = harness.now()
                 first_fetch = sum(len(records) for records in batches.values())
-            for records in batches.values():
+            sent = []
+            for tp, records in batches.items():
                 count += len(records)
-                if decode:
+                if producer is not None:
+                    sent.extend(await send_again(producer, f"{group}-out", tp.partition, records))
+                elif decode:
                     for record in records:
                         orjson.loads(record.value)
+            await asyncio.gather(*sent)
             await consumer.commit()
         end = harness.now()
     finally:
         await consumer.stop()
+        if producer is not None:
+            await producer.stop()
     if count != settings.records:
         raise RuntimeError(f"(a) received {count} records, expected {settings.records}")
     assert first is not None
     return first, end, first_fetch
+
+
+async def send_again(
+    producer: AIOKafkaProducer, topic: str, partition: int, records: list[Any]
+) -> list[asyncio.Future[Any]]:
+    """Decode each record's value, encode it again and append it to producer batches for `partition` of `topic`."""
+    sent = []
+    batch = producer.create_batch()
+    for record in records:
+        value = orjson.dumps(orjson.loads(record.value))
+        if batch.append(key=record.key, value=value, timestamp=None, headers=[]) is None:
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=record.key, value=value, timestamp=None, headers=[])
+    sent.append(await producer.send_batch(batch, topic, partition=partition))
+    return sent
 
 
 async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
@@ -255,8 +285,10 @@ async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
     gc.collect()
     group = harness.unique_name(variant, run)
     async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
-        if variant in ("a", "a-json"):
-            first, end, first_fetch = await run_plain(settings, group, decode=variant == "a-json")
+        if variant in ("a", "a-json", "a-out"):
+            first, end, first_fetch = await run_plain(
+                settings, group, decode=variant == "a-json", produce=variant == "a-out"
+            )
         else:
             first, end, first_fetch = await run_streamfn(settings, group, variant)
     return RunResult(settings.records, end.wall - first.wall, end.cpu - first.cpu, rss.peak_kib, first_fetch)

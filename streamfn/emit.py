@@ -18,9 +18,8 @@ from pydantic import BaseModel
 from streamfn.failure import BatchItemFailures
 from streamfn.handler import HandlerStyle
 from streamfn.record import Partition, SourceRecord
-from streamfn.sink import Emitted, Output, Provenance
+from streamfn.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, Output, Provenance
 
-TRACE_HEADERS = ("traceparent", "tracestate")
 _SINGLE = (str, bytes, bytearray, Mapping, BaseModel, Output)
 
 
@@ -42,10 +41,10 @@ def emitted(function: str, partition: Partition, records: Sequence[SourceRecord]
     """The items of one invocation over `records`, as sinks receive them."""
     source = Provenance(function, partition.topic, partition.partition, records[0].offset, records[-1].offset)
     common = (
-        ("streamfn.source.function", function.encode()),
-        ("streamfn.source.topic", partition.topic.encode()),
-        ("streamfn.source.partition", str(partition.partition).encode()),
-        ("streamfn.source.offsets", f"{source.first_offset}-{source.last_offset}".encode()),
+        (f"{SOURCE_HEADER_PREFIX}function", function.encode()),
+        (f"{SOURCE_HEADER_PREFIX}topic", partition.topic.encode()),
+        (f"{SOURCE_HEADER_PREFIX}partition", str(partition.partition).encode()),
+        (f"{SOURCE_HEADER_PREFIX}offsets", f"{source.first_offset}-{source.last_offset}".encode()),
         *_trace_context(records),
     )
     return [_emitted(item, common, source, index) for index, item in enumerate(items)]

@@ -13,6 +13,7 @@ Declared sinks are configuration, shared freely; `open()` gives each function it
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,11 @@ from pydantic import BaseModel, Field
 
 from streamfn.config import StrictModel
 from streamfn.record import SourceRecord
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""W3C trace context headers, carried from an invocation's input to its outputs."""
+SOURCE_HEADER_PREFIX = "streamfn.source."
+"""The provenance headers of an output (and of a dead letter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,23 @@ class Sink(Protocol):
         """Raise ConfigError if this sink cannot serve a function reading `source_topics` (e.g. a loop)."""
 
     async def open(self, context: SinkContext) -> SinkWriter: ...
+
+
+class Delivered:
+    """The ids a writer delivered lately (bounded): a write the engine retries after it failed half-way skips them,
+    so a sink without idempotence of its own sees duplicates only after a restart or rebalance."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, output_id: object) -> bool:
+        return output_id in self._ids
+
+    def add(self, output_id: str) -> None:
+        self._ids[output_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
 
 
 def plain(value: Any) -> Any:

@@ -17,19 +17,17 @@ Why these choices:
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
-from streamfn.sink import Emitted, RejectedOutput, encode_json
+from streamfn.sink import TRACE_HEADERS, Delivered, Emitted, RejectedOutput, encode_json
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 REMEMBERED_CHUNKS = 4096
 """Delivered chunks whose keys a writer remembers, to skip them when a failed write is retried."""
 EXCERPT_CHARS = 200
-TRACE_HEADERS = ("traceparent", "tracestate")
 RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "idempotency-key", "x-streamfn-function", "x-streamfn-source", *TRACE_HEADERS}
 )
@@ -61,7 +59,7 @@ class HttpWriter:
         self._name = name
         self._function = function
         self._chunk = chunk
-        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._delivered = Delivered(REMEMBERED_CHUNKS)
 
     def __repr__(self) -> str:
         return f"<HttpWriter {self._name} of function {self._function!r}>"
@@ -74,7 +72,7 @@ class HttpWriter:
         for chunk in chunks:
             if chunk.key not in self._delivered:
                 await self._send(chunk)
-                self._remember(chunk.key)
+                self._delivered.add(chunk.key)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -91,11 +89,6 @@ class HttpWriter:
         if status in RETRYABLE_STATUSES or status >= 500 or status < 200:
             raise HttpDeliveryError(message)
         raise RejectedOutput(message)
-
-    def _remember(self, key: str) -> None:
-        self._delivered[key] = None
-        if len(self._delivered) > REMEMBERED_CHUNKS:
-            self._delivered.popitem(last=False)
 
 
 def chunk_of(outputs: Sequence[Emitted], function: str) -> Chunk:

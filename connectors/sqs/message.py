@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamfn.sink import Emitted, RejectedOutput, encode
+from streamfn.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, RejectedOutput, encode
 
 MAX_MESSAGE_BYTES = 1_048_576
 """1 MiB: the most one message may carry, body and attributes (SQS's documented quota since 2025)."""
@@ -39,8 +39,6 @@ MAX_ATTRIBUTES = 10
 
 ENCODING_ATTRIBUTE = "streamfn.encoding"
 KEY_ATTRIBUTE = "streamfn.key"
-PROVENANCE_PREFIX = "streamfn.source."
-TRACE_HEADERS = ("traceparent", "tracestate")
 
 _INVALID_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """A character outside the XML character set that SQS accepts in bodies and String attribute values."""
@@ -111,10 +109,10 @@ def _attribute(value: bytes) -> tuple[dict[str, Any], int]:
 
 def _ranked(output: Emitted, binary: bool) -> list[tuple[str, bytes]]:
     """Candidate attributes, most useful first (see the module docstring)."""
-    own = [(n, v) for n, v in output.headers if not n.startswith(PROVENANCE_PREFIX) and n not in TRACE_HEADERS]
+    own = [(n, v) for n, v in output.headers if not n.startswith(SOURCE_HEADER_PREFIX) and n not in TRACE_HEADERS]
     return [
         *([(ENCODING_ATTRIBUTE, b"base64")] if binary else []),
-        *[(n, v) for n, v in output.headers if n.startswith(PROVENANCE_PREFIX)],
+        *[(n, v) for n, v in output.headers if n.startswith(SOURCE_HEADER_PREFIX)],
         *[(n, v) for n, v in output.headers if n == "traceparent"],
         *([(KEY_ATTRIBUTE, output.key)] if output.key is not None else []),
         *own,

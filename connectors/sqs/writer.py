@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.sqs.message import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Message, message
-from streamfn.sink import Emitted, RejectedOutput
+from streamfn.sink import Delivered, Emitted, RejectedOutput
 
 log = logging.getLogger("streamfn.sqs")
 
@@ -75,7 +74,7 @@ class SqsWriter:
         self._fifo = fifo
         self._group = group
         self._function = function
-        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._delivered = Delivered(REMEMBERED_OUTPUTS)
         self._warned: set[str] = set()
 
     async def write(self, outputs: Sequence[Emitted]) -> None:
@@ -118,7 +117,7 @@ class SqsWriter:
         except (BotoCoreError, OSError, TimeoutError) as error:
             raise SqsDeliveryError(f"{self}: SendMessageBatch failed: {error}") from error
         for success in response.get("Successful", []):
-            self._remember(chunk[int(success["Id"])][0].id)
+            self._delivered.add(chunk[int(success["Id"])][0].id)
         failed = response.get("Failed", [])
         if failed:
             self._fail(chunk, failed)
@@ -134,11 +133,6 @@ class SqsWriter:
             rejected = rejected or (bool(entry.get("SenderFault")) and code in INVALID_MESSAGE_CODES)
         problem = f"{self}: SQS did not accept {len(failed)} of {len(chunk)} messages: {'; '.join(described)}"
         raise RejectedOutput(problem) if rejected else SqsDeliveryError(problem)
-
-    def _remember(self, output_id: str) -> None:
-        self._delivered[output_id] = None
-        if len(self._delivered) > REMEMBERED_OUTPUTS:
-            self._delivered.popitem(last=False)
 
     def _warn_dropped(self, messages: list[Message]) -> None:
         for name in {name for sent in messages for name in sent.dropped} - self._warned:
