@@ -1,13 +1,77 @@
-"""Value formats: how a record's bytes become the value a native handler receives."""
+"""Formats: how a topic's bytes become the values handlers receive, and how outputs become bytes again.
+
+A `Codec` serves one side (value or key) of one source or output. Decoding stays synchronous, so the per-record
+hot path never awaits; formats that need I/O (Avro through a schema registry: unknown schema ids) do it in
+`resolve`, once per batch, before any record of it is decoded, and in `encode`, once per batch of outputs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
 
 import orjson
 
-ValueFormat = Literal["json", "string", "bytes"]
+from streamfn.sink import encode as encode_any
+
+Format = Literal["json", "string", "bytes", "avro"]
+ValueFormat = Format
+
+
+class Codec(Protocol):
+    """The bytes of one side (value or key) of a topic, decoded and encoded."""
+
+    name: str
+    """The format's name, as configured ("json", "avro", ...)."""
+
+    async def open(self) -> None:
+        """Before the first batch: compile schemas, connect to a registry."""
+
+    async def close(self) -> None: ...
+
+    async def resolve(self, data: Sequence[bytes | None]) -> None:
+        """Make whatever these payloads refer to known (a registry's schema ids), so `decode` needs no I/O.
+
+        Must not raise for a payload that cannot be resolved: `decode` raises for it, and that record alone fails
+        with a DeserializationError."""
+
+    def decode(self, data: bytes | None) -> Any:
+        """The value; raises for bytes that are not in this format (the record then fails, never the batch)."""
+
+    def schema_metadata(self, data: bytes | None) -> dict[str, str] | None:
+        """Lambda's `{"dataFormat", "schemaId"}` of a payload in a registry's wire format, else None."""
+
+    def payload(self, data: bytes | None) -> bytes | None:
+        """The bytes without a registry's wire header (Lambda's EventRecordFormat SOURCE); the bytes otherwise."""
+
+    async def encode(self, values: Sequence[Any], topic: str) -> list[bytes | None]:
+        """Bytes for outputs written to `topic` (a registry subject derives from it); None stays None."""
+
+
+class PlainCodec:
+    """A format that needs no schema: json, string, bytes."""
+
+    def __init__(self, name: str, decode: Callable[[bytes | None], Any]) -> None:
+        self.name = name
+        self.decode = decode
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def resolve(self, data: Sequence[bytes | None]) -> None:
+        pass
+
+    def schema_metadata(self, data: bytes | None) -> dict[str, str] | None:
+        return None
+
+    def payload(self, data: bytes | None) -> bytes | None:
+        return data
+
+    async def encode(self, values: Sequence[Any], topic: str) -> list[bytes | None]:
+        return [None if value is None else encode_any(value) for value in values]
 
 
 def _bytes(data: bytes | None) -> Any:
@@ -23,3 +87,4 @@ def _json(data: bytes | None) -> Any:
 
 
 DECODERS: dict[str, Callable[[bytes | None], Any]] = {"json": _json, "string": _string, "bytes": _bytes}
+"""The formats that need no schema, by name."""
