@@ -70,6 +70,10 @@ class App:
                 if config.on_failure is not None:
                     config.on_failure.check(topics)
                 style = handler_style(handler)
+                if config.value_model is not None and style is not HandlerStyle.NATIVE:
+                    raise ConfigError(
+                        "value_model applies to native handlers (records); a Lambda-style handler gets the event"
+                    )
             except ConfigError as error:
                 raise error.for_function(function_name) from None
             group_id = source.group_id(self.name, function_name) if source is not None else ""

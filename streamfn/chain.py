@@ -25,7 +25,7 @@ from streamfn.config import StrictModel
 from streamfn.context import function_arn
 from streamfn.errors import ConfigError
 from streamfn.failure import FailureOrigin
-from streamfn.formats import DECODERS, ValueFormat
+from streamfn.formats import PlainFormat, plain_codec
 from streamfn.record import Partition, SourceRecord
 from streamfn.runner import FunctionRunner
 from streamfn.sink import Emitted, SinkContext, SinkRetry, encode
@@ -63,7 +63,7 @@ class Function(StrictModel):
     owner = "Function"
 
     handler: Callable[..., Any]
-    value_format: ValueFormat = "json"
+    value_format: PlainFormat = "json"
     """How the chained function's native handler receives each output (as from a topic of that format)."""
     retry: SinkRetry = Field(default_factory=SinkRetry)
 
@@ -146,7 +146,11 @@ class Chains:
             assert target is not None, "checked by Chains.check"
             origin = FailureOrigin(target.name, function_arn(target.name), servers, event)
             runner = FunctionRunner(
-                target, stats=self._stats[target.name], origin=origin, decode=DECODERS[value_format]
+                target,
+                stats=self._stats[target.name],
+                origin=origin,
+                value_codec=plain_codec(value_format),
+                key_codec=None,
             )
             self._runners.append(runner)
             await runner.open(self.context(target.name, servers, event))

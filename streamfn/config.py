@@ -97,6 +97,9 @@ class FunctionConfig(StrictModel):
     function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(
         default_factory=list, max_length=1, validation_alias=_aws_alias("function_response_types")
     )
+    value_model: type[BaseModel] | None = None
+    """Native handlers: a pydantic model each value is validated into; a value that fails goes to on_failure as a
+    DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
     on_failure: Any = Field(None, validation_alias=_aws_alias("on_failure"))
     """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq")."""
 

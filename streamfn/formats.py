@@ -14,6 +14,7 @@ import orjson
 
 from streamfn.sink import encode as encode_any
 
+PlainFormat = Literal["json", "string", "bytes"]
 Format = Literal["json", "string", "bytes", "avro"]
 ValueFormat = Format
 
@@ -88,3 +89,26 @@ def _json(data: bytes | None) -> Any:
 
 DECODERS: dict[str, Callable[[bytes | None], Any]] = {"json": _json, "string": _string, "bytes": _bytes}
 """The formats that need no schema, by name."""
+
+
+def make_codec(name: str, *, side: Literal["value", "key"], schema: Any = None, registry: Any = None) -> Codec:
+    """The codec of one side of a topic: `schema` an Avro schema (.avsc path or dict), `registry` a
+    SchemaRegistry (streamfn.registry) whose wire format the values are in."""
+    if name != "avro":
+        return plain_codec(name)
+    from streamfn.avro import AvroCodec, load_schema  # fastavro only when Avro is used
+
+    return AvroCodec(
+        schema=None if schema is None else load_schema(schema),
+        registry=None if registry is None else registry.client(),
+        side=side,
+    )
+
+
+def plain_codec(name: str) -> PlainCodec:
+    return PlainCodec(name, DECODERS[name])
+
+
+def is_plain(codec: Codec | None) -> bool:
+    """Nothing to resolve or validate beyond decoding (no schema, no registry)."""
+    return codec is None or isinstance(codec, PlainCodec)

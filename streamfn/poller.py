@@ -17,11 +17,10 @@ from streamfn.chain import Chains
 from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
 from streamfn.failure import FailureOrigin
-from streamfn.formats import DECODERS
 from streamfn.partition import PartitionWorker
 from streamfn.record import Partition
 from streamfn.runner import FunctionRunner
-from streamfn.source import Source, SourceReader
+from streamfn.source import SourceReader
 from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.poller")
@@ -31,9 +30,7 @@ FETCH_ERROR_BACKOFF_SECONDS = 1.0
 
 
 class Poller:
-    def __init__(
-        self, function: StreamFunction, source: Source, reader: SourceReader, stats: FunctionStats, chains: Chains
-    ) -> None:
+    def __init__(self, function: StreamFunction, reader: SourceReader, stats: FunctionStats, chains: Chains) -> None:
         self.function = function
         self.reader = reader
         self.stats = stats
@@ -42,7 +39,9 @@ class Poller:
         self.last_fetch = time.monotonic()
         self.ever_assigned = False
         origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
-        self._runner = FunctionRunner(function, stats=stats, origin=origin, decode=DECODERS[source.value_format])
+        self._runner = FunctionRunner(
+            function, stats=stats, origin=origin, value_codec=reader.value_codec, key_codec=reader.key_codec
+        )
         self._chains = chains
         self._stopping = asyncio.Event()
 

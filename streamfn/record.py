@@ -52,14 +52,16 @@ class SourceRecord(Protocol):
 
 @dataclass(slots=True)
 class Record:
-    """A record as a native handler receives it: the value decoded per the source's `value_format`."""
+    """A record as a native handler receives it: the value decoded per the source's `value_format` (and validated
+    into the function's `value_model`, if any)."""
 
     topic: str
     partition: int
     offset: int
     timestamp: int
     """Epoch milliseconds."""
-    key: bytes | None
+    key: Any
+    """Bytes, unless the source declares a `key_format`."""
     value: Any
     headers: Sequence[tuple[str, bytes]]
     timestamp_type: str = "CREATE_TIME"

@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
+from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from streamfn.app import StreamFunction
 from streamfn.delivery import Outputs
 from streamfn.emit import emitted, items
 from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin, StopProcessing
+from streamfn.formats import Codec, is_plain
 from streamfn.handler import HandlerStyle, Invoker
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 from streamfn.recovery import Recovery
@@ -28,7 +30,6 @@ from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.runner")
 
-Decode = Callable[[bytes | None], Any]
 Invocation = tuple[Sequence[SourceRecord], list[Emitted]]
 """The records of one successful invocation and the outputs it emitted."""
 
@@ -45,13 +46,24 @@ class Busy(Protocol):
 
 class FunctionRunner:
     def __init__(
-        self, function: StreamFunction, *, stats: FunctionStats, origin: FailureOrigin, decode: Decode
+        self,
+        function: StreamFunction,
+        *,
+        stats: FunctionStats,
+        origin: FailureOrigin,
+        value_codec: Codec,
+        key_codec: Codec | None,
     ) -> None:
         self.function = function
         self.stats = stats
         self.origin = origin
-        self._decode = decode
         self._native = function.style is HandlerStyle.NATIVE
+        self._value_codec = value_codec
+        self._key_codec = key_codec
+        self._resolves = not (is_plain(value_codec) and is_plain(key_codec))
+        """A format with a schema: resolve the batch's schemas first; Lambda-style payloads are validated too."""
+        self._decode_value = _decoder(value_codec.decode, function.config.value_model)
+        self._decode_key = key_codec.decode if key_codec is not None else None
         self._invoker = Invoker(function.name, function.handler, function.config.timeout)
         backoff = function.config.backoff
         self._retrying = AsyncRetrying(
@@ -81,11 +93,13 @@ class FunctionRunner:
 
     async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
         """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""
+        if self._resolves:
+            await self._resolve(records)
         decoded, failures = self._decode_batch(partition, records)
         invocable = records
         if failures:  # only what decoded reaches the handler
-            decodable = {record.offset for record in decoded}
-            invocable = [r for r in records if r.offset in decodable]
+            failed = {f.record.offset for f in failures}
+            invocable = [r for r in records if r.offset not in failed]
         invocations: list[Invocation] = []
         if invocable:
             invoke = partial(self._invoke, partition, decoded, lane, invocations)
@@ -169,22 +183,33 @@ class FunctionRunner:
             for r, size in emitters
         ]
 
+    async def _resolve(self, records: Sequence[SourceRecord]) -> None:
+        await self._value_codec.resolve([r.value for r in records])
+        if self._key_codec is not None:
+            await self._key_codec.resolve([r.key for r in records])
+
     def _decode_batch(
         self, partition: Partition, records: Sequence[SourceRecord]
     ) -> tuple[list[Record], list[FailedRecord]]:
-        """Native handlers: decode every value once; a record that does not decode never reaches the handler."""
-        if not self._native:
+        """Decode (and validate) every value once; a record that does not decode never reaches the handler.
+
+        Native handlers get the decoded Records. Lambda-style handlers get the source's event, so their values
+        are only decoded to be validated when the format has a schema (the event then carries them)."""
+        if not self._native and not self._resolves:
             return [], []
-        decode = self._decode
-        try:  # the common case, in one pass
-            return [_record(r, decode(r.value)) for r in records], []
-        except Exception:
-            pass
+        decode = self._decode_value
+        decode_key = self._decode_key
+        if decode_key is None:
+            try:  # the common case, in one pass
+                return [_record(r, decode(r.value), r.key) for r in records], []
+            except Exception:
+                pass
         decoded: list[Record] = []
         failures: list[FailedRecord] = []
         for r in records:
             try:
-                decoded.append(_record(r, decode(r.value)))
+                key = r.key if decode_key is None else decode_key(r.key)
+                decoded.append(_record(r, decode(r.value), key))
             except Exception as error:
                 failures.append(FailedRecord(partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(records)))
         return decoded, failures
@@ -237,7 +262,13 @@ class FunctionRunner:
         self.stats.bisections += 1
 
 
-def _record(r: SourceRecord, value: Any) -> Record:
-    return Record(
-        r.topic, r.partition, r.offset, r.timestamp, r.key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type]
-    )
+def _record(r: SourceRecord, value: Any, key: Any) -> Record:
+    return Record(r.topic, r.partition, r.offset, r.timestamp, key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type])
+
+
+def _decoder(decode: Callable[[bytes | None], Any], model: type[BaseModel] | None) -> Callable[[bytes | None], Any]:
+    """Decode, then validate into the function's `value_model` if it declares one."""
+    if model is None:
+        return decode
+    validate = model.model_validate
+    return lambda data: validate(decode(data))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from streamfn.formats import Codec
 from streamfn.record import Partition, SourceRecord
 
 
@@ -28,6 +29,10 @@ class SourceReader(Protocol):
     description: str
     servers: str
     """Where the source is (Kafka: its bootstrap servers), as events and dead letters report it."""
+    value_codec: Codec
+    """How values are decoded for native handlers (and validated, for formats with a schema)."""
+    key_codec: Codec | None
+    """How keys are decoded; None keeps them as bytes."""
 
     async def start(self, listener: AssignmentListener) -> None: ...
 
@@ -58,10 +63,6 @@ class Source(Protocol):
     @property
     def topics(self) -> Sequence[str]:
         """The streams it reads (Kafka topics)."""
-
-    @property
-    def value_format(self) -> str:
-        """How native handlers receive values (see streamfn.formats)."""
 
     def reader(self, *, group_id: str, default_servers: str | None) -> SourceReader: ...
 

@@ -42,7 +42,6 @@ class Worker:
         self.pollers = [
             Poller(
                 f,
-                f.source,
                 f.source.reader(group_id=f.group_id, default_servers=default_servers),
                 self.stats[f.name],
                 self.chains,

@@ -30,7 +30,8 @@ from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
 from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
-from streamfn.sink import Emitted, SinkContext, SinkRetry, encode
+from streamfn.formats import Codec, Format, make_codec
+from streamfn.sink import Emitted, SinkContext, SinkRetry
 
 PROVENANCE_PREFIX = "streamfn."
 STACK_LINES = 20
@@ -43,6 +44,13 @@ class KafkaTopic(StrictModel):
 
     topic: str
     bootstrap_servers: str | list[str] | None = None
+    value_format: Format = "json"
+    """As an output: json (str and bytes values go as they are), string, bytes, or avro (with `value_schema`
+    and/or `schema_registry`: Confluent's wire format, the schema registered under `<topic>-value`)."""
+    key_format: Format = "bytes"
+    value_schema: str | dict[str, Any] | None = None
+    key_schema: str | dict[str, Any] | None = None
+    schema_registry: Any = None
     retry: SinkRetry = Field(default_factory=SinkRetry)
     """As an output: how long a failing write is retried before its input records go to on_failure."""
     _producer: LazyProducer | None = PrivateAttr(None)
@@ -65,7 +73,13 @@ class KafkaTopic(StrictModel):
         return join_servers(self.bootstrap_servers) or source_servers
 
     async def open(self, context: SinkContext) -> TopicWriter:
-        return TopicWriter(self.topic, LazyProducer(self.servers(context.servers) or context.servers))
+        value = make_codec(self.value_format, side="value", schema=self.value_schema, registry=self.schema_registry)
+        key = None
+        if self.key_format != "bytes":
+            key = make_codec(self.key_format, side="key", schema=self.key_schema, registry=self.schema_registry)
+        writer = TopicWriter(self.topic, LazyProducer(self.servers(context.servers) or context.servers), value, key)
+        await writer.open()
+        return writer
 
     async def start(self, default_servers: str) -> None:
         if self._producer is None:  # one producer however many functions share this destination
@@ -95,36 +109,49 @@ class TopicWriter:
     the keyless records of one write go to one partition, the next write's to the next (sticky, as Kafka's).
     """
 
-    def __init__(self, topic: str, producer: LazyProducer) -> None:
+    def __init__(self, topic: str, producer: LazyProducer, value_codec: Codec, key_codec: Codec | None) -> None:
         self._topic = topic
         self._producer = producer
+        self._value_codec = value_codec
+        self._key_codec = key_codec
         self._partitioner = DefaultPartitioner()
         self._sticky = 0
 
+    async def open(self) -> None:
+        await self._value_codec.open()
+        if self._key_codec is not None:
+            await self._key_codec.open()
+
     async def write(self, outputs: Sequence[Emitted]) -> None:
-        producer = await self._producer.get()
         topic = self._topic
+        values = await self._value_codec.encode([o.value for o in outputs], topic)
+        keys: Sequence[bytes | None] = [o.key for o in outputs]
+        if self._key_codec is not None:
+            keys = await self._key_codec.encode(keys, topic)
+        producer = await self._producer.get()
         partitions = sorted(await producer.partitions_for(topic))
         self._sticky += 1
         keyless = partitions[self._sticky % len(partitions)]
         open_batches: dict[int, BatchBuilder] = {}
         sent: list[asyncio.Future[Any]] = []
-        for o in outputs:
-            partition = keyless if o.key is None else self._partitioner(o.key, partitions, partitions)
-            value = None if o.value is None else encode(o.value)
+        for o, key, value in zip(outputs, keys, values, strict=True):
+            partition = keyless if key is None else self._partitioner(key, partitions, partitions)
             headers = list(o.headers)  # the batch builder takes a list only
             batch = open_batches.get(partition)
-            if batch is None or batch.append(key=o.key, value=value, timestamp=None, headers=headers) is None:
+            if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if batch is not None:  # full: send it and start the next
                     sent.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = open_batches[partition] = producer.create_batch()
-                batch.append(key=o.key, value=value, timestamp=None, headers=headers)  # the first always fits
+                batch.append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
         for partition, batch in open_batches.items():
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)  # acknowledged by the broker (acks=all) before the batch counts as written
 
     async def close(self) -> None:
         await self._producer.stop()
+        await self._value_codec.close()
+        if self._key_codec is not None:
+            await self._key_codec.close()
 
 
 def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:

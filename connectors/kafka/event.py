@@ -3,6 +3,12 @@
 Shape (AWS docs, "Using Lambda with self-managed Apache Kafka"): records keyed "<topic>-<partition>", key and
 value base64, timestamp in epoch ms, headers as single-key objects whose value is the list of byte values.
 A null key is absent, as in Lambda; a null value (tombstone) is absent too (AWS does not document it).
+
+With a schema registry (Lambda's SchemaRegistryConfig), a key or value in the registry's wire format carries
+`keySchemaMetadata` / `valueSchemaMetadata` (`{"dataFormat": "AVRO", "schemaId": "<id>"}`) and, per
+`event_record_format`, is delivered decoded (JSON: the base64 of its JSON text) or as its original bytes without
+the registry's header (SOURCE). A payload that cannot be decoded keeps its original bytes and no metadata, so a
+dead letter of it still carries what was read.
 """
 
 from __future__ import annotations
@@ -11,6 +17,10 @@ from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+from pydantic import BaseModel
+
+from streamfn.formats import Codec, is_plain
 from streamfn.record import TIMESTAMP_TYPES, Partition, SourceRecord
 
 EVENT_SOURCE = "SelfManagedKafka"
@@ -32,9 +42,47 @@ def lambda_record(record: SourceRecord) -> dict[str, Any]:
     return item
 
 
-def lambda_event(servers: str, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
-    return {
-        "eventSource": EVENT_SOURCE,
-        "bootstrapServers": servers,
-        "records": {str(partition): [lambda_record(r) for r in records]},
-    }
+class KafkaEvent:
+    """Builds the event of one source's batches (callable as `event(partition, records)`)."""
+
+    def __init__(
+        self,
+        servers: str,
+        value_codec: Codec | None = None,
+        key_codec: Codec | None = None,
+        record_format: str = "JSON",
+    ) -> None:
+        self._servers = servers
+        self._sides: list[tuple[str, Codec]] = [
+            (name, codec)
+            for name, codec in (("value", value_codec), ("key", key_codec))
+            if codec is not None and not is_plain(codec)
+        ]
+        self._json = record_format == "JSON"
+
+    def __call__(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
+        items = [lambda_record(r) for r in records]
+        for name, codec in self._sides:
+            for record, item in zip(records, items, strict=True):
+                self._registry_side(item, name, getattr(record, name), codec)
+        return {"eventSource": EVENT_SOURCE, "bootstrapServers": self._servers, "records": {str(partition): items}}
+
+    def _registry_side(self, item: dict[str, Any], name: str, data: bytes | None, codec: Codec) -> None:
+        metadata = codec.schema_metadata(data)
+        if data is None or metadata is None:
+            return  # not in a registry's wire format: the original bytes, as without a registry
+        try:
+            delivered = orjson.dumps(codec.decode(data), default=_plain) if self._json else codec.payload(data)
+        except Exception:
+            return  # undecodable: it keeps its original bytes (it is routed as a DeserializationError)
+        if delivered is not None:
+            item[name] = b64encode(delivered).decode("ascii")
+        item[f"{name}SchemaMetadata"] = metadata
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return b64encode(value).decode("ascii")
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from streamfn.connectors.kafka.event import lambda_event as build_lambda_event
+from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.record import Partition, SourceRecord
 from streamfn.source import AssignmentListener
 
@@ -58,6 +58,8 @@ class KafkaReader:
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
         self.description = f"topics {', '.join(source.topics)} on {servers}"
+        self.value_codec, self.key_codec = source.codecs()
+        self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
             group_id=group_id,
@@ -71,6 +73,9 @@ class KafkaReader:
         )
 
     async def start(self, listener: AssignmentListener) -> None:
+        await self.value_codec.open()
+        if self.key_codec is not None:
+            await self.key_codec.open()
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
         await self._consumer.start()
 
@@ -102,10 +107,13 @@ class KafkaReader:
         await self._consumer.commit({TopicPartition(*p): o for p, o in offsets.items()})
 
     def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
-        return build_lambda_event(self.servers, partition, records)
+        return self._event(partition, records)
 
     async def stop(self) -> None:
         await self._consumer.stop()
+        await self.value_codec.close()
+        if self.key_codec is not None:
+            await self.key_codec.close()
 
     async def settle_start_positions(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Every assigned partition's committed offset; where the group has none, the starting position, sought

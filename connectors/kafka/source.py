@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
 from streamfn.config import StrictModel
 from streamfn.connectors.kafka.reader import KafkaReader
-from streamfn.formats import ValueFormat
+from streamfn.formats import Codec, Format, make_codec
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
@@ -36,7 +36,22 @@ class KafkaSource(StrictModel):
     starting_position_timestamp: float | None = Field(
         None, ge=0, validation_alias=AliasChoices("starting_position_timestamp", "StartingPositionTimestamp")
     )
-    value_format: ValueFormat = "json"
+    value_format: Format = "json"
+    """How native handlers receive values: json, string, bytes, or avro (with `value_schema` and/or
+    `schema_registry`)."""
+    key_format: Format = "bytes"
+    """How native handlers receive keys; bytes (the default) leaves them as they are."""
+    value_schema: str | dict[str, Any] | None = None
+    """Avro: an .avsc file (or the parsed schema): the writer schema of plain Avro values, or the reader schema
+    values are resolved into when they carry a registry's schema id (schema evolution)."""
+    key_schema: str | dict[str, Any] | None = None
+    schema_registry: Any = None
+    """A SchemaRegistry(url, ...): values (and keys) in Avro are in Confluent's wire format (magic byte, schema id)."""
+    event_record_format: Literal["JSON", "SOURCE"] = Field(
+        "JSON", validation_alias=AliasChoices("event_record_format", "EventRecordFormat")
+    )
+    """Lambda-style handlers with a schema registry: JSON delivers each value decoded (as base64 JSON text),
+    SOURCE the original bytes without the registry's header; each record carries key/valueSchemaMetadata."""
     bootstrap_servers: str | list[str] | None = None
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     """How long the group waits for a silent (crashed) worker before moving its partitions."""
@@ -52,6 +67,23 @@ class KafkaSource(StrictModel):
             # Lambda takes Unix seconds; a millisecond value would start thousands of years ahead.
             raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
         return self
+
+    @model_validator(mode="after")
+    def _avro_has_a_schema(self) -> KafkaSource:
+        for side, schema in (("value", self.value_schema), ("key", self.key_schema)):
+            if getattr(self, f"{side}_format") == "avro" and schema is None and self.schema_registry is None:
+                raise ValueError(f"{side}_format='avro' needs {side}_schema (an .avsc file) or schema_registry")
+        if self.schema_registry is not None and not callable(getattr(self.schema_registry, "client", None)):
+            raise ValueError("schema_registry must be a SchemaRegistry(url, ...)")
+        return self
+
+    def codecs(self) -> tuple[Codec, Codec | None]:
+        """The value codec, and the key codec (None when keys stay bytes)."""
+        value = make_codec(self.value_format, side="value", schema=self.value_schema, registry=self.schema_registry)
+        if self.key_format == "bytes":
+            return value, None
+        key = make_codec(self.key_format, side="key", schema=self.key_schema, registry=self.schema_registry)
+        return value, key
 
     def group_id(self, app_name: str, function_name: str) -> str:
         return self.consumer_group_id or f"{app_name}-{function_name}"
