@@ -130,6 +130,7 @@ SUMMARY_COLUMNS = (
     "function",
     "group",
     "polled",
+    "filtered out",
     "invocations",
     "failed invocations",
     "handled",
@@ -149,6 +150,7 @@ def _print_summary(summaries: list[FunctionSummary]) -> None:
         stats = s.stats
         counts = (
             stats.polled,
+            stats.filtered_out,
             stats.batches + stats.failed_invocations,
             stats.failed_invocations,
             stats.handled,

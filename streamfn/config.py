@@ -97,6 +97,8 @@ class FunctionConfig(StrictModel):
     function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(
         default_factory=list, max_length=1, validation_alias=_aws_alias("function_response_types")
     )
+    filter_criteria: Any = Field(None, validation_alias=_aws_alias("filter_criteria"))
+    """Lambda's FilterCriteria `{"Filters": [{"Pattern": "<json>"}]}`, compiled (streamfn.filters.RecordFilter)."""
     value_model: type[BaseModel] | None = None
     """Native handlers: a pydantic model each value is validated into; a value that fails goes to on_failure as a
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
@@ -109,6 +111,13 @@ class FunctionConfig(StrictModel):
         if value != -1 and value < 60:
             raise ValueError("must be -1 (no limit) or between 60 and 604800 seconds")
         return value
+
+    @field_validator("filter_criteria")
+    @classmethod
+    def _filters(cls, value: Any) -> Any:
+        from streamfn.filters import compile_criteria  # the filters module imports this one
+
+        return compile_criteria(value)
 
     @field_validator("on_failure")
     @classmethod

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from streamfn.app import StreamFunction
 from streamfn.checkpoint import Checkpoint
+from streamfn.formats import is_plain
 from streamfn.lane import Lane
 from streamfn.record import Partition, SourceRecord
 from streamfn.runner import FunctionRunner
@@ -34,6 +35,9 @@ class PartitionWorker:
         self.reader = reader
         self.runner = runner
         self.stopping = False
+        self._filter = function.config.filter_criteria
+        codec = reader.value_codec
+        self._decode = None if is_plain(codec) else codec.decode
         self._checkpoint = checkpoint
         self._fed_until: int | None = None
         """The offset after the last record fed: where the partition stands when every lane is empty."""
@@ -57,6 +61,12 @@ class PartitionWorker:
         if self.stopping or not records:
             return
         self._fed_until = records[-1].offset + 1
+        if self._filter is not None:
+            kept = self._matching(records)
+            if len(kept) < len(records):
+                self.runner.stats.filtered_out += len(records) - len(kept)
+                self.lane_done()  # what was filtered out is done: it may be committed once nothing before it waits
+            records = kept
         lanes = self.lanes
         if len(lanes) == 1:
             lanes[0].buffer.feed(records)
@@ -66,6 +76,25 @@ class PartitionWorker:
             routed[(hash(record.key) if record.key is not None else record.offset) % len(lanes)].append(record)
         for lane, chunk in zip(lanes, routed, strict=True):
             lane.buffer.feed(chunk)
+
+    def _matching(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
+        """The records a filter matches, as each arrives (so a batch fills with matching records, as Lambda's).
+
+        A format with a schema (Avro) is decoded for the filters (its schemas were resolved by the poller); a value
+        that does not decode is kept, so that it is routed as a DeserializationError rather than silently lost."""
+        matches = self._filter.matches
+        if self._decode is None:
+            return [r for r in records if matches(r)]
+        kept = []
+        for r in records:
+            try:
+                decoded = self._decode(r.value)
+            except Exception:
+                kept.append(r)
+                continue
+            if matches(r, decoded if isinstance(decoded, dict) else None):
+                kept.append(r)
+        return kept
 
     def lane_done(self) -> None:
         """A lane finished a batch: the partition may commit up to the lowest offset still pending anywhere."""

@@ -17,6 +17,7 @@ from streamfn.chain import Chains
 from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
 from streamfn.failure import FailureOrigin
+from streamfn.formats import is_plain
 from streamfn.partition import PartitionWorker
 from streamfn.record import Partition
 from streamfn.runner import FunctionRunner
@@ -44,6 +45,7 @@ class Poller:
         )
         self._chains = chains
         self._stopping = asyncio.Event()
+        self._resolve_for_filters = function.config.filter_criteria is not None and not is_plain(reader.value_codec)
 
     @property
     def grace(self) -> float:
@@ -97,6 +99,8 @@ class Poller:
             if not fetched:
                 continue
             self.last_fetch = time.monotonic()
+            if self._resolve_for_filters:  # Avro through a registry: filters read decoded values
+                await self.reader.value_codec.resolve([r.value for rs in fetched.values() for r in rs])
             for partition, records in fetched.items():
                 worker = self.workers.get(partition)
                 if worker is not None:

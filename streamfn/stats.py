@@ -9,6 +9,8 @@ from dataclasses import dataclass
 class FunctionStats:
     polled: int = 0
     """PolledEventCount: records fetched from the source."""
+    filtered_out: int = 0
+    """FilteredOutEventCount: records no filter matched, committed without an invocation (as Lambda's Kafka)."""
     invoked: int = 0
     """InvokedEventCount: records passed to the handler (retries count again, as in Lambda)."""
     handled: int = 0
