@@ -11,6 +11,8 @@ What it measures
     (b)  streamfn, native no-op handler `async def noop(records)` (values decoded as JSON into Records);
     (c)  streamfn, Lambda-style no-op handler `def noop(event, context)`, a sync def (run in the thread pool);
     (c') streamfn, Lambda-style no-op handler `async def noop(event, context)` (extra, no target);
+    (b+3f) streamfn, native no-op handler behind 3 filters (the first two miss, the third matches every record, so
+         all three are evaluated and the handler still sees every record): the cost of filtering against (b);
     (b+out) streamfn, native handler returning every record's value, written to a KafkaTopic output on the same
          broker (acks=all, awaited before the commit): the cost of an output against (b), which has none.
 
@@ -77,8 +79,19 @@ VARIANTS = {
         Variant("c", "(c) Lambda-style: def noop(event, ctx)", 0.5),
         Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
         Variant("b-out", "(b+out) native, each value out to a KafkaTopic", None),
+        Variant("b-3f", "(b+3f) native no-op behind 3 filters", None),
     )
 }
+
+
+THREE_FILTERS = {
+    "Filters": [
+        {"Pattern": '{"value": {"user": [{"prefix": "x"}]}}'},
+        {"Pattern": '{"value": {"amount": [{"numeric": ["<", 0]}]}}'},
+        {"Pattern": '{"value": {"id": [{"exists": true}], "pad": [{"anything-but": "stop"}]}}'},
+    ]
+}
+"""(b+3f): two filters that miss every record, then one that matches every record."""
 
 
 @dataclass(frozen=True)
@@ -256,8 +269,10 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         "c": lambda_noop,
         "c-async": lambda_async_noop,
         "b-out": native_forward,
+        "b-3f": native_noop,
     }
     outputs = [KafkaTopic(f"{group}-out")] if style == "b-out" else []
+    filters = THREE_FILTERS if style == "b-3f" else None
     worker = harness.streamfn_worker(
         settings.servers,
         settings.topic,
@@ -267,6 +282,7 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         batch_size=settings.batch_size,
         maximum_batching_window_in_seconds=settings.window,
         outputs=outputs,
+        filter_criteria=filters,
     )
     poller = worker.pollers[0]
     summary, end = await harness.run_until_committed(worker, settings.records)

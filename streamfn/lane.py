@@ -73,6 +73,6 @@ class Lane:
     async def _run(self) -> None:
         while (batch := await self.buffer.next_batch()) is not None:
             self.in_flight = batch
-            await self._owner.runner.run(self._owner.partition, batch.records, self)
+            await self._owner.runner.run(self._owner.partition, batch.records, self, self._owner.predecoded)
             self.in_flight = None
             self._owner.lane_done()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from streamfn.app import StreamFunction
 from streamfn.checkpoint import Checkpoint
 from streamfn.formats import is_plain
+from streamfn.handler import HandlerStyle
 from streamfn.lane import Lane
 from streamfn.record import Partition, SourceRecord
 from streamfn.runner import FunctionRunner
@@ -37,7 +39,11 @@ class PartitionWorker:
         self.stopping = False
         self._filter = function.config.filter_criteria
         codec = reader.value_codec
-        self._decode = None if is_plain(codec) else codec.decode
+        native = function.style is HandlerStyle.NATIVE
+        self._decode = codec.decode if not is_plain(codec) or (native and codec.name == "json") else None
+        """Filters read decoded values: Avro must be decoded for them; JSON is decoded once for a native handler."""
+        self.predecoded: dict[int, Any] | None = {} if native and self._filter is not None else None
+        """Values the filters decoded, by offset, until their batch runs: a value is decoded once."""
         self._checkpoint = checkpoint
         self._fed_until: int | None = None
         """The offset after the last record fed: where the partition stands when every lane is empty."""
@@ -83,17 +89,21 @@ class PartitionWorker:
         A format with a schema (Avro) is decoded for the filters (its schemas were resolved by the poller); a value
         that does not decode is kept, so that it is routed as a DeserializationError rather than silently lost."""
         matches = self._filter.matches
-        if self._decode is None:
+        decode = self._decode
+        if decode is None:
             return [r for r in records if matches(r)]
         kept = []
+        predecoded = self.predecoded
         for r in records:
             try:
-                decoded = self._decode(r.value)
+                decoded = decode(r.value)
             except Exception:
                 kept.append(r)
                 continue
             if matches(r, decoded if isinstance(decoded, dict) else None):
                 kept.append(r)
+                if predecoded is not None:
+                    predecoded[r.offset] = decoded
         return kept
 
     def lane_done(self) -> None:

@@ -91,11 +91,19 @@ class FunctionRunner:
             await self._destination.stop()
         self._invoker.close()
 
-    async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
-        """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""
+    async def run(
+        self,
+        partition: Partition,
+        records: Sequence[SourceRecord],
+        lane: Busy,
+        predecoded: dict[int, Any] | None = None,
+    ) -> None:
+        """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered.
+
+        `predecoded`: values already decoded (by the filters), by offset; taken out as they are used."""
         if self._resolves:
             await self._resolve(records)
-        decoded, failures = self._decode_batch(partition, records)
+        decoded, failures = self._decode_batch(partition, records, predecoded)
         invocable = records
         if failures:  # only what decoded reaches the handler
             failed = {f.record.offset for f in failures}
@@ -189,7 +197,7 @@ class FunctionRunner:
             await self._key_codec.resolve([r.key for r in records])
 
     def _decode_batch(
-        self, partition: Partition, records: Sequence[SourceRecord]
+        self, partition: Partition, records: Sequence[SourceRecord], predecoded: dict[int, Any] | None
     ) -> tuple[list[Record], list[FailedRecord]]:
         """Decode (and validate) every value once; a record that does not decode never reaches the handler.
 
@@ -198,10 +206,13 @@ class FunctionRunner:
         if not self._native and not self._resolves:
             return [], []
         decode = self._decode_value
+        value_of = self._with_predecoded(predecoded) if predecoded else None
         decode_key = self._decode_key
         if decode_key is None:
             try:  # the common case, in one pass
-                return [_record(r, decode(r.value), r.key) for r in records], []
+                if value_of is None:
+                    return [_record(r, decode(r.value), r.key) for r in records], []
+                return [_record(r, value_of(r), r.key) for r in records], []
             except Exception:
                 pass
         decoded: list[Record] = []
@@ -209,10 +220,24 @@ class FunctionRunner:
         for r in records:
             try:
                 key = r.key if decode_key is None else decode_key(r.key)
-                decoded.append(_record(r, decode(r.value), key))
+                decoded.append(_record(r, decode(r.value) if value_of is None else value_of(r), key))
             except Exception as error:
                 failures.append(FailedRecord(partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(records)))
         return decoded, failures
+
+    def _with_predecoded(self, predecoded: dict[int, Any]) -> Callable[[SourceRecord], Any]:
+        """Decode by record: the filters' decoded value when there is one (validated into the model, if any)."""
+        decode, model = self._value_codec.decode, self.function.config.value_model
+        validate = model.model_validate if model is not None else None
+        missing = object()
+
+        def value_of(r: SourceRecord) -> Any:
+            value = predecoded.pop(r.offset, missing)
+            if value is missing:
+                value = decode(r.value)
+            return value if validate is None else validate(value)
+
+        return value_of
 
     async def _deliver(self, failures: list[FailedRecord], lane: Busy) -> None:
         """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""
