@@ -96,13 +96,11 @@ def make_codec(name: str, *, side: Literal["value", "key"], schema: Any = None, 
     SchemaRegistry (streamfn.registry) whose wire format the values are in."""
     if name != "avro":
         return plain_codec(name)
-    from streamfn.avro import AvroCodec, load_schema  # fastavro only when Avro is used
+    from streamfn.avro import AvroCodec  # fastavro (and httpx, for a registry) only when Avro is used
+    from streamfn.registry import RegistryClient
 
-    return AvroCodec(
-        schema=None if schema is None else load_schema(schema),
-        registry=None if registry is None else registry.client(),
-        side=side,
-    )
+    client = None if registry is None else RegistryClient(registry)
+    return AvroCodec(schema, registry=client, side=side, owns_registry=True)
 
 
 def plain_codec(name: str) -> PlainCodec:

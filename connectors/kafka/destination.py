@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from streamfn.config import StrictModel
 from streamfn.connectors.kafka.producer import LazyProducer
-from streamfn.connectors.kafka.source import join_servers
+from streamfn.connectors.kafka.source import check_avro, join_servers
 from streamfn.errors import ConfigError
 from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
 from streamfn.formats import Codec, Format, make_codec
@@ -54,6 +54,11 @@ class KafkaTopic(StrictModel):
     retry: SinkRetry = Field(default_factory=SinkRetry)
     """As an output: how long a failing write is retried before its input records go to on_failure."""
     _producer: LazyProducer | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _avro_has_a_schema(self) -> KafkaTopic:
+        check_avro(self)
+        return self
 
     def __init__(self, topic: str | None = None, /, **values: Any) -> None:
         super().__init__(**({"topic": topic} if topic is not None else {}), **values)

@@ -14,6 +14,28 @@ from streamfn.formats import Codec, Format, make_codec
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
 
+def check_avro(config: Any) -> None:
+    """Avro sides have a schema or a registry, schema files load (a ConfigError naming the file), and a registry
+    is a SchemaRegistry: at declaration, not when the worker starts. Shared by KafkaSource and KafkaTopic."""
+    if config.schema_registry is not None:
+        from streamfn.registry import SchemaRegistry
+
+        if not isinstance(config.schema_registry, SchemaRegistry):
+            raise ValueError("schema_registry must be a SchemaRegistry(url, ...)")
+    for side in ("value", "key"):
+        schema = getattr(config, f"{side}_schema")
+        if getattr(config, f"{side}_format") != "avro":
+            if schema is not None:
+                raise ValueError(f"{side}_schema is for {side}_format='avro'")
+            continue
+        if schema is None and config.schema_registry is None:
+            raise ValueError(f"{side}_format='avro' needs {side}_schema (an .avsc file) or schema_registry")
+        if schema is not None:
+            from streamfn.avro import load_schema
+
+            load_schema(schema)
+
+
 def join_servers(servers: str | list[str] | None) -> str | None:
     """Bootstrap servers as one comma-separated string, as Kafka clients and Lambda's events take them."""
     return ",".join(servers) if isinstance(servers, list) else servers
@@ -70,11 +92,7 @@ class KafkaSource(StrictModel):
 
     @model_validator(mode="after")
     def _avro_has_a_schema(self) -> KafkaSource:
-        for side, schema in (("value", self.value_schema), ("key", self.key_schema)):
-            if getattr(self, f"{side}_format") == "avro" and schema is None and self.schema_registry is None:
-                raise ValueError(f"{side}_format='avro' needs {side}_schema (an .avsc file) or schema_registry")
-        if self.schema_registry is not None and not callable(getattr(self.schema_registry, "client", None)):
-            raise ValueError("schema_registry must be a SchemaRegistry(url, ...)")
+        check_avro(self)
         return self
 
     def codecs(self) -> tuple[Codec, Codec | None]:
