@@ -125,7 +125,7 @@ def _check_targets(app: App, function: StreamFunction, path: tuple[str, ...]) ->
 class _Detached:
     """A chained batch runs inside the calling lane's write: that lane is the one stopped, by cancellation."""
 
-    busy = False
+    busy = 0
     stopping = False
 
 

@@ -1,10 +1,12 @@
-"""A lane: one ordered sequence of batches within a partition, run one at a time.
+"""A lane: one ordered sequence of batches within a partition, invoked one at a time.
 
 A partition has `parallelization_factor` lanes; records of one key always go to the same lane, so they are never
 in flight together and are handled in offset order. A lane cuts its own batches (size, 6 MB, window) and has the
-function's runner take each to the end (outputs written, failures delivered) before telling its partition the
-batch is done. While a batch's sink is down the lane takes no new batch, so its buffer fills and pauses the
-partition.
+function's runner take each to the end in two halves: invoke (decode, the handler, the failure policy), then
+complete (outputs written to every sink, failures to the destination); only then is the batch done for the
+partition's commit. The next batch's invocation overlaps the previous batch's completion, which hides a sink's
+round trip; completions stay in order, one at a time, so a key's outputs keep their order and a batch whose sink
+is down holds everything after it: the lane takes no further batch, its buffer fills and pauses the partition.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 from streamfn.batch import Batch, PartitionBuffer
 from streamfn.failure import StopProcessing
+from streamfn.runner import Invoked
 
 if TYPE_CHECKING:
     from streamfn.partition import PartitionWorker
@@ -35,9 +39,11 @@ class Lane:
             pause=lambda: owner.hold(index),
             resume=lambda: owner.release(index),
         )
-        self.in_flight: Batch | None = None
-        self.busy = False
-        """An invocation or a sink write is under way: on stop, it may finish within the grace period."""
+        self.in_flight: deque[Batch] = deque()
+        """Batches taken and not done yet, oldest first: at most one completing and one being invoked."""
+        self.busy = 0
+        """Invocations and sink writes under way: on stop, they may finish within the grace period."""
+        self._completing: asyncio.Task[None] | None = None
         self._task = asyncio.create_task(self._run(), name=f"streamfn:{owner.function.name}:{owner.partition}:{index}")
 
     @property
@@ -47,11 +53,11 @@ class Lane:
     @property
     def idle(self) -> bool:
         """Nothing buffered and nothing in flight."""
-        return self.in_flight is None and self.buffer.buffered == 0
+        return not self.in_flight and self.buffer.buffered == 0
 
     def lowest_pending(self) -> int | None:
         """The lowest offset of this lane not handled yet (in flight or buffered), if any."""
-        return self.in_flight.first_offset if self.in_flight is not None else self.buffer.first_offset
+        return self.in_flight[0].first_offset if self.in_flight else self.buffer.first_offset
 
     async def stop(self, grace: float) -> None:
         """Take no new batch; let an invocation under way finish within `grace` seconds; never complete after."""
@@ -71,8 +77,28 @@ class Lane:
             await self._task
 
     async def _run(self) -> None:
-        while (batch := await self.buffer.next_batch()) is not None:
-            self.in_flight = batch
-            await self._owner.runner.run(self._owner.partition, batch.records, self, self._owner.predecoded)
-            self.in_flight = None
-            self._owner.lane_done()
+        runner, partition = self._owner.runner, self._owner.partition
+        try:
+            while (batch := await self.buffer.next_batch()) is not None:
+                self.in_flight.append(batch)
+                invoked = await runner.invoke(partition, batch.records, self, self._owner.predecoded)
+                if self._completing is not None:
+                    await self._completing  # the previous batch's writes first: completions stay in order
+                    self._completing = None
+                if invoked.invocations or invoked.failures:  # something to write: overlap it with the next batch
+                    self._completing = asyncio.create_task(self._complete(invoked))
+                else:
+                    await self._complete(invoked)
+            if self._completing is not None:
+                await self._completing
+        finally:
+            completing = self._completing
+            if completing is not None and not completing.done():
+                completing.cancel()  # stopped while a write was under way: its batch is not committed
+            elif completing is not None and not completing.cancelled():
+                completing.exception()  # raised while this task was being cancelled: retrieved, not logged
+
+    async def _complete(self, invoked: Invoked) -> None:
+        await self._owner.runner.complete(invoked, self)
+        self.in_flight.popleft()
+        self._owner.lane_done()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -37,11 +38,21 @@ Invocation = tuple[Sequence[SourceRecord], list[Emitted]]
 class Busy(Protocol):
     """The lane a batch runs in: told when work that should finish within the grace period is under way."""
 
-    busy: bool
-    """An invocation or a sink write is under way: on revoke or shutdown, let it finish within the timeout."""
+    busy: int
+    """Invocations and sink writes under way: on revoke or shutdown, they may finish within the timeout."""
 
     @property
     def stopping(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class Invoked:
+    """A batch whose invocations are over: what it emitted and what failed, not yet written anywhere."""
+
+    partition: Partition
+    records: Sequence[SourceRecord]
+    invocations: list[Invocation]
+    failures: list[FailedRecord]
 
 
 class FunctionRunner:
@@ -91,14 +102,19 @@ class FunctionRunner:
             await self._destination.stop()
         self._invoker.close()
 
-    async def run(
+    async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
+        """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""
+        await self.complete(await self.invoke(partition, records, lane), lane)
+
+    async def invoke(
         self,
         partition: Partition,
         records: Sequence[SourceRecord],
         lane: Busy,
         predecoded: dict[int, Any] | None = None,
-    ) -> None:
-        """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered.
+    ) -> Invoked:
+        """The first half of a batch: decode, and invoke under the failure policy until each record succeeded or
+        failed for good. Nothing is written yet.
 
         `predecoded`: values already decoded (by the filters), by offset; taken out as they are used."""
         if self._resolves:
@@ -112,9 +128,15 @@ class FunctionRunner:
         if invocable:
             invoke = partial(self._invoke, partition, decoded, lane, invocations)
             failures += await self._recovery.run(partition, invocable, invoke)
-        if invocations:
-            failures += await self._write_outputs(partition, invocations, failures, lane)
-        self.stats.handled += len(records) - len(failures)
+        return Invoked(partition, records, invocations, failures)
+
+    async def complete(self, invoked: Invoked, lane: Busy) -> None:
+        """The second half: write the outputs to every sink, then the failures to the destination. Once it
+        returns, the batch may be committed."""
+        failures = invoked.failures
+        if invoked.invocations:
+            failures += await self._write_outputs(invoked.partition, invoked.invocations, failures, lane)
+        self.stats.handled += len(invoked.records) - len(failures)
         if failures:
             await self._deliver(failures, lane)
 
@@ -137,7 +159,7 @@ class FunctionRunner:
             wanted = {r.offset for r in records}
             payload = [record for record in decoded if record.offset in wanted]
         self.stats.invoked += len(records)
-        lane.busy = True
+        lane.busy += 1
         try:
             response = await self._invoker.invoke(payload)
         except BatchItemFailures as reported:  # a native handler's partial failure, raised
@@ -146,7 +168,7 @@ class FunctionRunner:
             self.stats.failed_invocations += 1
             raise
         finally:
-            lane.busy = False
+            lane.busy -= 1
         self.stats.batches += 1
         if not self._outputs:
             return response
@@ -162,11 +184,11 @@ class FunctionRunner:
     ) -> list[FailedRecord]:
         """Write every output of the batch; if a sink gives up, the records that emitted them have failed."""
         outputs = [output for _, emitted_ in invocations for output in emitted_]
-        lane.busy = True
+        lane.busy += 1
         try:
             error = await self._outputs.write(outputs, lambda: lane.stopping)
         finally:
-            lane.busy = False
+            lane.busy -= 1
         if error is None:
             self.stats.outputs += len(outputs)
             return []
