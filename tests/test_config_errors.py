@@ -83,6 +83,28 @@ def enrich(event, context): ...
 """,
         ["function 'enrich'", "KafkaTopic('orders') is the function's own source topic"],
     ),
+    "schema registry secrets": (
+        """
+@app.function(source=KafkaSource(topics=["t"], SchemaRegistryConfig={"SchemaRegistryURI": "https://r",
+    "AccessConfigs": [{"Type": "BASIC_AUTH", "URI": "arn:aws:secretsmanager:eu-west-1:1:secret:x"}]}))
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "KafkaSource: SchemaRegistryConfig.AccessConfigs name Secrets Manager secrets"],
+    ),
+    "avro without a schema": (
+        """
+@app.function(source=KafkaSource(topics=["t"], value_format="avro"))
+def enrich(records): ...
+""",
+        ["function 'enrich'", "value_format='avro' needs value_schema (an .avsc file) or schema_registry"],
+    ),
+    "missing avsc file": (
+        """
+@app.function(source=KafkaSource(topics=["t"], value_format="avro", value_schema="nowhere.avsc"))
+def enrich(records): ...
+""",
+        ["function 'enrich'", "nowhere.avsc"],
+    ),
     "record age below 60": (
         """
 @app.function(source=KafkaSource(topics=["t"]), MaximumRecordAgeInSeconds=30)

@@ -166,12 +166,14 @@ async def test_lambda_style_handlers_get_lambdas_schema_registry_event(
         app = App("avro-lambda")
 
         @app.function(
-            source=source(
+            source=source(  # Lambda's names, as in a CloudFormation event source mapping
                 topic,
                 group,
-                value_format="avro",
-                schema_registry=SchemaRegistry(registry.url),
-                EventRecordFormat=record_format,
+                SchemaRegistryConfig={
+                    "SchemaRegistryURI": registry.url,
+                    "EventRecordFormat": record_format,
+                    "SchemaValidationConfigs": [{"Attribute": "VALUE"}],
+                },
             )
         )
         def handler(event: dict[str, Any], context: Any) -> None:

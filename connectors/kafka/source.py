@@ -90,6 +90,39 @@ class KafkaSource(StrictModel):
             raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lambda_schema_registry_config(cls, values: Any) -> Any:
+        """Lambda's `SchemaRegistryConfig` as CloudFormation or the API spell it, translated to streamfn's fields."""
+        if not isinstance(values, dict) or "SchemaRegistryConfig" not in values:
+            return values
+        values = dict(values)
+        config = values.pop("SchemaRegistryConfig")
+        if not isinstance(config, dict) or not isinstance(config.get("SchemaRegistryURI"), str):
+            raise ValueError("SchemaRegistryConfig needs SchemaRegistryURI, the registry's URL")
+        unknown = set(config) - {"SchemaRegistryURI", "EventRecordFormat", "SchemaValidationConfigs", "AccessConfigs"}
+        if unknown:
+            raise ValueError(f"SchemaRegistryConfig has unknown keys {sorted(unknown)}")
+        if config.get("AccessConfigs"):
+            raise ValueError(
+                "SchemaRegistryConfig.AccessConfigs name Secrets Manager secrets, which streamfn cannot read: give "
+                "schema_registry=SchemaRegistry(url, basic_auth=(user, password), ca_file=..., cert_file=..., "
+                "key_file=...) instead"
+            )
+        from streamfn.registry import SchemaRegistry
+
+        values["schema_registry"] = SchemaRegistry(config["SchemaRegistryURI"])
+        if "EventRecordFormat" in config:
+            values["event_record_format"] = config["EventRecordFormat"]
+        attributes = {
+            item.get("Attribute") for item in config.get("SchemaValidationConfigs") or [{"Attribute": "VALUE"}]
+        }
+        if not attributes <= {"KEY", "VALUE"}:
+            raise ValueError("SchemaRegistryConfig.SchemaValidationConfigs Attribute must be KEY or VALUE")
+        for attribute in attributes:  # Lambda decodes (and validates) these through the registry: Avro here
+            values[f"{attribute.lower()}_format"] = "avro"
+        return values
+
     @model_validator(mode="after")
     def _avro_has_a_schema(self) -> KafkaSource:
         check_avro(self)
