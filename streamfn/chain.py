@@ -24,7 +24,7 @@ from streamfn.app import App, StreamFunction
 from streamfn.config import StrictModel
 from streamfn.context import function_arn
 from streamfn.errors import ConfigError
-from streamfn.failure import FailureOrigin
+from streamfn.failure import FailureOrigin, LambdaEvent
 from streamfn.formats import PlainFormat, plain_codec
 from streamfn.record import Partition, SourceRecord
 from streamfn.runner import FunctionRunner
@@ -32,7 +32,6 @@ from streamfn.sink import Emitted, SinkContext, SinkRetry, encode
 from streamfn.stats import FunctionStats
 
 RunChained = Callable[[Sequence[SourceRecord]], Awaitable[None]]
-EventBuilder = Callable[[Partition, Sequence[SourceRecord]], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ class Chains:
         self._stats = stats
         self._runners: list[FunctionRunner] = []
 
-    def context(self, function: str, servers: str, event: EventBuilder) -> SinkContext:
+    def context(self, function: str, servers: str, event: LambdaEvent) -> SinkContext:
         """The sink context of `function`: its chained functions share its servers and Lambda event shape."""
 
         async def chain(handler: Callable[..., Any], value_format: str) -> RunChained:

@@ -7,6 +7,7 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +21,18 @@ a maximum of 10 retry attempts."""
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
 """Lambda's synchronous invocation payload limit, which also caps a batch."""
+
+
+def http_url(value: str) -> str:
+    """A validator's check of an http(s) URL with a host (a webhook, a queue, a registry)."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError as error:
+        raise ValueError(f"not a URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
 
 
 def _aws_alias(name: str) -> AliasChoices:

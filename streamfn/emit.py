@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from streamfn.failure import BatchItemFailures
 from streamfn.handler import HandlerStyle
 from streamfn.record import Partition, SourceRecord
-from streamfn.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, Output, Provenance
+from streamfn.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, Output, Provenance, encode
 
 _SINGLE = (str, bytes, bytearray, Mapping, BaseModel, Output)
 
@@ -54,13 +54,9 @@ def _emitted(item: Any, common: tuple[tuple[str, bytes], ...], source: Provenanc
     if not isinstance(item, Output):
         return Emitted(item, None, common, source, index)
     headers = item.headers.items() if isinstance(item.headers, Mapping) else item.headers or ()
-    own = tuple((name, _bytes(value)) for name, value in headers)
-    key = None if item.key is None else _bytes(item.key)
+    own = tuple((name, encode(value)) for name, value in headers)
+    key = None if item.key is None else encode(item.key)
     return Emitted(item.value, key, own + common, source, index)
-
-
-def _bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _trace_context(records: Sequence[SourceRecord]) -> tuple[tuple[str, bytes], ...]:

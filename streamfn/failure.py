@@ -7,12 +7,12 @@ as Kafka Connect's errant-record reporter does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Record, SourceRecord
 
 
 class Condition(StrEnum):
@@ -38,6 +38,15 @@ class FailedRecord:
     """Records in the last invocation that included it."""
 
 
+class LambdaEvent(Protocol):
+    """Builds the Lambda event of a source's records. `decoded`: the same records as already decoded (by offset)
+    for a source whose format has a schema, so that the event does not decode them again."""
+
+    def __call__(
+        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
+    ) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FailureOrigin:
     """What a destination says about where a dead letter came from."""
@@ -46,7 +55,7 @@ class FailureOrigin:
     function_arn: str
     servers: str
     """Where the source is (Kafka: its bootstrap servers)."""
-    event: Callable[[Partition, Sequence[SourceRecord]], dict[str, Any]]
+    event: LambdaEvent
     """The Lambda event these records would form, for the dead letter's payload."""
 
 

@@ -16,7 +16,6 @@ from streamfn.sink import encode as encode_any
 
 PlainFormat = Literal["json", "string", "bytes"]
 Format = Literal["json", "string", "bytes", "avro"]
-ValueFormat = Format
 
 
 class Codec(Protocol):
@@ -101,6 +100,18 @@ def make_codec(name: str, *, side: Literal["value", "key"], schema: Any = None, 
 
     client = None if registry is None else RegistryClient(registry)
     return AvroCodec(schema, registry=client, side=side, owns_registry=True)
+
+
+async def open_codecs(*codecs: Codec | None) -> None:
+    for codec in codecs:
+        if codec is not None:
+            await codec.open()
+
+
+async def close_codecs(*codecs: Codec | None) -> None:
+    for codec in codecs:
+        if codec is not None:
+            await codec.close()
 
 
 def plain_codec(name: str) -> PlainCodec:

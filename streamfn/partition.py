@@ -42,7 +42,8 @@ class PartitionWorker:
         native = function.style is HandlerStyle.NATIVE
         self._decode = codec.decode if not is_plain(codec) or (native and codec.name == "json") else None
         """Filters read decoded values: Avro must be decoded for them; JSON is decoded once for a native handler."""
-        self.predecoded: dict[int, Any] | None = {} if native and self._filter is not None else None
+        decoded_again = native or not is_plain(codec)  # the runner decodes these values (Lambda-style: to validate)
+        self.predecoded: dict[int, Any] | None = {} if decoded_again and self._filter is not None else None
         """Values the filters decoded, by offset, until their batch runs: a value is decoded once."""
         self._checkpoint = checkpoint
         self._fed_until: int | None = None

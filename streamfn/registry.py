@@ -24,7 +24,7 @@ import httpx
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from streamfn.config import StrictModel
+from streamfn.config import StrictModel, http_url
 from streamfn.errors import ConfigError
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -57,13 +57,7 @@ class SchemaRegistry(StrictModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as error:
-            raise ValueError(f"not a URL ({error})") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value.rstrip("/")
+        return http_url(value).rstrip("/")
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod

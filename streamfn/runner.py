@@ -152,7 +152,7 @@ class FunctionRunner:
         if lane.stopping:
             raise StopProcessing
         if not self._native:
-            payload: Any = self.origin.event(partition, records)
+            payload: Any = self.origin.event(partition, records, decoded)  # decoded: only for schema formats
         elif len(records) == len(decoded):  # the whole batch: the decoded records, in offset order
             payload = decoded
         else:  # a part of it, after a partial failure or a bisection

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from streamfn.formats import Codec
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Record, SourceRecord
 
 
 class AssignmentListener(Protocol):
@@ -50,8 +50,11 @@ class SourceReader(Protocol):
     def end_offset(self, partition: Partition) -> int | None:
         """The partition's end (the offset the next new record will get) as last seen, or None if unknown."""
 
-    def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
-        """The event a Lambda-style handler receives for this batch, in the source's documented Lambda shape."""
+    def lambda_event(
+        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
+    ) -> dict[str, Any]:
+        """The event a Lambda-style handler receives for this batch, in the source's documented Lambda shape
+        (`decoded`: the records as already decoded, for formats with a schema; see LambdaEvent)."""
 
     async def stop(self) -> None:
         """Leave the group and close; called after the final commit."""

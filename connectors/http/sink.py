@@ -13,7 +13,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from streamfn.config import StrictModel
+from streamfn.config import StrictModel, http_url
 from streamfn.connectors.http.writer import RESERVED_HEADERS, HttpWriter
 from streamfn.sink import SinkContext, SinkRetry
 
@@ -49,13 +49,7 @@ class Http(StrictModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as error:
-            raise ValueError(f"not a URL ({error})") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return http_url(value)
 
     @field_validator("method", mode="before")
     @classmethod

@@ -23,42 +23,31 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr
 
-from streamfn.config import StrictModel
+from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.producer import LazyProducer
-from streamfn.connectors.kafka.source import check_avro, join_servers
+from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
 from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
-from streamfn.formats import Codec, Format, make_codec
+from streamfn.formats import Codec, close_codecs, open_codecs
 from streamfn.sink import Emitted, SinkContext, SinkRetry
 
 PROVENANCE_PREFIX = "streamfn."
 STACK_LINES = 20
 
 
-class KafkaTopic(StrictModel):
-    """A Kafka topic, on the source's cluster unless `bootstrap_servers` names another."""
+class KafkaTopic(TopicFormat):
+    """A Kafka topic, on the source's cluster unless `bootstrap_servers` names another; as an output, written in
+    TopicFormat's value and key formats."""
 
     owner = "KafkaTopic"
 
     topic: str
     bootstrap_servers: str | list[str] | None = None
-    value_format: Format = "json"
-    """As an output: json (str and bytes values go as they are), string, bytes, or avro (with `value_schema`
-    and/or `schema_registry`: Confluent's wire format, the schema registered under `<topic>-value`)."""
-    key_format: Format = "bytes"
-    value_schema: str | dict[str, Any] | None = None
-    key_schema: str | dict[str, Any] | None = None
-    schema_registry: Any = None
     retry: SinkRetry = Field(default_factory=SinkRetry)
     """As an output: how long a failing write is retried before its input records go to on_failure."""
     _producer: LazyProducer | None = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _avro_has_a_schema(self) -> KafkaTopic:
-        check_avro(self)
-        return self
 
     def __init__(self, topic: str | None = None, /, **values: Any) -> None:
         super().__init__(**({"topic": topic} if topic is not None else {}), **values)
@@ -78,10 +67,7 @@ class KafkaTopic(StrictModel):
         return join_servers(self.bootstrap_servers) or source_servers
 
     async def open(self, context: SinkContext) -> TopicWriter:
-        value = make_codec(self.value_format, side="value", schema=self.value_schema, registry=self.schema_registry)
-        key = None
-        if self.key_format != "bytes":
-            key = make_codec(self.key_format, side="key", schema=self.key_schema, registry=self.schema_registry)
+        value, key = self.codecs()
         writer = TopicWriter(self.topic, LazyProducer(self.servers(context.servers) or context.servers), value, key)
         await writer.open()
         return writer
@@ -123,9 +109,7 @@ class TopicWriter:
         self._sticky = 0
 
     async def open(self) -> None:
-        await self._value_codec.open()
-        if self._key_codec is not None:
-            await self._key_codec.open()
+        await open_codecs(self._value_codec, self._key_codec)
 
     async def write(self, outputs: Sequence[Emitted]) -> None:
         topic = self._topic
@@ -154,9 +138,7 @@ class TopicWriter:
 
     async def close(self) -> None:
         await self._producer.stop()
-        await self._value_codec.close()
-        if self._key_codec is not None:
-            await self._key_codec.close()
+        await close_codecs(self._value_codec, self._key_codec)
 
 
 def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:

@@ -21,9 +21,10 @@ import orjson
 from pydantic import BaseModel
 
 from streamfn.formats import Codec, is_plain
-from streamfn.record import TIMESTAMP_TYPES, Partition, SourceRecord
+from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 
 EVENT_SOURCE = "SelfManagedKafka"
+_UNDECODED = object()
 
 
 def lambda_record(record: SourceRecord) -> dict[str, Any]:
@@ -60,19 +61,30 @@ class KafkaEvent:
         ]
         self._json = record_format == "JSON"
 
-    def __call__(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
+    def __call__(
+        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
+    ) -> dict[str, Any]:
+        """`decoded`: the records as the engine already decoded them (validating them), reused when present."""
         items = [lambda_record(r) for r in records]
-        for name, codec in self._sides:
-            for record, item in zip(records, items, strict=True):
-                self._registry_side(item, name, getattr(record, name), codec)
+        if self._sides:
+            by_offset = {d.offset: d for d in decoded}
+            for name, codec in self._sides:
+                for record, item in zip(records, items, strict=True):
+                    done = by_offset.get(record.offset)
+                    value = getattr(done, name) if done is not None else _UNDECODED
+                    self._registry_side(item, name, getattr(record, name), codec, value)
         return {"eventSource": EVENT_SOURCE, "bootstrapServers": self._servers, "records": {str(partition): items}}
 
-    def _registry_side(self, item: dict[str, Any], name: str, data: bytes | None, codec: Codec) -> None:
+    def _registry_side(self, item: dict[str, Any], name: str, data: bytes | None, codec: Codec, value: Any) -> None:
         metadata = codec.schema_metadata(data)
         if data is None or metadata is None:
             return  # not in a registry's wire format: the original bytes, as without a registry
+        delivered: bytes | None
         try:
-            delivered = orjson.dumps(codec.decode(data), default=_plain) if self._json else codec.payload(data)
+            if self._json:
+                delivered = orjson.dumps(codec.decode(data) if value is _UNDECODED else value, default=_plain)
+            else:
+                delivered = codec.payload(data)
         except Exception:
             return  # undecodable: it keeps its original bytes (it is routed as a DeserializationError)
         if delivered is not None:

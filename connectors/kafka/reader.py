@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streamfn.connectors.kafka.event import KafkaEvent
-from streamfn.record import Partition, SourceRecord
+from streamfn.formats import close_codecs, open_codecs
+from streamfn.record import Partition, Record, SourceRecord
 from streamfn.source import AssignmentListener
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ class KafkaReader:
         )
 
     async def start(self, listener: AssignmentListener) -> None:
-        await self.value_codec.open()
-        if self.key_codec is not None:
-            await self.key_codec.open()
+        await open_codecs(self.value_codec, self.key_codec)
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
         await self._consumer.start()
 
@@ -106,14 +105,14 @@ class KafkaReader:
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         await self._consumer.commit({TopicPartition(*p): o for p, o in offsets.items()})
 
-    def lambda_event(self, partition: Partition, records: Sequence[SourceRecord]) -> dict[str, Any]:
-        return self._event(partition, records)
+    def lambda_event(
+        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
+    ) -> dict[str, Any]:
+        return self._event(partition, records, decoded)
 
     async def stop(self) -> None:
         await self._consumer.stop()
-        await self.value_codec.close()
-        if self.key_codec is not None:
-            await self.key_codec.close()
+        await close_codecs(self.value_codec, self.key_codec)
 
     async def settle_start_positions(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Every assigned partition's committed offset; where the group has none, the starting position, sought

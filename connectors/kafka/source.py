@@ -7,33 +7,10 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from streamfn.config import StrictModel
+from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.reader import KafkaReader
-from streamfn.formats import Codec, Format, make_codec
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
-
-
-def check_avro(config: Any) -> None:
-    """Avro sides have a schema or a registry, schema files load (a ConfigError naming the file), and a registry
-    is a SchemaRegistry: at declaration, not when the worker starts. Shared by KafkaSource and KafkaTopic."""
-    if config.schema_registry is not None:
-        from streamfn.registry import SchemaRegistry
-
-        if not isinstance(config.schema_registry, SchemaRegistry):
-            raise ValueError("schema_registry must be a SchemaRegistry(url, ...)")
-    for side in ("value", "key"):
-        schema = getattr(config, f"{side}_schema")
-        if getattr(config, f"{side}_format") != "avro":
-            if schema is not None:
-                raise ValueError(f"{side}_schema is for {side}_format='avro'")
-            continue
-        if schema is None and config.schema_registry is None:
-            raise ValueError(f"{side}_format='avro' needs {side}_schema (an .avsc file) or schema_registry")
-        if schema is not None:
-            from streamfn.avro import load_schema
-
-            load_schema(schema)
 
 
 def join_servers(servers: str | list[str] | None) -> str | None:
@@ -41,7 +18,9 @@ def join_servers(servers: str | list[str] | None) -> str | None:
     return ",".join(servers) if isinstance(servers, list) else servers
 
 
-class KafkaSource(StrictModel):
+class KafkaSource(TopicFormat):
+    """Where a function reads from; its value and key formats are TopicFormat's."""
+
     owner = "KafkaSource"
 
     topics: list[str] = Field(min_length=1, validation_alias=AliasChoices("topics", "Topics"))
@@ -58,17 +37,6 @@ class KafkaSource(StrictModel):
     starting_position_timestamp: float | None = Field(
         None, ge=0, validation_alias=AliasChoices("starting_position_timestamp", "StartingPositionTimestamp")
     )
-    value_format: Format = "json"
-    """How native handlers receive values: json, string, bytes, or avro (with `value_schema` and/or
-    `schema_registry`)."""
-    key_format: Format = "bytes"
-    """How native handlers receive keys; bytes (the default) leaves them as they are."""
-    value_schema: str | dict[str, Any] | None = None
-    """Avro: an .avsc file (or the parsed schema): the writer schema of plain Avro values, or the reader schema
-    values are resolved into when they carry a registry's schema id (schema evolution)."""
-    key_schema: str | dict[str, Any] | None = None
-    schema_registry: Any = None
-    """A SchemaRegistry(url, ...): values (and keys) in Avro are in Confluent's wire format (magic byte, schema id)."""
     event_record_format: Literal["JSON", "SOURCE"] = Field(
         "JSON", validation_alias=AliasChoices("event_record_format", "EventRecordFormat")
     )
@@ -122,19 +90,6 @@ class KafkaSource(StrictModel):
         for attribute in attributes:  # Lambda decodes (and validates) these through the registry: Avro here
             values[f"{attribute.lower()}_format"] = "avro"
         return values
-
-    @model_validator(mode="after")
-    def _avro_has_a_schema(self) -> KafkaSource:
-        check_avro(self)
-        return self
-
-    def codecs(self) -> tuple[Codec, Codec | None]:
-        """The value codec, and the key codec (None when keys stay bytes)."""
-        value = make_codec(self.value_format, side="value", schema=self.value_schema, registry=self.schema_registry)
-        if self.key_format == "bytes":
-            return value, None
-        key = make_codec(self.key_format, side="key", schema=self.key_schema, registry=self.schema_registry)
-        return value, key
 
     def group_id(self, app_name: str, function_name: str) -> str:
         return self.consumer_group_id or f"{app_name}-{function_name}"

@@ -21,7 +21,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamfn.config import StrictModel
+from streamfn.config import StrictModel, http_url
 from streamfn.connectors.sqs.message import GROUP_ID
 from streamfn.connectors.sqs.writer import SqsWriter
 from streamfn.sink import SinkContext, SinkRetry
@@ -66,12 +66,7 @@ class SqsQueue(StrictModel):
     @field_validator("queue_url", "endpoint_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return None if value is None else http_url(value)
 
     @field_validator("queue_url")
     @classmethod
