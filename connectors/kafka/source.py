@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.reader import KafkaReader
 
@@ -103,3 +104,10 @@ class KafkaSource(TopicFormat):
         if servers is None:
             raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
         return KafkaReader(self, servers=servers, group_id=group_id)
+
+    def changelog(self, *, group_id: str, default_servers: str | None) -> KafkaChangelog:
+        """The group's state changelog: compacted topics on the source's cluster, one per source topic."""
+        servers = self.servers(default_servers)
+        if servers is None:
+            raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
+        return KafkaChangelog(servers, group_id, self.topics)
