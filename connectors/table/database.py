@@ -15,6 +15,9 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 class Transaction(Protocol):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows a statement returns (a query, or a write with RETURNING)."""
+
 
 class Database(Protocol):
     """One function's connection (SQLite) or pool (PostgreSQL)."""
@@ -27,6 +30,9 @@ class Database(Protocol):
 
     async def execute(self, sql: str) -> None:
         """A statement on its own (DDL)."""
+
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of a query on its own, outside any transaction of the writer."""
 
     async def columns(self, table: TableName) -> dict[str, str]:
         """The table's columns and their declared types, in order; empty when there is no such table."""

@@ -26,6 +26,9 @@ class _Transaction:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._connection.executemany(sql, rows)
 
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._connection.fetch(sql, *parameters)]
+
 
 class PostgresqlDatabase:
     def __init__(self, pool: Any) -> None:
@@ -46,6 +49,9 @@ class PostgresqlDatabase:
 
     async def execute(self, sql: str) -> None:
         await self._pool.execute(sql)
+
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._pool.fetch(sql, *parameters)]
 
     async def columns(self, table: TableName) -> dict[str, str]:
         return {name: declared for name, declared in await self._pool.fetch(COLUMNS, table.sql)}

@@ -237,3 +237,48 @@ def upsert(dialect: Dialect, table: TableName, columns: Sequence[str], key: Sequ
         f"INSERT INTO {table.sql} ({', '.join(map(quote, columns))}) VALUES ({markers}) "
         f"ON CONFLICT ({', '.join(map(quote, key))}) {action}"
     )
+
+
+# --- source offsets stored with the rows (processing_guarantee="exactly_once") --------------------------------------
+
+OFFSETS_TABLE = "streamfn_offsets"
+OFFSETS_KEY = ("consumer_group", "topic", "partition")
+
+
+def offsets_table(table: TableName) -> TableName:
+    """Where the offsets of `table`'s writers are: next to it, in its schema (or the default one)."""
+    return TableName(table.schema, OFFSETS_TABLE)
+
+
+def offsets_columns(dialect: Dialect) -> dict[str, str]:
+    """The offsets table's columns: one row per consumer group and source partition, shared by all its tables."""
+    return {"consumer_group": "TEXT", "topic": "TEXT", "partition": "INTEGER", "next_offset": dialect.column_type(int)}
+
+
+def claim_offsets(dialect: Dialect, table: TableName, count: int) -> str:
+    """Store the next offset of `count` partitions (parameters: group, topic, partition, next_offset for each),
+    only where it moves forward, and return the (topic, partition) of those that moved: the writer writes the
+    outputs of those and drops the rest (already stored: a replayed batch, or a late one of a lost partition).
+
+    One statement reads, compares and writes: the row it inserts or updates stays locked until the transaction
+    ends, even a row that did not exist yet (a SELECT ... FOR UPDATE locks nothing then, letting two first writes
+    of a partition both through), so a concurrent claim of the same partition waits and then sees this one's."""
+    columns = (*OFFSETS_KEY, "next_offset")
+    values = ", ".join(
+        "(" + ", ".join(dialect.placeholder(row * len(columns) + n) for n in range(1, len(columns) + 1)) + ")"
+        for row in range(count)
+    )
+    return (
+        f'INSERT INTO {table.sql} AS "stored" ({", ".join(map(quote, columns))}) VALUES {values} '
+        f"ON CONFLICT ({', '.join(map(quote, OFFSETS_KEY))}) "
+        'DO UPDATE SET "next_offset" = excluded."next_offset" '
+        'WHERE "stored"."next_offset" < excluded."next_offset" '
+        'RETURNING "topic", "partition"'
+    )
+
+
+def select_offsets(dialect: Dialect, table: TableName) -> str:
+    """The stored (topic, partition, next_offset) of one consumer group (its one parameter)."""
+    return (
+        f'SELECT "topic", "partition", "next_offset" FROM {table.sql} WHERE "consumer_group" = {dialect.placeholder(1)}'
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from streamfn.config import StrictModel
 from streamfn.connectors.table.database import POSTGRESQL_SCHEMES, SQLITE_PREFIX, connect
 from streamfn.connectors.table.schema import TableName, identifier_problem
-from streamfn.connectors.table.writer import TableWriter
+from streamfn.connectors.table.writer import Offsets, TableWriter
+from streamfn.errors import ConfigError
 from streamfn.sink import SinkContext, SinkRetry
 
 
@@ -24,6 +25,9 @@ class Table(StrictModel):
     """A SQLite or PostgreSQL table: each output is a row (a dict or a pydantic model), upserted by `key`."""
 
     owner = "Table"
+    stores_offsets: ClassVar[bool] = True
+    """Serves processing_guarantee="exactly_once": opened with `SinkContext.exactly_once`, its writer stores the
+    source offsets in the rows' transaction and skips what is already stored."""
 
     url: str = Field(repr=False)
     """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or `postgresql://user:password@host:port/db`."""
@@ -107,8 +111,12 @@ class Table(StrictModel):
         """A table can serve any function."""
 
     async def open(self, context: SinkContext) -> TableWriter:
+        if context.exactly_once and not context.group:
+            raise ConfigError(f"{self}: exactly_once needs the function's consumer group to store offsets under")
+        table = TableName.parse(self.table)
         database = await connect(self.url)
-        writer = TableWriter(str(self), database, TableName.parse(self.table), self.key, self.model)
+        offsets = Offsets(str(self), database, table, context.group) if context.exactly_once else None
+        writer = TableWriter(str(self), database, table, self.key, self.model, offsets)
         try:
             await writer.start()
         except BaseException:

@@ -21,6 +21,21 @@ REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, s
 """A constraint (NOT NULL, CHECK, a non-integer INTEGER PRIMARY KEY), a value too big, a type it cannot bind."""
 
 
+class _Transaction:
+    """The statements of one open transaction (its connection's lock already held)."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cursor = await self._connection.executemany(sql, rows)
+        await cursor.close()
+
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self._connection.execute(sql, parameters) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+
 class SqliteDatabase:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._connection = connection
@@ -46,27 +61,27 @@ class SqliteDatabase:
         return cls(connection)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteDatabase]:
+    async def transaction(self) -> AsyncIterator[_Transaction]:
         async with self._lock:
             # IMMEDIATE takes the write lock now, waiting up to the busy timeout: a deferred transaction that
             # upgrades later fails at once when another process wrote in between.
             await self._connection.execute("BEGIN IMMEDIATE")
             try:
-                yield self
+                yield _Transaction(self._connection)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):  # some errors already rolled back
                     await self._connection.execute("ROLLBACK")
                 raise
             await self._connection.execute("COMMIT")
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        cursor = await self._connection.executemany(sql, rows)
-        await cursor.close()
-
     async def execute(self, sql: str) -> None:
         async with self._lock:
             cursor = await self._connection.execute(sql)
             await cursor.close()
+
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            return await _Transaction(self._connection).fetch(sql, parameters)
 
     async def columns(self, table: TableName) -> dict[str, str]:
         query, parameters = "SELECT name, type FROM pragma_table_info(?)", [table.name]

@@ -3,10 +3,15 @@
 A write is one transaction: its rows all land or none do, so a batch replayed after a crash (at-least-once) just
 writes the same rows again. Rows are checked before anything is sent, so a row that can never fit (not a dict,
 no key, a column the table lacks) rejects the write at once instead of being retried.
+
+With processing_guarantee="exactly_once" the same transaction also stores, per source partition, the offset after
+the last record the rows cover (`Offsets`), and drops the outputs of partitions whose offsets are already stored: a
+batch replayed after a crash, or written late by a worker that lost the partition, writes nothing again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,25 +19,108 @@ from pydantic import BaseModel
 
 from streamfn.connectors.table.database import Database, Transaction
 from streamfn.connectors.table.schema import (
+    OFFSETS_KEY,
     Adapter,
     TableName,
+    claim_offsets,
     create_table,
     identifier_problem,
     model_columns,
+    offsets_columns,
+    offsets_table,
     row_columns,
+    select_offsets,
     upsert,
 )
 from streamfn.errors import ConfigError
+from streamfn.record import Partition
 from streamfn.sink import Emitted, RejectedOutput, plain
+
+log = logging.getLogger("streamfn.table")
 
 Row = dict[str, Any]
 
 
+def source_partition(output: Emitted) -> Partition:
+    return Partition(output.source.topic, output.source.partition)
+
+
+class Offsets:
+    """The source offsets one consumer group's rows cover, in `streamfn_offsets` next to the table (shared by every
+    table sink of the database's schema, one row per group and source partition).
+
+    Claimed in the transaction that writes the rows, so a crash leaves both or neither: the stored offset of a
+    partition is exactly how far its outputs are written, which is where the engine resumes it (`positions`)."""
+
+    def __init__(self, sink: str, database: Database, table: TableName, group: str) -> None:
+        self._sink = sink
+        self._database = database
+        self._table = offsets_table(table)
+        self._group = group
+        self._claims: dict[int, str] = {}
+        """The claim statement by how many partitions it covers."""
+
+    async def start(self) -> None:
+        """Create the offsets table if missing (IF NOT EXISTS, and a concurrent creation's error tolerated, as for
+        the rows' table: the first writers of several workers or functions start together)."""
+        columns = offsets_columns(self._database.dialect)
+        existing = await self._database.columns(self._table)
+        if not existing:
+            try:
+                await self._database.execute(create_table(self._table, columns, OFFSETS_KEY))
+            except Exception:
+                if not await self._database.columns(self._table):
+                    raise
+            existing = await self._database.columns(self._table)
+        missing = [column for column in columns if column not in existing]
+        if missing:
+            raise ConfigError(
+                f"{self._sink}: table {str(self._table)!r} is not streamfn's offsets table: it has no column(s) "
+                f"{', '.join(map(repr, missing))}"
+            )
+
+    async def claim(self, transaction: Transaction, outputs: Sequence[Emitted]) -> set[Partition]:
+        """Store, within `transaction`, the offset each source partition of `outputs` reaches (its last offset + 1)
+        where that moves it forward; return those partitions, whose outputs are to be written. The others are
+        already stored as far (or further): their outputs were written before."""
+        reached: dict[Partition, int] = {}
+        for output in outputs:
+            partition = source_partition(output)
+            reached[partition] = max(reached.get(partition, 0), output.source.last_offset + 1)
+        if not reached:
+            return set()
+        statement = self._claims.get(len(reached))
+        if statement is None:
+            statement = self._claims[len(reached)] = claim_offsets(self._database.dialect, self._table, len(reached))
+        # Sorted: concurrent claims lock the partitions they share in the same order, so they never deadlock.
+        parameters = [
+            value
+            for (topic, partition), offset in sorted(reached.items())
+            for value in (self._group, topic, partition, offset)
+        ]
+        return {Partition(topic, partition) for topic, partition in await transaction.fetch(statement, parameters)}
+
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        wanted = set(partitions)
+        stored = await self._database.fetch(select_offsets(self._database.dialect, self._table), [self._group])
+        return {
+            partition: offset for topic, number, offset in stored if (partition := Partition(topic, number)) in wanted
+        }
+
+
 class TableWriter:
     def __init__(
-        self, sink: str, database: Database, table: TableName, key: tuple[str, ...], model: type[BaseModel] | None
+        self,
+        sink: str,
+        database: Database,
+        table: TableName,
+        key: tuple[str, ...],
+        model: type[BaseModel] | None,
+        offsets: Offsets | None = None,
     ) -> None:
         self._sink = sink
+        self._offsets = offsets
+        """Set when exactly once: the source offsets the rows cover, stored with them."""
         self._database = database
         self._dialect = database.dialect
         self._table = table
@@ -46,7 +134,10 @@ class TableWriter:
         return self._sink
 
     async def start(self) -> None:
-        """Use the table if it exists, create it if a model describes it; else the first write creates it."""
+        """Use the table if it exists, create it if a model describes it; else the first write creates it. The
+        offsets table (exactly once) is created now, so `positions` can be asked before any write."""
+        if self._offsets is not None:
+            await self._offsets.start()
         if await self._load_columns():
             return
         if self._model is not None:
@@ -61,6 +152,8 @@ class TableWriter:
         await self._check_columns(rows)
         try:
             async with self._database.transaction() as transaction:
+                if self._offsets is not None:
+                    rows = await self._unwritten(self._offsets, transaction, outputs, rows)
                 await self._upsert(transaction, [row for _, row in rows])
         except Exception as error:
             if self._database.refuses(error):
@@ -70,8 +163,31 @@ class TableWriter:
                 ) from error
             raise
 
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """Per source partition, the offset after the last record whose outputs are stored (absent if none; always
+        empty when not opened for exactly once, as nothing is stored then)."""
+        return await self._offsets.positions(partitions) if self._offsets is not None else {}
+
     async def close(self) -> None:
         await self._database.close()
+
+    async def _unwritten(
+        self, offsets: Offsets, transaction: Transaction, outputs: Sequence[Emitted], rows: list[tuple[Emitted, Row]]
+    ) -> list[tuple[Emitted, Row]]:
+        """The rows of the outputs whose partitions `transaction` claims, their offsets stored along: the others'
+        were written before. Their rows are made again from the kept outputs alone, so a key both have gets the
+        kept row, not a skipped one that came later."""
+        claimed = await offsets.claim(transaction, outputs)
+        kept = [output for output in outputs if source_partition(output) in claimed]
+        if len(kept) == len(outputs):
+            return rows
+        log.info(
+            "%s: skipped %d of %d outputs, their source offsets already stored (a replayed or late batch)",
+            self._sink,
+            len(outputs) - len(kept),
+            len(outputs),
+        )
+        return self._rows(kept)
 
     async def _upsert(self, transaction: Transaction, rows: Sequence[Row]) -> None:
         """Upsert `rows` within `transaction` (which a caller may use to write more in the same commit).
