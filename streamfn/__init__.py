@@ -7,6 +7,7 @@ from streamfn.errors import ConfigError
 from streamfn.failure import BatchItemFailures
 from streamfn.record import Partition, Record
 from streamfn.sink import Output, SinkRetry
+from streamfn.windows import Hopping, Tumbling
 
 __all__ = [
     "App",
@@ -14,9 +15,11 @@ __all__ = [
     "BatchItemFailures",
     "ConfigError",
     "Function",
+    "Hopping",
     "Output",
     "Partition",
     "Record",
     "SinkRetry",
+    "Tumbling",
 ]
 __version__ = "0.1.0"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic.alias_generators import to_snake
+
+from streamfn.aggregate import Aggregation, aggregation_of
 from streamfn.config import FunctionConfig
 from streamfn.errors import ConfigError
 from streamfn.handler import HandlerStyle, handler_style
@@ -30,6 +34,13 @@ class StreamFunction:
     group_id: str
     style: HandlerStyle
     outputs: tuple[Sink, ...]
+    aggregation: Aggregation | None = None
+    """For `@app.aggregate`: the key, window and event time; `handler` is then the fold."""
+
+    @property
+    def stateful(self) -> bool:
+        """Keeps durable state per partition (windows): one lane per partition, a changelog beside the source."""
+        return self.aggregation is not None or self.config.tumbling_window_in_seconds > 0
 
 
 class App:
@@ -58,8 +69,6 @@ class App:
         def register(handler: F) -> F:
             function_name = name or handler.__name__
             try:
-                if function_name in self.functions:
-                    raise ConfigError("a function of this name is already declared in this app")
                 if source is not None and not callable(getattr(source, "reader", None)):
                     raise ConfigError(f"source={source!r} is invalid: expected a source such as KafkaSource(...)")
                 topics = source.topics if source is not None else ()
@@ -74,19 +83,141 @@ class App:
                     raise ConfigError(
                         "value_model applies to native handlers (records); a Lambda-style handler gets the event"
                     )
+                _check_windows(config, style, source)
+                _check_guarantee(config, source, sinks)
             except ConfigError as error:
                 raise error.for_function(function_name) from None
-            group_id = source.group_id(self.name, function_name) if source is not None else ""
-            self.functions[function_name] = StreamFunction(
-                function_name, handler, source, config, group_id, style, sinks
-            )
+            self._declare(StreamFunction(function_name, handler, source, config, "", style, sinks))
             return handler
 
         return register
 
+    def aggregate(
+        self,
+        *,
+        source: Source,
+        window: Any,
+        key: str | Callable[[Any], Any],
+        timestamp: str | Callable[[Any], Any] = "record",
+        allowed_lateness: float = 0,
+        late_records: str = "on_failure",
+        outputs: Sequence[Sink] = (),
+        name: str | None = None,
+        **parameters: Any,
+    ) -> Callable[[F], F]:
+        """Declare a windowed aggregation: `fold(accumulator, record) -> accumulator` per key and window.
+
+        `key`: a field of the value, or a function of the record. `window`: Tumbling(seconds) or Hopping(size,
+        step). `timestamp`: "record" (the record's timestamp), a field of the value or a function of the record
+        (epoch ms, ISO 8601 text or a datetime). A window's result (key, window_start, window_end and the
+        accumulator's fields) goes to `outputs` once the watermark (the largest event time seen minus
+        `allowed_lateness` seconds) passes its end; a later record for it is late: `late_records="on_failure"`
+        routes it to `on_failure` as LateRecord, "count" only counts it. See streamfn.aggregate.
+        """
+
+        def register(fold: F) -> F:
+            function_name = name or fold.__name__
+            try:
+                if source is None or not callable(getattr(source, "reader", None)):
+                    raise ConfigError(f"source={source!r} is invalid: expected a source such as KafkaSource(...)")
+                sinks = _sinks(outputs)
+                for sink in sinks:
+                    sink.check(source.topics)
+                aggregation = aggregation_of(window, key, timestamp, allowed_lateness, late_records)
+                config = FunctionConfig(**_aggregate_parameters(parameters))
+                if config.on_failure is not None:
+                    config.on_failure.check(source.topics)
+                if handler_style(fold) is not HandlerStyle.LAMBDA:  # two positional parameters
+                    raise ConfigError("the fold must take two parameters: (accumulator, record)")
+            except ConfigError as error:
+                raise error.for_function(function_name) from None
+            self._declare(
+                StreamFunction(function_name, fold, source, config, "", HandlerStyle.AGGREGATE, sinks, aggregation)
+            )
+            return fold
+
+        return register
+
+    def _declare(self, function: StreamFunction) -> None:
+        if function.name in self.functions:
+            raise ConfigError("a function of this name is already declared in this app", function=function.name)
+        group_id = function.source.group_id(self.name, function.name) if function.source is not None else ""
+        self.functions[function.name] = dataclasses.replace(function, group_id=group_id)
+
     def by_handler(self, handler: Callable[..., Any]) -> StreamFunction | None:
         """The function declared with this handler, if any."""
         return next((f for f in self.functions.values() if f.handler is handler), None)
+
+
+AGGREGATE_PARAMETERS = frozenset(
+    {
+        "batch_size",
+        "maximum_batching_window_in_seconds",
+        "on_failure",
+        "filter_criteria",
+        "value_model",
+        "window_idle_seconds",
+    }
+)
+"""What applies to an aggregation: its fold is not retried or bisected (a record that fails it goes to
+on_failure), runs one batch per partition at a time, and its results are exactly-once in a Table by construction."""
+
+
+def _aggregate_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    for given in parameters:
+        if given not in AGGREGATE_PARAMETERS and to_snake(given) not in AGGREGATE_PARAMETERS:
+            hint = (
+                " (window results are deterministic and upserted by key and window: exactly once in a Table already)"
+                if to_snake(given) == "processing_guarantee"
+                else ""
+            )
+            raise ConfigError(
+                f"parameter {given!r} does not apply to an aggregation{hint}; "
+                f"allowed: {', '.join(sorted(AGGREGATE_PARAMETERS))}"
+            )
+    return parameters
+
+
+def _check_windows(config: FunctionConfig, style: HandlerStyle, source: Source | None) -> None:
+    if not config.tumbling_window_in_seconds:
+        return
+    if style is not HandlerStyle.LAMBDA:
+        raise ConfigError(
+            "tumbling_window_in_seconds applies to Lambda-style handlers (event, context); "
+            "native handlers aggregate with @app.aggregate(window=Tumbling(seconds), ...)"
+        )
+    if source is None:
+        raise ConfigError("tumbling_window_in_seconds needs a source: windows are kept per source partition")
+    if config.parallelization_factor > 1:
+        raise ConfigError(
+            f"parallelization_factor={config.parallelization_factor} is invalid with tumbling_window_in_seconds: "
+            "allowed: 1 (a window's state is per partition, invoked in order)"
+        )
+
+
+def _check_guarantee(config: FunctionConfig, source: Source | None, sinks: Sequence[Sink]) -> None:
+    if config.processing_guarantee != "exactly_once":
+        return
+    if source is None:
+        raise ConfigError("processing_guarantee='exactly_once' needs a source: offsets are stored per partition")
+    if config.parallelization_factor > 1:
+        raise ConfigError(
+            f"parallelization_factor={config.parallelization_factor} is invalid with processing_guarantee="
+            "'exactly_once': allowed: 1 (the stored offset of a partition must only move forward)"
+        )
+    if config.tumbling_window_in_seconds:
+        raise ConfigError(
+            "processing_guarantee='exactly_once' is not available with tumbling_window_in_seconds: final "
+            "invocations run at least once"
+        )
+    for sink in sinks:
+        if not getattr(sink, "stores_offsets", False):
+            raise ConfigError(
+                f"processing_guarantee='exactly_once' is invalid with output {sink}: allowed outputs store the "
+                "offsets they cover in the same transaction as the results (Table). KafkaTopic would need Kafka "
+                "transactions, which streamfn does not offer (they cannot be verified on the test broker: see "
+                "docs/behaviour.md)"
+            )
 
 
 def _sinks(outputs: Sequence[Sink]) -> tuple[Sink, ...]:

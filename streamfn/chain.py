@@ -116,6 +116,12 @@ def _check_targets(app: App, function: StreamFunction, path: tuple[str, ...]) ->
                 "@app.function(...) (a source is optional)",
                 function=path[0],
             )
+        if target.stateful:
+            raise ConfigError(
+                f"outputs item {sink} names function {target.name!r}, which keeps windows per source partition: "
+                "feed it through a KafkaTopic instead",
+                function=path[0],
+            )
         if target.name in path:
             raise ConfigError(f"outputs form a cycle: {' -> '.join((*path, target.name))}", function=path[0])
         _check_targets(app, target, (*path, target.name))
@@ -160,7 +166,9 @@ class Chains:
 
             return run
 
-        return SinkContext(function, servers, chain)
+        declared = self._app.functions[function]
+        exactly_once = declared.config.processing_guarantee == "exactly_once"
+        return SinkContext(function, servers, chain, group=declared.group_id, exactly_once=exactly_once)
 
     async def close(self) -> None:
         for runner in self._runners:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from streamfn.record import Partition
 from streamfn.source import SourceReader
@@ -20,9 +20,16 @@ COMMIT_RETRY_SECONDS = 1.0
 
 
 class Checkpoint:
-    def __init__(self, reader: SourceReader, function: str) -> None:
+    def __init__(
+        self,
+        reader: SourceReader,
+        function: str,
+        before_commit: Callable[[Mapping[Partition, int]], Awaitable[None]] | None = None,
+    ) -> None:
         self._reader = reader
         self._function = function
+        self._before_commit = before_commit
+        """Makes durable what a commit covers beyond the source (a stateful function's changelog) first."""
         self._owned: set[Partition] = set()
         self._done: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
@@ -49,6 +56,10 @@ class Checkpoint:
             self._done[partition] = max(next_offset, self._done.get(partition, next_offset))
             self._moved.set()
 
+    def done(self, partition: Partition) -> int | None:
+        """How far `partition` is handled (committed or about to be)."""
+        return self._done.get(partition)
+
     def offsets(self) -> dict[Partition, int]:
         """The committed offset of each owned partition (for status and idle detection)."""
         return dict(self._committed)
@@ -74,6 +85,8 @@ class Checkpoint:
             if not pending:
                 return True
             try:
+                if self._before_commit is not None:
+                    await self._before_commit(pending)
                 await self._reader.commit(pending)
             except Exception as error:  # the broker or the group said no; offsets stay pending
                 log.warning("function %s: commit of %s failed: %r", self._function, _describe(pending), error)

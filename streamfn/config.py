@@ -117,6 +117,14 @@ class FunctionConfig(StrictModel):
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
     on_failure: Any = Field(None, validation_alias=_aws_alias("on_failure"))
     """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq")."""
+    tumbling_window_in_seconds: int = Field(0, ge=0, le=900, validation_alias=_aws_alias("tumbling_window_in_seconds"))
+    """Lambda-style handlers: aggregate in tumbling windows of this many seconds, with `state` carried between
+    invocations and kept durable in the changelog (0: no window). Lambda offers it for Kinesis and DynamoDB."""
+    window_idle_seconds: float = Field(120.0, gt=0, le=3600)
+    """Windows of a partition without new records for this long close (Lambda waits up to 2 minutes)."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """exactly_once: every output stores the source offsets it covers with the results, in one transaction (Table),
+    so a batch replayed after a crash is recognised and skipped; the source resumes from the stored offsets."""
 
     @field_validator("maximum_record_age_in_seconds")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from tenacity import (
     AsyncRetrying,
@@ -22,7 +23,8 @@ from tenacity import (
 )
 
 from streamfn.failure import StopProcessing
-from streamfn.sink import Emitted, RejectedOutput, Sink, SinkContext, SinkWriter
+from streamfn.record import Partition
+from streamfn.sink import Emitted, OffsetStoringWriter, RejectedOutput, Sink, SinkContext, SinkWriter
 
 log = logging.getLogger("streamfn.delivery")
 
@@ -49,6 +51,14 @@ class Outputs:
             except Exception as error:  # closing must not keep the others open
                 log.warning("function %s: closing %s failed: %r", self._function, writer, error)
         self._writers.clear()
+
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """exactly_once: per source partition, how far every sink has stored outputs (absent unless all have)."""
+        stored: dict[Partition, int] | None = None
+        for writer in self._writers:
+            found = await cast(OffsetStoringWriter, writer).positions(partitions)
+            stored = found if stored is None else {p: min(o, found[p]) for p, o in stored.items() if p in found}
+        return stored or {}
 
     async def write(self, outputs: Sequence[Emitted], stopping: Callable[[], bool]) -> Exception | None:
         """Write `outputs` to every sink; None once all acknowledged, else the error that exhausted its retries."""

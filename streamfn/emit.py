@@ -39,13 +39,26 @@ def items(response: Any, style: HandlerStyle) -> list[Any]:
 
 def emitted(function: str, partition: Partition, records: Sequence[SourceRecord], items: list[Any]) -> list[Emitted]:
     """The items of one invocation over `records`, as sinks receive them."""
-    source = Provenance(function, partition.topic, partition.partition, records[0].offset, records[-1].offset)
+    return emitted_at(function, partition, records[0].offset, records[-1].offset, _trace_context(records), items)
+
+
+def emitted_at(
+    function: str,
+    partition: Partition,
+    first_offset: int,
+    last_offset: int,
+    trace: tuple[tuple[str, bytes], ...],
+    items: list[Any],
+) -> list[Emitted]:
+    """Items emitted on behalf of records `first_offset`..`last_offset` of `partition` (a window's results name
+    the offsets at which it closed), as sinks receive them."""
+    source = Provenance(function, partition.topic, partition.partition, first_offset, last_offset)
     common = (
         (f"{SOURCE_HEADER_PREFIX}function", function.encode()),
         (f"{SOURCE_HEADER_PREFIX}topic", partition.topic.encode()),
         (f"{SOURCE_HEADER_PREFIX}partition", str(partition.partition).encode()),
-        (f"{SOURCE_HEADER_PREFIX}offsets", f"{source.first_offset}-{source.last_offset}".encode()),
-        *_trace_context(records),
+        (f"{SOURCE_HEADER_PREFIX}offsets", f"{first_offset}-{last_offset}".encode()),
+        *trace,
     )
     return [_emitted(item, common, source, index) for index, item in enumerate(items)]
 

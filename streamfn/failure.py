@@ -21,6 +21,10 @@ class Condition(StrEnum):
     DESERIALIZATION_ERROR = "DeserializationError"
     OUTPUT_DELIVERY_FAILED = "OutputDeliveryFailed"
     """streamfn's own: the handler succeeded but a sink could not write its outputs within the sink's retries."""
+    LATE_RECORD = "LateRecord"
+    """streamfn's own: an aggregation's record whose windows had all closed (event time below the watermark)."""
+    AGGREGATION_ERROR = "AggregationError"
+    """streamfn's own: an aggregation's key, timestamp or fold raised for this record."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ class HandlerStyle(Enum):
     """handler(event, context): the event is Lambda's JSON for the source."""
     NATIVE = "native"
     """handler(records): a list of decoded Record objects."""
+    AGGREGATE = "aggregate"
+    """fold(accumulator, record) of `@app.aggregate`: called per record, in the event loop."""
 
 
 class InvocationTimeout(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from streamfn.partition import PartitionWorker
 
 log = logging.getLogger("streamfn.lane")
+
+IDLE_CHECK_SECONDS = 1.0
+"""How often a stateful lane without records checks whether its partition's windows are due to close."""
 
 
 class Lane:
@@ -76,16 +80,35 @@ class Lane:
         with contextlib.suppress(asyncio.CancelledError, StopProcessing):
             await self._task
 
+    async def _next_batch(self) -> Batch | None:
+        """The next batch; for a stateful function, idle checks meanwhile (windows of a quiet partition close)."""
+        runner, owner = self._owner.runner, self._owner
+        if runner.stateful is None:
+            return await self.buffer.next_batch()
+        idle_seconds = runner.stateful.idle_seconds
+        while True:
+            quiet = time.monotonic() - owner.last_arrival
+            try:
+                return await asyncio.wait_for(self.buffer.next_batch(), max(idle_seconds - quiet, IDLE_CHECK_SECONDS))
+            except TimeoutError:
+                applied = owner.applied()
+                if applied is not None and self.idle:
+                    await runner.idle(owner.partition, applied, time.monotonic() - owner.last_arrival, self)
+
     async def _run(self) -> None:
         runner, partition = self._owner.runner, self._owner.partition
+        overlap = runner.stateful is None
+        """A stateful batch completes before the next is invoked: the state staged for a commit then reflects
+        exactly the batches completed, whose outputs and dead letters are written."""
         try:
-            while (batch := await self.buffer.next_batch()) is not None:
+            await runner.restore(partition)
+            while (batch := await self._next_batch()) is not None:
                 self.in_flight.append(batch)
                 invoked = await runner.invoke(partition, batch.records, self, self._owner.predecoded)
                 if self._completing is not None:
                     await self._completing  # the previous batch's writes first: completions stay in order
                     self._completing = None
-                if invoked.invocations or invoked.failures:  # something to write: overlap it with the next batch
+                if overlap and (invoked.invocations or invoked.failures):  # overlap the writes with the next batch
                     self._completing = asyncio.create_task(self._complete(invoked))
                 else:
                     await self._complete(invoked)

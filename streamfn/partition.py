@@ -9,6 +9,7 @@ holds the commit and is never skipped. With N = 1 this is one lane, batches in o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ class PartitionWorker:
         self.predecoded: dict[int, Any] | None = {} if decoded_again and self._filter is not None else None
         """Values the filters decoded, by offset, until their batch runs: a value is decoded once."""
         self._checkpoint = checkpoint
+        self.last_arrival = time.monotonic()
+        """When records last arrived (or the partition was assigned): how long it has been quiet."""
         self._fed_until: int | None = None
         """The offset after the last record fed: where the partition stands when every lane is empty."""
         self._holding: set[int] = set()
@@ -67,6 +70,7 @@ class PartitionWorker:
     def feed(self, records: Sequence[SourceRecord]) -> None:
         if self.stopping or not records:
             return
+        self.last_arrival = time.monotonic()
         self._fed_until = records[-1].offset + 1
         if self._filter is not None:
             kept = self._matching(records)
@@ -113,6 +117,10 @@ class PartitionWorker:
         committable = min(pending) if pending else self._fed_until
         if committable is not None:
             self._checkpoint.completed(self.partition, committable)
+
+    def applied(self) -> int | None:
+        """The offset every record before which is handled (the checkpoint's), if known."""
+        return self._checkpoint.done(self.partition)
 
     def hold(self, lane: int) -> None:
         if not self._holding:

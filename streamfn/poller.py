@@ -14,6 +14,7 @@ import time
 
 from streamfn.app import StreamFunction
 from streamfn.chain import Chains
+from streamfn.changelog import Changelog
 from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
 from streamfn.failure import FailureOrigin
@@ -31,18 +32,31 @@ FETCH_ERROR_BACKOFF_SECONDS = 1.0
 
 
 class Poller:
-    def __init__(self, function: StreamFunction, reader: SourceReader, stats: FunctionStats, chains: Chains) -> None:
+    def __init__(
+        self,
+        function: StreamFunction,
+        reader: SourceReader,
+        stats: FunctionStats,
+        chains: Chains,
+        changelog: Changelog | None = None,
+    ) -> None:
         self.function = function
         self.reader = reader
         self.stats = stats
-        self.checkpoint = Checkpoint(reader, function.name)
         self.workers: dict[Partition, PartitionWorker] = {}
         self.last_fetch = time.monotonic()
         self.ever_assigned = False
         origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
         self._runner = FunctionRunner(
-            function, stats=stats, origin=origin, value_codec=reader.value_codec, key_codec=reader.key_codec
+            function,
+            stats=stats,
+            origin=origin,
+            value_codec=reader.value_codec,
+            key_codec=reader.key_codec,
+            changelog=changelog,
         )
+        state = self._runner.stateful
+        self.checkpoint = Checkpoint(reader, function.name, state.store.write if state is not None else None)
         self._chains = chains
         self._stopping = asyncio.Event()
         self._resolve_for_filters = function.config.filter_criteria is not None and not is_plain(reader.value_codec)
@@ -110,8 +124,21 @@ class Poller:
     async def assigned(self, offsets: dict[Partition, int]) -> None:
         self.ever_assigned = True
         self.last_fetch = time.monotonic()
+        stored = await self._runner.stored_positions(list(offsets))
         for partition, committed in offsets.items():
             self.checkpoint.track(partition, committed)
+            resume = stored.get(partition, committed)
+            if resume > committed:  # the outputs were stored past the commit (exactly_once): go on from there
+                log.info(
+                    "function %s: %s: outputs stored up to offset %d, committed %d: resuming at %d",
+                    self.function.name,
+                    partition,
+                    resume,
+                    committed,
+                    resume,
+                )
+                self.reader.seek(partition, resume)
+                self.checkpoint.completed(partition, resume)
             self.workers[partition] = PartitionWorker(
                 self.function,
                 partition,
@@ -131,6 +158,7 @@ class Poller:
         await asyncio.gather(*(w.stop(self.grace) for w in workers))
         await self.checkpoint.flush(partitions)
         self.checkpoint.forget(partitions)
+        self._runner.release([w.partition for w in workers])
 
 
 def _names(partitions: set[Partition]) -> str:

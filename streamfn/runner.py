@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
+from streamfn.aggregate import Aggregator
 from streamfn.app import StreamFunction
+from streamfn.changelog import Changelog
 from streamfn.delivery import Outputs
 from streamfn.emit import emitted, items
 from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin, StopProcessing
@@ -27,7 +29,9 @@ from streamfn.handler import HandlerStyle, Invoker
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 from streamfn.recovery import Recovery
 from streamfn.sink import Emitted, SinkContext
+from streamfn.state import StateStore
 from streamfn.stats import FunctionStats
+from streamfn.tumbling import LambdaWindows
 
 log = logging.getLogger("streamfn.runner")
 
@@ -64,11 +68,12 @@ class FunctionRunner:
         origin: FailureOrigin,
         value_codec: Codec,
         key_codec: Codec | None,
+        changelog: Changelog | None = None,
     ) -> None:
         self.function = function
         self.stats = stats
         self.origin = origin
-        self._native = function.style is HandlerStyle.NATIVE
+        self._native = function.style is not HandlerStyle.LAMBDA
         self._value_codec = value_codec
         self._key_codec = key_codec
         self._resolves = not (is_plain(value_codec) and is_plain(key_codec))
@@ -83,6 +88,37 @@ class FunctionRunner:
         self._recovery = Recovery(function.name, function.config, self.delay, self._count_split)
         self._outputs = Outputs(function.name, function.outputs)
         self._destination = function.config.on_failure
+        self.stateful = self._stateful(changelog)
+        """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
+
+    def _stateful(self, changelog: Changelog | None) -> Aggregator | LambdaWindows | None:
+        function, config = self.function, self.function.config
+        if not function.stateful:
+            return None
+        if changelog is None:
+            raise ValueError(f"function {function.name} keeps state: it needs a changelog")
+        store = StateStore(function.name, changelog)
+        if function.aggregation is not None:
+            return Aggregator(
+                function.name,
+                function.handler,
+                function.aggregation,
+                store=store,
+                write=self._write_emitted,
+                stats=self.stats,
+                idle_seconds=config.window_idle_seconds,
+            )
+        return LambdaWindows(
+            function.name,
+            config.tumbling_window_in_seconds,
+            store=store,
+            event=self.origin.event,
+            invoke=self._invoker.invoke,
+            write=self._write_emitted,
+            delay=self.delay,
+            stats=self.stats,
+            idle_seconds=config.window_idle_seconds,
+        )
 
     async def open(self, context: SinkContext) -> None:
         """Start the destination and open the sinks (before any batch runs)."""
@@ -97,10 +133,35 @@ class FunctionRunner:
         await self._outputs.open(context)
 
     async def close(self) -> None:
+        if self.stateful is not None:
+            await self.stateful.store.stop()
         await self._outputs.close()
         if self._destination is not None:
             await self._destination.stop()
         self._invoker.close()
+
+    async def restore(self, partition: Partition) -> None:
+        """Rebuild a newly assigned partition's state (a stateful function's), before its first batch."""
+        if self.stateful is not None:
+            await self.stateful.restore(partition)
+
+    def release(self, partitions: Sequence[Partition]) -> None:
+        """Forget the state of partitions given up (after their last commit)."""
+        if self.stateful is not None:
+            self.stateful.release(partitions)
+
+    async def stored_positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """processing_guarantee="exactly_once": how far the outputs' own stored offsets say each partition is done
+        (a stateless function resumes there; a stateful one replays into its state and lets the sinks skip)."""
+        if self.function.config.processing_guarantee != "exactly_once" or self.stateful is not None:
+            return {}
+        return await self._outputs.positions(partitions)
+
+    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> None:
+        """A stateful function's partition without records for `quiet` seconds: close what is due, and write the
+        state at once (no commit follows, the offset has not moved)."""
+        if self.stateful is not None and await self.stateful.idle(partition, applied, quiet, lane):
+            await self.stateful.store.write({partition: applied})
 
     async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
         """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""
@@ -125,9 +186,16 @@ class FunctionRunner:
             failed = {f.record.offset for f in failures}
             invocable = [r for r in records if r.offset not in failed]
         invocations: list[Invocation] = []
-        if invocable:
+        stateful = self.stateful
+        if isinstance(stateful, Aggregator):
+            failures += stateful.fold(partition, invocable, decoded)
+        elif invocable:
             invoke = partial(self._invoke, partition, decoded, lane, invocations)
-            failures += await self._recovery.run(partition, invocable, invoke)
+            if stateful is None:
+                failures += await self._recovery.run(partition, invocable, invoke)
+            else:  # tumbling windows
+                segment = partial(self._recovery.run, partition, invoke=invoke)
+                failures += await stateful.run(partition, invocable, segment, lane)
         return Invoked(partition, records, invocations, failures)
 
     async def complete(self, invoked: Invoked, lane: Busy) -> None:
@@ -139,6 +207,8 @@ class FunctionRunner:
         self.stats.handled += len(invoked.records) - len(failures)
         if failures:
             await self._deliver(failures, lane)
+        if self.stateful is not None:
+            await self.stateful.completed(invoked.partition, invoked.records[-1].offset + 1, lane)
 
     async def _invoke(
         self,
@@ -153,6 +223,8 @@ class FunctionRunner:
             raise StopProcessing
         if not self._native:
             payload: Any = self.origin.event(partition, records, decoded)  # decoded: only for schema formats
+            if isinstance(self.stateful, LambdaWindows):
+                payload |= self.stateful.fields(partition)
         elif len(records) == len(decoded):  # the whole batch: the decoded records, in offset order
             payload = decoded
         else:  # a part of it, after a partial failure or a bisection
@@ -162,6 +234,8 @@ class FunctionRunner:
         lane.busy += 1
         try:
             response = await self._invoker.invoke(payload)
+            if isinstance(self.stateful, LambdaWindows):
+                response = await self.stateful.accepted(partition, response, lane)
         except BatchItemFailures as reported:  # a native handler's partial failure, raised
             response = reported
         except Exception:
@@ -184,13 +258,8 @@ class FunctionRunner:
     ) -> list[FailedRecord]:
         """Write every output of the batch; if a sink gives up, the records that emitted them have failed."""
         outputs = [output for _, emitted_ in invocations for output in emitted_]
-        lane.busy += 1
-        try:
-            error = await self._outputs.write(outputs, lambda: lane.stopping)
-        finally:
-            lane.busy -= 1
+        error = await self._write_emitted(outputs, lane)
         if error is None:
-            self.stats.outputs += len(outputs)
             return []
         log.error(
             "function %s: %s: giving up writing %d outputs: %r",
@@ -212,6 +281,19 @@ class FunctionRunner:
             FailedRecord(partition, r, Condition.OUTPUT_DELIVERY_FAILED, counts[r.offset], error, size)
             for r, size in emitters
         ]
+
+    async def _write_emitted(self, outputs: list[Emitted], lane: Busy) -> Exception | None:
+        """Write outputs to every sink (with their retries): None once all acknowledged, else the final error."""
+        if not outputs or not self._outputs:
+            return None
+        lane.busy += 1
+        try:
+            error = await self._outputs.write(outputs, lambda: lane.stopping)
+        finally:
+            lane.busy -= 1
+        if error is None:
+            self.stats.outputs += len(outputs)
+        return error
 
     async def _resolve(self, records: Sequence[SourceRecord]) -> None:
         await self._value_codec.resolve([r.value for r in records])

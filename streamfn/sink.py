@@ -22,7 +22,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from streamfn.config import StrictModel
-from streamfn.record import SourceRecord
+from streamfn.record import Partition, SourceRecord
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 """W3C trace context headers, carried from an invocation's input to its outputs."""
@@ -101,6 +101,11 @@ class SinkContext:
     chain: Callable[[Callable[..., Any], str], Awaitable[Callable[[Sequence[SourceRecord]], Awaitable[None]]]]
     """Opens another function of the same app, by its handler and value format, as a call that runs a batch of
     records through it (its own retries, bisection, outputs and on_failure); used by the `Function` sink."""
+    group: str = ""
+    """The function's consumer group (its checkpoint namespace); empty for a function without a source."""
+    exactly_once: bool = False
+    """processing_guarantee="exactly_once": the writer stores, with the outputs and in the same transaction, the
+    source offsets they cover, skips outputs a replayed batch emits again, and reports its positions."""
 
 
 class SinkWriter(Protocol):
@@ -113,6 +118,19 @@ class SinkWriter(Protocol):
         (upsert by key, or document duplicates). Raise RejectedOutput for what no retry can fix."""
 
     async def close(self) -> None: ...
+
+
+class OffsetStoringWriter(SinkWriter, Protocol):
+    """A writer that can serve processing_guarantee="exactly_once" (its sink declares `stores_offsets = True`).
+
+    Opened with `SinkContext.exactly_once`, each `write` stores, in the same transaction as the outputs, the
+    offset after the last source record they cover, per source partition (from each output's `source`
+    provenance: `last_offset + 1`), under the context's consumer `group`; outputs whose offsets are already
+    covered by what is stored (a batch replayed after a crash, or written late by a worker that lost the
+    partition) are skipped, not written again."""
+
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """Per source partition, the offset after the last record whose outputs are stored (absent if none)."""
 
 
 class Sink(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from streamfn.changelog import Changelog
 from streamfn.formats import Codec
 from streamfn.record import Partition, Record, SourceRecord
 
@@ -39,6 +40,9 @@ class SourceReader(Protocol):
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
         """Records that arrived, by partition, in offset order; empty after `timeout` seconds without any."""
 
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Fetch `partition` from `offset` on (an assigned partition whose outputs are stored past its commit)."""
+
     def pause(self, partition: Partition) -> None:
         """Stop fetching `partition` (backpressure): nothing past what was delivered is fetched until resume."""
 
@@ -68,6 +72,10 @@ class Source(Protocol):
         """The streams it reads (Kafka topics)."""
 
     def reader(self, *, group_id: str, default_servers: str | None) -> SourceReader: ...
+
+    def changelog(self, *, group_id: str, default_servers: str | None) -> Changelog:
+        """The durable log of a stateful function's state (windows, aggregations), partitioned like the source, so
+        whoever owns a source partition can rebuild its state (see streamfn.changelog)."""
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""

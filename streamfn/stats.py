@@ -27,3 +27,7 @@ class FunctionStats:
     """Outputs written to every sink of the function (once each, however many sinks)."""
     dropped: int = 0
     """DroppedEventCount: records that failed for good with no destination, logged and skipped."""
+    late: int = 0
+    """Aggregations: records whose windows had all closed (routed to on_failure, or only counted)."""
+    windows_closed: int = 0
+    """Aggregations: window results emitted (one per key and window)."""

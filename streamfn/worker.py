@@ -45,6 +45,7 @@ class Worker:
                 f.source.reader(group_id=f.group_id, default_servers=default_servers),
                 self.stats[f.name],
                 self.chains,
+                f.source.changelog(group_id=f.group_id, default_servers=default_servers) if f.stateful else None,
             )
             for f in app.functions.values()
             if f.source is not None

@@ -96,6 +96,9 @@ class KafkaReader:
         end: int | None = self._consumer.highwater(TopicPartition(*partition))
         return end
 
+    def seek(self, partition: Partition, offset: int) -> None:
+        self._consumer.seek(TopicPartition(*partition), offset)
+
     def pause(self, partition: Partition) -> None:
         self._consumer.pause(TopicPartition(*partition))
 

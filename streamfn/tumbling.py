@@ -1,0 +1,199 @@
+"""Lambda's tumbling windows (`tumbling_window_in_seconds`) for Lambda-style handlers, with durable state.
+
+As Lambda's (Kinesis and DynamoDB Streams; AWS docs "services-kinesis-windows"): each partition has one open
+window at a time, by record timestamp, aligned to the epoch. A batch never spans windows: it is cut where the
+window changes. Each invocation gets the event plus `window {start, end}` (ISO 8601 UTC), `state` (`{}` when the
+window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly`, and must return `{"state": {...}}`
+(beside `batchItemFailures` if it reports them); a response without a `state` object is a failed invocation,
+retried under the function's policy. Once a record of a later window arrives, or no record arrives for
+`window_idle_seconds` after the window's end, the final invocation runs (`isFinalInvokeForWindow: true`, no
+records, the window's state); if it fails it is retried until it succeeds, and the partition waits meanwhile. A
+state above 1 MB ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
+same window goes on with a fresh state.
+
+Unlike Lambda's, the state is durable: it is kept in the function's changelog with the offset it covers
+(streamfn.state), so a restarted or rebalanced worker continues the window where it was, and records already in
+the state are not invoked again.
+
+Choices where AWS is silent (docs/behaviour.md): a record whose timestamp falls in an earlier window than the
+open one joins the open window (windows only move forward, as with Lambda's arrival times); a response's
+`state` is taken from every successful invocation, including one that reports `batchItemFailures` (the failed
+records are retried with it); outputs come only from a response's `outputs` list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from streamfn.emit import emitted_at, items
+from streamfn.failure import FailedRecord, LambdaEvent, StopProcessing
+from streamfn.handler import HandlerStyle
+from streamfn.record import Partition, SourceRecord
+from streamfn.sink import encode_json
+from streamfn.state import PartitionState, StateStore, WriteOutputs
+from streamfn.windows import Tumbling, Window
+
+if TYPE_CHECKING:
+    from streamfn.runner import Busy
+    from streamfn.stats import FunctionStats
+
+log = logging.getLogger("streamfn.tumbling")
+
+STATE_LIMIT_BYTES = 1024 * 1024
+"""Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
+
+RunSegment = Callable[[Sequence[SourceRecord]], Awaitable[list[FailedRecord]]]
+
+
+class MissingState(Exception):
+    """A windowed invocation's response has no `state` object: a failed invocation, as in Lambda."""
+
+
+class LambdaWindows:
+    def __init__(
+        self,
+        function: str,
+        seconds: int,
+        *,
+        store: StateStore,
+        event: LambdaEvent,
+        invoke: Callable[[Any], Awaitable[Any]],
+        write: WriteOutputs,
+        delay: Callable[[int], float],
+        stats: FunctionStats,
+        idle_seconds: float,
+    ) -> None:
+        self._function = function
+        self._window = Tumbling(seconds)
+        self.store = store
+        self._event = event
+        self._invoke = invoke
+        self._write = write
+        self._delay = delay
+        self._stats = stats
+        self.idle_seconds = idle_seconds
+
+    async def restore(self, partition: Partition) -> None:
+        await self.store.restore(partition)
+
+    def release(self, partitions: Sequence[Partition]) -> None:
+        self.store.drop(partitions)
+
+    async def run(
+        self, partition: Partition, records: Sequence[SourceRecord], run_segment: RunSegment, lane: Busy
+    ) -> list[FailedRecord]:
+        """Invoke a batch window by window, with a final invocation wherever a window ends."""
+        state = self.store[partition]
+        failures: list[FailedRecord] = []
+        for window, segment in self._segments(state, [r for r in records if r.offset >= state.floor]):
+            if _open(state) not in (None, window):
+                await self._final(partition, state, lane, segment[0].offset, early=False)
+            if _open(state) is None:
+                state.meta = {"window": list(window), "state": {}}
+            failures += await run_segment(segment)
+        return failures
+
+    def _segments(
+        self, state: PartitionState, records: Sequence[SourceRecord]
+    ) -> list[tuple[Window, list[SourceRecord]]]:
+        """The batch cut where the window changes; a record of an earlier window stays in the open one."""
+        segments: list[tuple[Window, list[SourceRecord]]] = []
+        current = _open(state)
+        for record in records:
+            window = self._window.windows(record.timestamp)[0]
+            if current is not None and window.start <= current.start:
+                window = current
+            if not segments or segments[-1][0] != window:
+                segments.append((window, []))
+            segments[-1][1].append(record)
+            current = window
+        return segments
+
+    def fields(self, partition: Partition, *, final: bool = False, early: bool = False) -> dict[str, Any]:
+        """The tumbling-window fields of the partition's next invocation event."""
+        state = self.store[partition]
+        window = _open(state)
+        assert window is not None
+        return {
+            "window": window.shown(),
+            "state": copy.deepcopy(state.meta["state"]),  # the handler's own: a failed invocation may have changed it
+            "isFinalInvokeForWindow": final,
+            "isWindowTerminatedEarly": early,
+        }
+
+    async def accepted(self, partition: Partition, response: Any, lane: Busy) -> Any:
+        """Take the state from a successful invocation's response; the response without it, for the failure
+        policy and the outputs. An oversized state ends the window early."""
+        window_state = response.get("state") if isinstance(response, dict) else None
+        if not isinstance(window_state, dict):
+            raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
+        state = self.store[partition]
+        state.meta["state"] = window_state
+        if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
+            log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
+            await self._final(partition, state, lane, None, early=True)
+        return {name: response[name] for name in ("outputs", "batchItemFailures") if name in response}
+
+    async def completed(self, partition: Partition, applied: int, lane: Busy) -> None:
+        self.store[partition].stage(applied)
+
+    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> bool:
+        """Run the final invocation of a window nothing arrived for since it ended. True if it ran."""
+        state = self.store[partition]
+        window = _open(state)
+        if window is None or quiet < self.idle_seconds or time.time() * 1000 < window.end:
+            return False
+        await self._final(partition, state, lane, applied, early=False)
+        state.stage(applied)
+        return True
+
+    async def _final(
+        self, partition: Partition, state: PartitionState, lane: Busy, next_offset: int | None, *, early: bool
+    ) -> None:
+        """The window's final invocation, retried until it succeeds (the partition waits, as in Lambda); then the
+        state is dropped (an early end keeps the window, with a fresh state)."""
+        at = (next_offset if next_offset is not None else state.floor) - 1
+        attempt = 0
+        while True:
+            if lane.stopping:
+                raise StopProcessing
+            payload = self._event(partition, ()) | self.fields(partition, final=True, early=early)  # fresh state
+            lane.busy += 1
+            try:
+                response = await self._invoke(payload)
+                if not isinstance(response, dict) or not isinstance(response.get("state"), dict):
+                    raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
+                emitting = items({k: v for k, v in response.items() if k != "state"}, HandlerStyle.LAMBDA)
+                error = await self._write(emitted_at(self._function, partition, at, at, (), emitting), lane)
+                if error is not None:
+                    raise error
+                break
+            except Exception as error:
+                self._stats.failed_invocations += 1
+                attempt += 1
+                delay = self._delay(attempt)
+                log.error(
+                    "function %s: %s: final invocation of window %s failed (attempt %d): %r; retrying in %.2f s",
+                    self._function,
+                    partition,
+                    payload["window"],
+                    attempt,
+                    error,
+                    delay,
+                )
+            finally:
+                lane.busy -= 1
+            await asyncio.sleep(delay)
+        self._stats.batches += 1
+        self._stats.windows_closed += 1
+        state.meta = {"window": state.meta["window"], "state": {}} if early else {}
+
+
+def _open(state: PartitionState) -> Window | None:
+    bounds = state.meta.get("window")
+    return None if bounds is None else Window(*bounds)
