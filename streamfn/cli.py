@@ -141,13 +141,20 @@ SUMMARY_COLUMNS = (
 )
 
 
+WINDOW_COLUMNS = ("windows closed", "late")
+"""Shown when a function keeps windows (aggregations, tumbling windows)."""
+
+
 def _print_summary(summaries: list[FunctionSummary]) -> None:
     table = Table(title="streamfn run summary")
-    for column in SUMMARY_COLUMNS:
+    windowed = any(s.stats.windows_closed or s.stats.late for s in summaries)
+    columns = SUMMARY_COLUMNS[:-1] + (WINDOW_COLUMNS if windowed else ()) + SUMMARY_COLUMNS[-1:]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("function", "group") else "right", no_wrap=True)
     table.add_column("committed offsets", overflow="fold")
     for s in summaries:
         stats = s.stats
+        windows = (stats.windows_closed, stats.late) if windowed else ()
         counts = (
             stats.polled,
             stats.filtered_out,
@@ -157,6 +164,7 @@ def _print_summary(summaries: list[FunctionSummary]) -> None:
             stats.outputs,
             stats.dead_lettered,
             stats.dropped,
+            *windows,
             s.committed_records,
         )
         offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"

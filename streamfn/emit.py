@@ -49,10 +49,11 @@ def emitted_at(
     last_offset: int,
     trace: tuple[tuple[str, bytes], ...],
     items: list[Any],
+    step: str = "",
 ) -> list[Emitted]:
     """Items emitted on behalf of records `first_offset`..`last_offset` of `partition` (a window's results name
-    the offsets at which it closed), as sinks receive them."""
-    source = Provenance(function, partition.topic, partition.partition, first_offset, last_offset)
+    the offsets at which it closed; `step` tells a window's final invocation apart), as sinks receive them."""
+    source = Provenance(function, partition.topic, partition.partition, first_offset, last_offset, step)
     common = (
         (f"{SOURCE_HEADER_PREFIX}function", function.encode()),
         (f"{SOURCE_HEADER_PREFIX}topic", partition.topic.encode()),

@@ -235,7 +235,7 @@ class FunctionRunner:
         try:
             response = await self._invoker.invoke(payload)
             if isinstance(self.stateful, LambdaWindows):
-                response = await self.stateful.accepted(partition, response, lane)
+                response = await self.stateful.accepted(partition, records, response, lane)
         except BatchItemFailures as reported:  # a native handler's partial failure, raised
             response = reported
         except Exception:

@@ -48,9 +48,12 @@ class Provenance:
     partition: int
     first_offset: int
     last_offset: int
+    step: str = ""
+    """What emitted it besides an invocation with these records (a window's "final" invocation), for its id."""
 
     def __str__(self) -> str:
-        return f"{self.function}/{self.topic}-{self.partition}/{self.first_offset}-{self.last_offset}"
+        where = f"{self.function}/{self.topic}-{self.partition}/{self.first_offset}-{self.last_offset}"
+        return f"{where}/{self.step}" if self.step else where
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,7 @@ class LambdaWindows:
             if _open(state) not in (None, window):
                 await self._final(partition, state, lane, segment[0].offset, early=False)
             if _open(state) is None:
-                state.meta = {"window": list(window), "state": {}}
+                state.meta = {"window": list(window), "state": {}, "first": segment[0].offset}
             failures += await run_segment(segment)
         return failures
 
@@ -126,7 +126,7 @@ class LambdaWindows:
             "isWindowTerminatedEarly": early,
         }
 
-    async def accepted(self, partition: Partition, response: Any, lane: Busy) -> Any:
+    async def accepted(self, partition: Partition, records: Sequence[SourceRecord], response: Any, lane: Busy) -> Any:
         """Take the state from a successful invocation's response; the response without it, for the failure
         policy and the outputs. An oversized state ends the window early."""
         window_state = response.get("state") if isinstance(response, dict) else None
@@ -136,7 +136,7 @@ class LambdaWindows:
         state.meta["state"] = window_state
         if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
             log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
-            await self._final(partition, state, lane, None, early=True)
+            await self._final(partition, state, lane, records[-1].offset + 1, early=True)
         return {name: response[name] for name in ("outputs", "batchItemFailures") if name in response}
 
     async def completed(self, partition: Partition, applied: int, lane: Busy) -> None:
@@ -153,11 +153,12 @@ class LambdaWindows:
         return True
 
     async def _final(
-        self, partition: Partition, state: PartitionState, lane: Busy, next_offset: int | None, *, early: bool
+        self, partition: Partition, state: PartitionState, lane: Busy, next_offset: int, *, early: bool
     ) -> None:
         """The window's final invocation, retried until it succeeds (the partition waits, as in Lambda); then the
         state is dropped (an early end keeps the window, with a fresh state)."""
-        at = (next_offset if next_offset is not None else state.floor) - 1
+        last = next_offset - 1
+        first = min(state.meta.get("first", last), last)  # the window's records: the final's provenance
         attempt = 0
         while True:
             if lane.stopping:
@@ -169,7 +170,9 @@ class LambdaWindows:
                 if not isinstance(response, dict) or not isinstance(response.get("state"), dict):
                     raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
                 emitting = items({k: v for k, v in response.items() if k != "state"}, HandlerStyle.LAMBDA)
-                error = await self._write(emitted_at(self._function, partition, at, at, (), emitting), lane)
+                error = await self._write(
+                    emitted_at(self._function, partition, first, last, (), emitting, "final"), lane
+                )
                 if error is not None:
                     raise error
                 break
@@ -191,7 +194,7 @@ class LambdaWindows:
             await asyncio.sleep(delay)
         self._stats.batches += 1
         self._stats.windows_closed += 1
-        state.meta = {"window": state.meta["window"], "state": {}} if early else {}
+        state.meta = {"window": state.meta["window"], "state": {}, "first": next_offset} if early else {}
 
 
 def _open(state: PartitionState) -> Window | None:
