@@ -23,6 +23,8 @@ from streamfn.stats import FunctionStats
 log = logging.getLogger("streamfn.worker")
 
 IDLE_CHECK_SECONDS = 0.2
+WINDOW_CLOSE_SECONDS = 2.0
+"""A lane checks for windows to close every second; then their results are written."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,19 @@ class Worker:
         while True:
             await asyncio.sleep(IDLE_CHECK_SECONDS)
             now = time.monotonic()
-            if all(p.ever_assigned and p.caught_up() and now - p.last_fetch >= idle_seconds for p in self.pollers):
+            if all(
+                p.ever_assigned and p.caught_up() and now - p.last_fetch >= _quiet(p, idle_seconds)
+                for p in self.pollers
+            ):
                 log.info("caught up and idle for %g s: stopping", idle_seconds)
                 self.stop()
                 return
+
+
+def _quiet(poller: Poller, idle_seconds: float) -> float:
+    """How long a poller must be quiet before `--until-idle` stops it: a stateful function whose windows close
+    within that time (window_idle_seconds) gets the lane's idle check and the write of its results too."""
+    function = poller.function
+    if function.stateful and function.config.window_idle_seconds <= idle_seconds:
+        return max(idle_seconds, function.config.window_idle_seconds + WINDOW_CLOSE_SECONDS)
+    return idle_seconds
