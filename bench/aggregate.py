@@ -358,19 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="event time between consecutive records, in ms (default 2: 30 records per user and minute)",
     )
-    parser.add_argument("--value-bytes", type=int, default=100, help="approximate JSON value size (default 100)")
-    parser.add_argument(
-        "--variants",
-        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
-        default=list(VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)} (default all)",
-    )
-    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
-    harness.add_verbose(parser)
-    args = parser.parse_args(argv)
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or not args.variants:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    harness.add_variant_options(parser, list(VARIANTS))
+    args = harness.parse_variant_args(parser, argv, list(VARIANTS))
     if args.records < PARTITIONS or args.repeats < 1 or args.batch_size < 1 or args.ms_per_record < 1:
         parser.error(f"--records must be >= {PARTITIONS}, --repeats, --batch-size and --ms-per-record >= 1")
     return args

@@ -267,6 +267,30 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each run as it finishes")
 
 
+def add_variant_options(parser: argparse.ArgumentParser, variants: Sequence[str]) -> None:
+    """--value-bytes, --variants (a subset of `variants`), --run-timeout and --verbose, as the variant benches share."""
+    parser.add_argument("--value-bytes", type=int, default=100, help="approximate JSON value size (default 100)")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+        default=list(variants),
+        help=f"comma-separated subset of {','.join(variants)} (default all)",
+    )
+    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
+    add_verbose(parser)
+
+
+def parse_variant_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, variants: Sequence[str]
+) -> argparse.Namespace:
+    """The arguments, with --variants checked against `variants`."""
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown or not args.variants:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(variants)}")
+    return args
+
+
 def run_bench(
     args: argparse.Namespace, bench: Callable[[argparse.Namespace, str, Console], Coroutine[Any, Any, int]]
 ) -> int:

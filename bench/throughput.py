@@ -435,19 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="streamfn maximum_batching_window_in_seconds (default 0.0; Lambda's default is 0.5)",
     )
-    parser.add_argument("--value-bytes", type=int, default=100, help="approximate JSON value size (default 100)")
-    parser.add_argument(
-        "--variants",
-        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
-        default=list(VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)} (default all)",
-    )
-    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
-    harness.add_verbose(parser)
-    args = parser.parse_args(argv)
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or not args.variants:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    harness.add_variant_options(parser, list(VARIANTS))
+    args = harness.parse_variant_args(parser, argv, list(VARIANTS))
     if args.records < 1 or args.repeats < 1 or args.batch_size < 1 or args.window < 0:
         parser.error("--records, --repeats and --batch-size must be >= 1 and --window >= 0")
     return args

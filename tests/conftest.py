@@ -164,6 +164,21 @@ def run_cli(
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def launch_pipeline(directory: Path, body: str, servers: str, **env: str) -> subprocess.Popen[str]:
+    """`streamfn run` of a pipeline written from `body` into `directory`, with `env`; its log in `directory`."""
+    pipeline = write_pipeline(directory, body)
+    log = (directory / f"worker-{time.monotonic_ns()}.log").open("w")
+    return start_cli("run", str(pipeline), servers=servers, extra_env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 def read_handled(path: Path) -> list[tuple[int, int]]:
     """(partition, offset) lines a test handler appended, one per handled record."""
     if not path.exists():

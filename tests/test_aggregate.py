@@ -27,12 +27,12 @@ from conftest import (
     Out,
     committed,
     create_topic,
+    launch_pipeline,
     produce,
     read_topic,
     run_worker,
     source,
-    start_cli,
-    write_pipeline,
+    wait_for,
 )
 
 from streamfn import App, Record
@@ -276,24 +276,7 @@ def expected(clicks: list[Out]) -> list[tuple[str, str, int]]:
 
 
 def launch(tmp_path: Path, broker: str, topic: str, group: str, db: Path, **env: str) -> subprocess.Popen[str]:
-    pipeline = write_pipeline(tmp_path, PIPELINE)
-    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("w")
-    return start_cli(
-        "run",
-        str(pipeline),
-        servers=broker,
-        extra_env={"TOPIC": topic, "GROUP": group, "DB": str(db), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    return launch_pipeline(tmp_path, PIPELINE, broker, TOPIC=topic, GROUP=group, DB=str(db), **env)
 
 
 async def test_kill_9_at_random_moments_mid_window_keeps_every_count_exact(
@@ -413,14 +396,12 @@ async def test_exactly_once_table_rows_under_kill_9_at_random_moments(
     topic, group, db = name("t"), name("g"), tmp_path / "events.db"
     await create_topic(broker, topic, 4)
     await produce(broker, topic, [Out(b'{"n": %d}' % i, partition=i % 4) for i in range(1200)])
-    pipeline = write_pipeline(tmp_path, EXACTLY_ONCE)
     env = {"TOPIC": topic, "GROUP": group, "DB": str(db), "GUARANTEE": guarantee}
     sql = "SELECT partition, offset FROM events"
     rng = random.Random(7)
 
     def start() -> subprocess.Popen[str]:
-        log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("w")
-        return start_cli("run", str(pipeline), servers=broker, extra_env=env, stdout=subprocess.DEVNULL, stderr=log)
+        return launch_pipeline(tmp_path, EXACTLY_ONCE, broker, **env)
 
     for _ in range(2):
         worker = start()

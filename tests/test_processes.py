@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SESSION_MS, committed, create_topic, produce_values, read_handled, start_cli, write_pipeline
+from conftest import (
+    SESSION_MS,
+    committed,
+    create_topic,
+    launch_pipeline,
+    produce_values,
+    read_handled,
+    wait_for,
+)
 
 PIPELINE = f"""
 import os, time
@@ -44,24 +52,7 @@ def handler(records):
 
 
 def launch(tmp_path: Path, broker: str, topic: str, group: str, out: Path, **env: str) -> subprocess.Popen[str]:
-    pipeline = write_pipeline(tmp_path, PIPELINE)
-    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("w")
-    return start_cli(
-        "run",
-        str(pipeline),
-        servers=broker,
-        extra_env={"TOPIC": topic, "GROUP": group, "OUT": str(out), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    return launch_pipeline(tmp_path, PIPELINE, broker, TOPIC=topic, GROUP=group, OUT=str(out), **env)
 
 
 @pytest.mark.parametrize("factor", ["1", "5"])

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from conftest import (
     run_worker,
     source,
     start_cli,
+    wait_for,
     write_pipeline,
 )
 from pydantic import BaseModel
@@ -539,14 +540,6 @@ def test_the_password_stays_out_of_its_name() -> None:
 
 
 # --- through the engine --------------------------------------------------------------------------------------------
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def dead_letter_value(letter: dict[str, Any]) -> Any:

@@ -25,7 +25,18 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from conftest import SESSION_MS, Out, committed, create_topic, produce, read_topic, run_worker, source, start_cli
+from conftest import (
+    SESSION_MS,
+    Out,
+    committed,
+    create_topic,
+    produce,
+    read_topic,
+    run_worker,
+    source,
+    start_cli,
+    wait_for,
+)
 from conftest import write_pipeline as write_file
 
 from streamfn import App, Backoff
@@ -424,14 +435,6 @@ def logged(path: Path, worker: str) -> list[dict[str, Any]]:
 
 def invoked(path: Path, worker: str) -> list[int]:
     return [offset for line in logged(path, worker) for offset in line["offsets"]]
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def changelog_floor(servers: str, group: str, topic: str) -> int:
