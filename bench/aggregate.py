@@ -8,7 +8,9 @@ What it measures
     along the way (the last window of each partition stays open: nothing passes its end). Then each variant reads
     the whole topic from the beginning with a fresh consumer group, and its records/s is measured:
 
-    (noop)      native no-op handler `async def noop(records)`: bench/throughput.py's (b), the reference;
+    (plain)     the same aggregation by hand over a plain aiokafka loop (getmany, orjson, a dict per partition,
+                commit after each fetch), in memory only: the baseline (agg) is measured against;
+    (noop)      native no-op handler `async def noop(records)`: bench/throughput.py's (b);
     (agg)       `@app.aggregate(key="user", window=Tumbling(60), timestamp="ts")` folding a count and a sum of
                 `amount` per user and window, the closed windows' results upserted to a SQLite Table (keyed by user
                 and window_start); the window state goes to its changelog topic before each commit;
@@ -18,8 +20,8 @@ What it measures
     (eo)        the same with processing_guarantee="exactly_once": the Table stores the batch's source offsets in
                 the transaction of its rows, and the worker resumes from them.
 
-    The variants run interleaved (noop, agg, agg-kafka, alo, eo, noop, ...) `--repeats` times, because the machine
-    is small and noisy; the table shows every run, the median records/s, the ratio of medians to (noop), and (eo)'s
+    The variants run interleaved (plain, noop, agg, agg-kafka, alo, eo, noop, ...) `--repeats` times, because the machine
+    is small and noisy; the table shows every run, the median records/s, the ratio of medians to (plain) and to (noop), and (eo)'s
     to (alo). Each run is checked: every record handled, none late or failed, and (agg, agg-kafka) exactly the
     windows that must close emitted, (agg) with every closed window's row and record count in the table, (alo, eo)
     one row per batch whose counts add up to the records.
@@ -31,7 +33,7 @@ How it times (as bench/throughput.py)
     wrong after batched produce). CPU %: this process's CPU time over the timed window / its wall time.
 
 Run from the repository root:  python bench/aggregate.py [--records N] [--repeats N] [--batch-size N]
-                               [--ms-per-record MS] [--value-bytes N] [--variants noop,agg,agg-kafka,alo,eo] [-v]
+                               [--ms-per-record MS] [--value-bytes N] [--variants plain,noop,agg,agg-kafka,alo,eo] [-v]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from typing import Any
 
 import harness
 import orjson
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -76,6 +79,7 @@ class Variant:
 VARIANTS = {
     v.key: v
     for v in (
+        Variant("plain", "(plain) aiokafka getmany+commit, orjson, dict count+sum per user and window"),
         Variant("noop", "(noop) native: async def noop(records)"),
         Variant("agg", "(agg) @app.aggregate count+sum, 60 s tumbling -> Table (SQLite)"),
         Variant("agg-kafka", "(agg-kafka) the same -> KafkaTopic"),
@@ -162,9 +166,60 @@ def rows(database: Path, query: str) -> list[tuple[Any, ...]]:
         return connection.execute(query).fetchall()
 
 
+async def run_plain(settings: Settings, group: str) -> RunResult:
+    """(plain): the same aggregation by hand over aiokafka, in memory only (no durable state, nowhere to write):
+    decode each value, add it to its user's window, count the windows each partition's event time closes, and
+    commit after each fetch. The baseline the framework's aggregation is measured against."""
+    consumer = AIOKafkaConsumer(
+        settings.topic,
+        bootstrap_servers=settings.servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=harness.SESSION_TIMEOUT_MS,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    size_ms = WINDOW_SECONDS * 1000
+    windows: dict[int, dict[tuple[str, int], list[float]]] = {p: {} for p in range(PARTITIONS)}
+    seen = dict.fromkeys(range(PARTITIONS), 0)
+    count = closed = 0
+    first: harness.Mark | None = None
+    await consumer.start()
+    try:
+        while count < settings.records:
+            batches = await consumer.getmany(timeout_ms=200)
+            if batches and first is None:
+                first = harness.now()
+            for tp, records in batches.items():
+                count += len(records)
+                open_windows = windows[tp.partition]
+                for record in records:
+                    value = orjson.loads(record.value)
+                    ts = value["ts"]
+                    seen[tp.partition] = max(seen[tp.partition], ts)
+                    accumulator = open_windows.setdefault((value["user"], ts - ts % size_ms), [0, 0.0])
+                    accumulator[0] += 1
+                    accumulator[1] += value["amount"]
+                ending = [w for w in open_windows if w[1] + size_ms <= seen[tp.partition]]
+                for window in ending:
+                    del open_windows[window]
+                closed += len(ending)
+            if batches:
+                await consumer.commit()
+        end = harness.now()
+    finally:
+        await consumer.stop()
+    if closed != settings.closed_windows:
+        raise RuntimeError(f"(plain): {closed} windows closed, expected {settings.closed_windows}")
+    assert first is not None
+    return RunResult(settings.records, end.wall - first.wall, end.cpu - first.cpu, closed, 0)
+
+
 async def run_variant(settings: Settings, variant: str, run: int, directory: Path) -> RunResult:
     gc.collect()
     group = harness.unique_name(variant, run)
+    if variant == "plain":
+        return await run_plain(settings, group)
     database = directory / f"{group}.db"
     started: list[harness.Mark] = []
 
@@ -275,7 +330,7 @@ def print_settings(console: Console, args: argparse.Namespace, settings: Setting
 
 def print_table(console: Console, settings: Settings, variants: list[str], results: dict[str, list[RunResult]]) -> None:
     medians = {v: statistics.median(r.rate for r in results[v]) for v in variants if results[v]}
-    noop, alo = medians.get("noop"), medians.get("alo")
+    plain, noop, alo = medians.get("plain"), medians.get("noop"), medians.get("alo")
     table = RichTable(
         title=f"Aggregations and exactly-once: {settings.records:,} records, {PARTITIONS} partitions, "
         f"batch_size {settings.batch_size}",
@@ -289,6 +344,7 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
     )
     table.add_column("variant")
     harness.add_rate_columns(table)
+    table.add_column("vs (plain)", justify="right")
     table.add_column("vs (noop)", justify="right")
     table.add_column("vs (alo)", justify="right")
     table.add_column("outputs", justify="right")
@@ -296,12 +352,13 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
     for key in variants:
         runs = results[key]
         if not runs:
-            table.add_row(VARIANTS[key].label, "failed", "-", "-", "-", "-", "-", "-")
+            table.add_row(VARIANTS[key].label, "failed", "-", "-", "-", "-", "-", "-", "-")
             continue
         median = medians[key]
         table.add_row(
             VARIANTS[key].label,
             *harness.rate_cells(runs, median),
+            f"{median / plain:.2f}" if plain else "-",
             f"{median / noop:.2f}" if noop else "-",
             f"{median / alo:.2f}" if alo and key in ("alo", "eo") else "-",
             f"{statistics.median(r.outputs for r in runs):,.0f}",

@@ -163,6 +163,8 @@ class Aggregator:
         lateness, fold, values = aggregation.lateness_ms, self._fold, state.values
         seen: int | None = state.meta.get("seen")
         failed: list[tuple[Record, Condition, Exception]] = []
+        replaying = bool(decoded) and state.replay_until > decoded[0].offset
+        """Right after a restore, records an interrupted checkpoint already wrote into some keys come again."""
         for record in decoded:
             if record.offset < state.floor:
                 continue  # replayed after a restore: already in the state (and routed, if it was late)
@@ -181,11 +183,12 @@ class Aggregator:
                     continue
                 for window in open_windows:
                     name = orjson.dumps([key, window.start])
-                    if state.seen(record.offset, name):
+                    if replaying and state.seen(record.offset, name):
                         continue
-                    accumulator = fold(values.get(name), record)
-                    state.set(name, accumulator)
-                    ends.setdefault(window.end, set()).add(name)
+                    accumulator = values.get(name)
+                    state.set(name, fold(accumulator, record))
+                    if accumulator is None:  # a new window: indexed by its end, for closing
+                        ends.setdefault(window.end, set()).add(name)
             except Exception as error:
                 failed.append(
                     (record, Condition.AGGREGATION_ERROR, AggregationError(f"{type(error).__name__}: {error}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -115,7 +115,7 @@ class FunctionRunner:
             event=self.origin.event,
             invoke=self._invoker.invoke,
             write=self._write_emitted,
-            delay=self.delay,
+            until_done=self.until_done,
             stats=self.stats,
             idle_seconds=config.window_idle_seconds,
         )
@@ -359,22 +359,31 @@ class FunctionRunner:
                 )
             self.stats.dropped += len(failures)
             return
+        destination = self._destination
+
+        async def deliver() -> None:
+            await destination.deliver(self.origin, failures)
+
+        await self.until_done(deliver, lane, f"writing {len(failures)} failed records to {destination}")
+        self.stats.dead_lettered += len(failures)
+
+    async def until_done(self, action: Callable[[], Awaitable[None]], lane: Busy, what: str) -> None:
+        """Run `action` until it succeeds, with the function's backoff between attempts: for what must happen
+        before the partition moves on (dead letters, a window's final invocation). Stopping ends it uncommitted."""
         attempt = 0
         while True:
             if lane.stopping:
                 raise StopProcessing
             try:
-                await self._destination.deliver(self.origin, failures)
-                self.stats.dead_lettered += len(failures)
+                await action()
                 return
             except Exception as error:
                 attempt += 1
                 delay = self.delay(attempt)
                 log.error(
-                    "function %s: writing %d failed records to %s failed (attempt %d): %r; retrying in %.2f s",
+                    "function %s: %s failed (attempt %d): %r; retrying in %.2f s",
                     self.function.name,
-                    len(failures),
-                    self._destination,
+                    what,
                     attempt,
                     error,
                     delay,

@@ -23,7 +23,6 @@ records are retried with it); outputs come only from a response's `outputs` list
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import time
@@ -31,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streamfn.emit import emitted_at, items
-from streamfn.failure import FailedRecord, LambdaEvent, StopProcessing
+from streamfn.failure import FailedRecord, LambdaEvent
 from streamfn.handler import HandlerStyle
 from streamfn.record import Partition, SourceRecord
 from streamfn.sink import encode_json
@@ -48,6 +47,8 @@ STATE_LIMIT_BYTES = 1024 * 1024
 """Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
 
 RunSegment = Callable[[Sequence[SourceRecord]], Awaitable[list[FailedRecord]]]
+UntilDone = Callable[[Callable[[], Awaitable[None]], "Busy", str], Awaitable[None]]
+"""The runner's `until_done`: retry an action with the function's backoff until it succeeds."""
 
 
 class MissingState(Exception):
@@ -64,7 +65,7 @@ class LambdaWindows:
         event: LambdaEvent,
         invoke: Callable[[Any], Awaitable[Any]],
         write: WriteOutputs,
-        delay: Callable[[int], float],
+        until_done: UntilDone,
         stats: FunctionStats,
         idle_seconds: float,
     ) -> None:
@@ -74,7 +75,7 @@ class LambdaWindows:
         self._event = event
         self._invoke = invoke
         self._write = write
-        self._delay = delay
+        self._until_done = until_done
         self._stats = stats
         self.idle_seconds = idle_seconds
 
@@ -129,9 +130,7 @@ class LambdaWindows:
     async def accepted(self, partition: Partition, records: Sequence[SourceRecord], response: Any, lane: Busy) -> Any:
         """Take the state from a successful invocation's response; the response without it, for the failure
         policy and the outputs. An oversized state ends the window early."""
-        window_state = response.get("state") if isinstance(response, dict) else None
-        if not isinstance(window_state, dict):
-            raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
+        window_state = _state_of(response)
         state = self.store[partition]
         state.meta["state"] = window_state
         if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
@@ -159,42 +158,40 @@ class LambdaWindows:
         state is dropped (an early end keeps the window, with a fresh state)."""
         last = next_offset - 1
         first = min(state.meta.get("first", last), last)  # the window's records: the final's provenance
-        attempt = 0
-        while True:
-            if lane.stopping:
-                raise StopProcessing
+
+        async def invoke_final() -> None:
             payload = self._event(partition, ()) | self.fields(partition, final=True, early=early)  # fresh state
             lane.busy += 1
             try:
                 response = await self._invoke(payload)
-                if not isinstance(response, dict) or not isinstance(response.get("state"), dict):
-                    raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
+                _state_of(response)
                 emitting = items({k: v for k, v in response.items() if k != "state"}, HandlerStyle.LAMBDA)
                 error = await self._write(
                     emitted_at(self._function, partition, first, last, (), emitting, "final"), lane
                 )
                 if error is not None:
                     raise error
-                break
-            except Exception as error:
+            except Exception:
                 self._stats.failed_invocations += 1
-                attempt += 1
-                delay = self._delay(attempt)
-                log.error(
-                    "function %s: %s: final invocation of window %s failed (attempt %d): %r; retrying in %.2f s",
-                    self._function,
-                    partition,
-                    payload["window"],
-                    attempt,
-                    error,
-                    delay,
-                )
+                raise
             finally:
                 lane.busy -= 1
-            await asyncio.sleep(delay)
+
+        window = _open(state)
+        assert window is not None
+        what = f"{partition}: the final invocation of window {window.shown()['start']}"
+        await self._until_done(invoke_final, lane, what)
         self._stats.batches += 1
         self._stats.windows_closed += 1
         state.meta = {"window": state.meta["window"], "state": {}, "first": next_offset} if early else {}
+
+
+def _state_of(response: Any) -> dict[str, Any]:
+    """The `state` a windowed invocation's response must hold; its absence makes the invocation a failure."""
+    window_state = response.get("state") if isinstance(response, dict) else None
+    if not isinstance(window_state, dict):
+        raise MissingState("the response of a tumbling-window invocation must contain a 'state' object")
+    return window_state
 
 
 def _open(state: PartitionState) -> Window | None:

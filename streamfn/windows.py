@@ -8,6 +8,7 @@ milliseconds throughout the engine; events and results show them as ISO 8601 UTC
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from pydantic import Field, model_validator
@@ -57,13 +58,14 @@ class Tumbling(StrictModel):
     def __init__(self, seconds: float | None = None, /, **values: Any) -> None:
         super().__init__(**({"seconds": seconds} if seconds is not None else {}), **values)
 
-    @property
+    @cached_property
     def size_ms(self) -> int:
         return int(self.seconds * 1000)
 
     def windows(self, ts: int) -> tuple[Window, ...]:
-        start = ts - ts % self.size_ms
-        return (Window(start, start + self.size_ms),)
+        size = self.size_ms
+        start = ts - ts % size
+        return (Window(start, start + size),)
 
 
 class Hopping(StrictModel):
@@ -88,12 +90,16 @@ class Hopping(StrictModel):
             raise ValueError(f"size={self.size:g} must be a whole number of steps (step={self.step:g})")
         return self
 
-    @property
+    @cached_property
     def size_ms(self) -> int:
         return int(self.size * 1000)
 
+    @cached_property
+    def step_ms(self) -> int:
+        return int(self.step * 1000)
+
     def windows(self, ts: int) -> tuple[Window, ...]:
-        step, size = int(self.step * 1000), self.size_ms
+        step, size = self.step_ms, self.size_ms
         last = ts - ts % step
         return tuple(Window(start, start + size) for start in range(last - size + step, last + 1, step))
 
