@@ -20,11 +20,11 @@ What it measures
     (eo)        the same with processing_guarantee="exactly_once": the Table stores the batch's source offsets in
                 the transaction of its rows, and the worker resumes from them.
 
-    The variants run interleaved (plain, noop, agg, agg-kafka, alo, eo, noop, ...) `--repeats` times, because the machine
-    is small and noisy; the table shows every run, the median records/s, the ratio of medians to (plain) and to (noop), and (eo)'s
-    to (alo). Each run is checked: every record handled, none late or failed, and (agg, agg-kafka) exactly the
-    windows that must close emitted, (agg) with every closed window's row and record count in the table, (alo, eo)
-    one row per batch whose counts add up to the records.
+    The variants run interleaved (plain, noop, agg, agg-kafka, alo, eo, plain, ...) `--repeats` times, because
+    the machine is small and noisy; the table shows every run, the median records/s, the ratio of medians to
+    (plain) and to (noop), and (eo)'s to (alo). Each run is checked: every record handled, none late or failed,
+    (plain, agg, agg-kafka) exactly the windows that must close closed, (agg) with every closed window's row and
+    record count in the table, (alo, eo) one row per batch whose counts add up to the records.
 
 How it times (as bench/throughput.py)
     The clock starts at the first handler or fold call (so the consumer group join, about session_timeout/2 = 3 s
