@@ -72,12 +72,18 @@ class PartitionWorker:
             return
         self.last_arrival = time.monotonic()
         self._fed_until = records[-1].offset + 1
-        if self._filter is not None:
-            kept = self._matching(records)
-            if len(kept) < len(records):
-                self.runner.stats.filtered_out += len(records) - len(kept)
-                self.lane_done()  # what was filtered out is done: it may be committed once nothing before it waits
-            records = kept
+        if self._filter is None:
+            self._route(records)
+            return
+        kept = self._matching(records)
+        self._route(kept)
+        if len(kept) < len(records):
+            self.runner.stats.filtered_out += len(records) - len(kept)
+            # What was filtered out is done: it may be committed once nothing before it waits. Only now that the
+            # kept records are in the lanes: before, an empty lane would let the commit pass them.
+            self.lane_done()
+
+    def _route(self, records: Sequence[SourceRecord]) -> None:
         lanes = self.lanes
         if len(lanes) == 1:
             lanes[0].buffer.feed(records)

@@ -3,13 +3,15 @@ with matching records, and invalid patterns refused at start-up. (The pattern la
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
-from conftest import Out, committed, create_topic, produce, run_cli, run_worker, source
+from conftest import Out, committed, create_topic, produce, run_cli, run_worker, source, wait_for
 
 from streamfn import App, Record
+from streamfn.worker import Worker
 
 KINDS = ("click", "view", "view", "purchase")
 
@@ -106,3 +108,34 @@ def test_an_invalid_pattern_stops_start_up_with_lambdas_message(tmp_path: Path) 
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: function 'f': Invalid filter pattern definition.")
     assert "value.amount" in line
+
+
+async def test_the_commit_never_passes_a_matching_record_still_waiting(broker: str, name: Any) -> None:
+    """Records filtered out are committed, but only up to the first matching record not handled yet: the
+    matching records of the same fetch must be buffered before the filtered-out ones count as done."""
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 1)
+    await produce(broker, topic, [Out(json.dumps({"kind": kind}).encode(), partition=0) for kind in KINDS])
+    release = asyncio.Event()
+    app = App("filtered-slow")
+
+    @app.function(
+        source=source(topic, group),
+        FilterCriteria={"Filters": [{"Pattern": json.dumps({"value": {"kind": ["view"]}})}]},
+        batch_size=1,
+    )
+    async def handler(records: list[Record]) -> None:
+        invoked.append(records[0].offset)
+        await release.wait()
+
+    invoked: list[int] = []
+    worker = Worker(app, broker)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    await wait_for(lambda: invoked == [1], 30, "the first matching record invoked")
+    await asyncio.sleep(1.5)  # time enough for a commit to happen, if one would
+    assert await committed(broker, group, topic, 1) == {0: 1}  # offset 0 filtered out, 1 in flight
+    release.set()
+    await wait_for(lambda: worker.pollers[0].checkpoint.offsets() == {(topic, 0): 4}, 30, "everything committed")
+    worker.stop()
+    await task
+    assert invoked == [1, 2]
