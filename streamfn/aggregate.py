@@ -176,7 +176,7 @@ class Aggregator:
                 watermark = seen - lateness
                 open_windows = [w for w in windows_of(ts) if w.end > watermark]
                 if not open_windows:
-                    self._stats.late += 1
+                    self._stats.at(partition).late += 1
                     if aggregation.late_records == "on_failure":
                         late = LateRecord(f"event time {iso(ts)} is in windows closed at watermark {iso(watermark)}")
                         failed.append((record, Condition.LATE_RECORD, late))
@@ -244,7 +244,7 @@ class Aggregator:
             del ends[end]
         for name in names:
             state.delete(name)
-        self._stats.windows_closed += len(names)
+        self._stats.at(partition).windows_closed += len(names)
 
     def _result(self, name: bytes, accumulator: Any) -> Output:
         """A closed window's row: the key, the window's bounds, then the accumulator's fields (or `value`)."""

@@ -30,6 +30,7 @@ from streamfn.record import Partition, SourceRecord
 from streamfn.runner import FunctionRunner
 from streamfn.sink import Emitted, SinkContext, SinkRetry, encode
 from streamfn.stats import FunctionStats
+from streamfn.telemetry import Telemetry
 
 RunChained = Callable[[Sequence[SourceRecord]], Awaitable[None]]
 
@@ -137,10 +138,11 @@ class _Detached:
 class Chains:
     """Opens, for each calling function, the runners of the functions its `Function(...)` outputs invoke."""
 
-    def __init__(self, app: App, stats: dict[str, FunctionStats]) -> None:
+    def __init__(self, app: App, stats: dict[str, FunctionStats], telemetry: Telemetry) -> None:
         check_chains(app)
         self._app = app
         self._stats = stats
+        self._telemetry = telemetry
         self._runners: list[FunctionRunner] = []
 
     def context(self, function: str, servers: str, event: LambdaEvent) -> SinkContext:
@@ -156,6 +158,7 @@ class Chains:
                 origin=origin,
                 value_codec=plain_codec(value_format),
                 key_codec=None,
+                telemetry=self._telemetry.function(target.name),
             )
             self._runners.append(runner)
             await runner.open(self.context(target.name, servers, event))

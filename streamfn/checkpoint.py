@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from streamfn.record import Partition
 from streamfn.source import SourceReader
+from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.checkpoint")
 
@@ -24,10 +25,12 @@ class Checkpoint:
         self,
         reader: SourceReader,
         function: str,
+        stats: FunctionStats,
         before_commit: Callable[[Mapping[Partition, int]], Awaitable[None]] | None = None,
     ) -> None:
         self._reader = reader
         self._function = function
+        self._stats = stats
         self._before_commit = before_commit
         """Makes durable what a commit covers beyond the source (a stateful function's changelog) first."""
         self._owned: set[Partition] = set()
@@ -36,7 +39,7 @@ class Checkpoint:
         self._moved = asyncio.Event()
         self._lock = asyncio.Lock()
         self.committed_records = 0
-        """Records covered by successful commits (Lambda's CommittedEventCount)."""
+        """Records covered by successful commits, all partitions (per partition: the stats' `committed`)."""
 
     def track(self, partition: Partition, committed: int) -> None:
         """Start tracking a newly assigned partition from its committed offset."""
@@ -89,11 +92,15 @@ class Checkpoint:
                     await self._before_commit(pending)
                 await self._reader.commit(pending)
             except Exception as error:  # the broker or the group said no; offsets stay pending
+                for partition in pending:
+                    self._stats.at(partition).commit_errors += 1
                 log.warning("function %s: commit of %s failed: %r", self._function, _describe(pending), error)
                 return False
             for partition, offset in pending.items():
                 if partition in self._owned:
-                    self.committed_records += offset - self._committed.get(partition, offset)
+                    moved = offset - self._committed.get(partition, offset)
+                    self.committed_records += moved
+                    self._stats.at(partition).committed += moved
                     self._committed[partition] = offset
             log.debug("function %s: committed %s", self._function, _describe(pending))
             return True

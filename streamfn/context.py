@@ -16,18 +16,25 @@ def function_arn(function_name: str) -> str:
     return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{function_name}"
 
 
+def new_request_id() -> str:
+    """A version 4 UUID, as Lambda's request ids; from `random` rather than uuid4()'s os.urandom, which costs a
+    system call per invocation and needs no cryptographic strength here."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
 class LambdaContext:
-    """One per invocation, like Lambda's: a fresh request id and a deadline from the function's timeout."""
+    """One per invocation, like Lambda's: its request id and a deadline from the function's timeout.
+
+    `logger` writes through the worker's log handlers, which add the invocation's function, partition, offsets and
+    request id to each line (streamfn/logs.py)."""
 
     function_version = "$LATEST"
     memory_limit_in_mb = 128
 
-    def __init__(self, function_name: str, timeout: float, logger: logging.Logger) -> None:
+    def __init__(self, function_name: str, timeout: float, logger: logging.Logger, request_id: str) -> None:
         self.function_name = function_name
         self.invoked_function_arn = function_arn(function_name)
-        # A version 4 UUID, as Lambda's; from random rather than uuid4()'s os.urandom, which costs a system call
-        # per invocation and needs no cryptographic strength here.
-        self.aws_request_id = str(uuid.UUID(int=random.getrandbits(128), version=4))
+        self.aws_request_id = request_id
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = f"streamfn/{function_name}"
         self.logger = logger

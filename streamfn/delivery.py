@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -23,6 +24,7 @@ from tenacity import (
 )
 
 from streamfn.failure import StopProcessing
+from streamfn.metrics import FunctionInstruments
 from streamfn.record import Partition
 from streamfn.sink import Emitted, OffsetStoringWriter, RejectedOutput, Sink, SinkContext, SinkWriter
 
@@ -32,9 +34,11 @@ log = logging.getLogger("streamfn.delivery")
 class Outputs:
     """The open sinks of one function."""
 
-    def __init__(self, function: str, sinks: Sequence[Sink]) -> None:
+    def __init__(self, function: str, sinks: Sequence[Sink], instruments: FunctionInstruments | None = None) -> None:
         self._function = function
         self._sinks = list(sinks)
+        self._instruments = instruments
+        """Metrics on: each write attempt's duration and errors, per sink."""
         self._writers: list[SinkWriter] = []
 
     def __bool__(self) -> bool:
@@ -101,8 +105,17 @@ class Outputs:
             before_sleep=log_retry,
             reraise=True,
         )
+        instruments, name = self._instruments, str(sink)
         async for attempt in retrying:
             with attempt:
                 if stopping():
                     raise StopProcessing
-                await writer.write(outputs)
+                started, error = time.perf_counter(), None
+                try:
+                    await writer.write(outputs)
+                except Exception as failed:
+                    error = failed
+                    raise
+                finally:
+                    if instruments is not None:
+                        instruments.sink_write(name, time.perf_counter() - started, error)

@@ -37,11 +37,6 @@ def items(response: Any, style: HandlerStyle) -> list[Any]:
     return list(response)
 
 
-def emitted(function: str, partition: Partition, records: Sequence[SourceRecord], items: list[Any]) -> list[Emitted]:
-    """The items of one invocation over `records`, as sinks receive them."""
-    return emitted_at(function, partition, records[0].offset, records[-1].offset, _trace_context(records), items)
-
-
 def emitted_at(
     function: str,
     partition: Partition,
@@ -73,8 +68,9 @@ def _emitted(item: Any, common: tuple[tuple[str, bytes], ...], source: Provenanc
     return Emitted(item.value, key, own + common, source, index)
 
 
-def _trace_context(records: Sequence[SourceRecord]) -> tuple[tuple[str, bytes], ...]:
-    """The W3C trace context of the first input record that carries one, so a chain of functions stays one trace."""
+def trace_context(records: Sequence[SourceRecord]) -> tuple[tuple[str, bytes], ...]:
+    """The W3C trace context of the first input record that carries one, so a chain of functions stays one trace
+    (what outputs carry when tracing is off; with it on, they name the invocation's span instead)."""
     for record in records:
         if record.headers:
             found = tuple((name, value) for name, value in record.headers if name in TRACE_HEADERS)

@@ -7,6 +7,7 @@ heartbeats, fetches and other partitions going.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
 
-from streamfn.context import LambdaContext
+from streamfn.context import LambdaContext, new_request_id
 from streamfn.errors import ConfigError
 
 MAX_HANDLER_THREADS = 64
@@ -76,16 +77,18 @@ class Invoker:
         self._logger = logging.getLogger(f"streamfn.function.{name}")
         self._threads = ThreadPoolExecutor(MAX_HANDLER_THREADS, thread_name_prefix=f"streamfn-{name}")
 
-    async def invoke(self, payload: Any) -> Any:
+    async def invoke(self, payload: Any, request_id: str | None = None) -> Any:
         args: tuple[Any, ...] = (payload,)
         if self.style is HandlerStyle.LAMBDA:
-            args = (payload, LambdaContext(self.name, self._timeout, self._logger))
+            args = (payload, LambdaContext(self.name, self._timeout, self._logger, request_id or new_request_id()))
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
                 if self._is_async:
                     return await self._function(*args)
-                return await asyncio.get_running_loop().run_in_executor(self._threads, self._function, *args)
+                # The thread runs in a copy of this context: the handler's log lines and spans know the invocation.
+                call = contextvars.copy_context().run
+                return await asyncio.get_running_loop().run_in_executor(self._threads, call, self._function, *args)
         except TimeoutError:
             if deadline.expired():  # ours, not a TimeoutError the handler raised itself
                 raise InvocationTimeout(f"invocation exceeded the timeout of {self._timeout:g} s") from None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from streamfn.batch import Batch, PartitionBuffer
 from streamfn.failure import StopProcessing
+from streamfn.logs import bind
 from streamfn.runner import Invoked
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class Lane:
 
     async def _run(self) -> None:
         runner, partition = self._owner.runner, self._owner.partition
+        bind(function=self._owner.function.name, topic=partition.topic, partition=partition.partition)  # this task's
         overlap = runner.stateful is None
         """A stateful batch completes before the next is invoked: the state staged for a commit then reflects
         exactly the batches completed, whose outputs and dead letters are written."""

@@ -47,8 +47,13 @@ class PartitionWorker:
         self.predecoded: dict[int, Any] | None = {} if decoded_again and self._filter is not None else None
         """Values the filters decoded, by offset, until their batch runs: a value is decoded once."""
         self._checkpoint = checkpoint
+        self.counts = runner.stats.at(partition)
+        """This partition's counters (the poller's and the filters' share of them)."""
         self.last_arrival = time.monotonic()
         """When records last arrived (or the partition was assigned): how long it has been quiet."""
+        self.last_progress = self.last_arrival
+        """When a batch (or filtered-out records) was last done, or records came to an idle partition: how long
+        pending records have waited without the partition moving on (health's stuck partitions)."""
         self._fed_until: int | None = None
         """The offset after the last record fed: where the partition stands when every lane is empty."""
         self._holding: set[int] = set()
@@ -64,13 +69,24 @@ class PartitionWorker:
         return sum(lane.buffer.buffered for lane in self.lanes)
 
     @property
+    def in_flight(self) -> int:
+        """Records fetched and not done yet: buffered, or in a batch being invoked or completed."""
+        return self.buffered + sum(len(batch.records) for lane in self.lanes for batch in list(lane.in_flight))
+
+    def stuck_for(self, now: float) -> float:
+        """How long records have been pending without the partition moving on (0 when it has nothing pending)."""
+        return 0.0 if self.idle else now - self.last_progress
+
+    @property
     def buffered_bytes(self) -> int:
         return sum(lane.buffer.bytes for lane in self.lanes)
 
     def feed(self, records: Sequence[SourceRecord]) -> None:
         if self.stopping or not records:
             return
-        self.last_arrival = time.monotonic()
+        now = self.last_arrival = time.monotonic()
+        if self.idle:  # nothing was waiting: the partition has not been held up so far
+            self.last_progress = now
         self._fed_until = records[-1].offset + 1
         if self._filter is None:
             self._route(records)
@@ -78,7 +94,7 @@ class PartitionWorker:
         kept = self._matching(records)
         self._route(kept)
         if len(kept) < len(records):
-            self.runner.stats.filtered_out += len(records) - len(kept)
+            self.counts.filtered_out += len(records) - len(kept)
             # What was filtered out is done: it may be committed once nothing before it waits. Only now that the
             # kept records are in the lanes: before, an empty lane would let the commit pass them.
             self.lane_done()
@@ -119,6 +135,7 @@ class PartitionWorker:
 
     def lane_done(self) -> None:
         """A lane finished a batch: the partition may commit up to the lowest offset still pending anywhere."""
+        self.last_progress = time.monotonic()
         pending = [offset for lane in self.lanes if (offset := lane.lowest_pending()) is not None]
         committable = min(pending) if pending else self._fed_until
         if committable is not None:

@@ -19,11 +19,13 @@ from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
 from streamfn.failure import FailureOrigin
 from streamfn.formats import is_plain
+from streamfn.logs import bind
 from streamfn.partition import PartitionWorker
 from streamfn.record import Partition
 from streamfn.runner import FunctionRunner
 from streamfn.source import SourceReader
 from streamfn.stats import FunctionStats
+from streamfn.telemetry import NO_TELEMETRY, FunctionTelemetry
 
 log = logging.getLogger("streamfn.poller")
 
@@ -39,6 +41,7 @@ class Poller:
         stats: FunctionStats,
         chains: Chains,
         changelog: Changelog | None = None,
+        telemetry: FunctionTelemetry = NO_TELEMETRY,
     ) -> None:
         self.function = function
         self.reader = reader
@@ -54,9 +57,10 @@ class Poller:
             value_codec=reader.value_codec,
             key_codec=reader.key_codec,
             changelog=changelog,
+            telemetry=telemetry,
         )
         state = self._runner.stateful
-        self.checkpoint = Checkpoint(reader, function.name, state.store.write if state is not None else None)
+        self.checkpoint = Checkpoint(reader, function.name, stats, state.store.write if state is not None else None)
         self._chains = chains
         self._stopping = asyncio.Event()
         self._resolve_for_filters = function.config.filter_criteria is not None and not is_plain(reader.value_codec)
@@ -68,6 +72,7 @@ class Poller:
 
     async def run(self) -> None:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
+        bind(function=self.function.name)  # this task's log lines (the poller's own task: never unbound)
         await self._runner.open(self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event))
         await self.reader.start(self)
         log.info(
@@ -102,11 +107,19 @@ class Poller:
             and self.checkpoint.is_settled()
         )
 
+    def lag(self) -> dict[Partition, int]:
+        """OffsetLag of each owned partition whose end is known: records past the committed offset."""
+        committed = self.checkpoint.offsets()
+        return {
+            p: max(0, end - offset) for p, offset in committed.items() if (end := self.reader.end_offset(p)) is not None
+        }
+
     async def _fetch_until_stopped(self) -> None:
         while not self._stopping.is_set():
             try:
                 fetched = await self.reader.fetch(FETCH_TIMEOUT_SECONDS)
             except Exception as error:  # the client reconnects by itself; keep polling
+                self.stats.polling_errors += 1
                 log.warning("function %s: fetch failed: %r", self.function.name, error)
                 await asyncio.sleep(FETCH_ERROR_BACKOFF_SECONDS)
                 continue
@@ -118,7 +131,7 @@ class Poller:
             for partition, records in fetched.items():
                 worker = self.workers.get(partition)
                 if worker is not None:
-                    self.stats.polled += len(records)
+                    worker.counts.polled += len(records)
                     worker.feed(records)
 
     async def assigned(self, offsets: dict[Partition, int]) -> None:

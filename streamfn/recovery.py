@@ -22,23 +22,25 @@ from typing import Any
 from streamfn.config import FunctionConfig
 from streamfn.failure import Condition, FailedRecord, InvalidResponse, PartialFailure, first_failed_index
 from streamfn.record import Partition, SourceRecord
+from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.recovery")
 
-Invoke = Callable[[Sequence[SourceRecord]], Awaitable[Any]]
-"""Invokes the handler with these records and returns its response; raises on a function error."""
+Invoke = Callable[[Sequence[SourceRecord], int], Awaitable[Any]]
+"""Invokes the handler with these records (the how-many-th invocation of them it is) and returns its response;
+raises on a function error."""
 
 
 class Recovery:
     """Runs one batch to the end under the function's failure policy; returns the records that failed for good."""
 
     def __init__(
-        self, function: str, config: FunctionConfig, backoff: Callable[[int], float], on_split: Callable[[], None]
+        self, function: str, config: FunctionConfig, backoff: Callable[[int], float], stats: FunctionStats
     ) -> None:
         self._function = function
         self._config = config
         self._backoff = backoff
-        self._on_split = on_split
+        self._stats = stats
         self._max_age_ms = config.maximum_record_age_in_seconds * 1000
 
     async def run(self, partition: Partition, records: Sequence[SourceRecord], invoke: Invoke) -> list[FailedRecord]:
@@ -61,7 +63,7 @@ class Recovery:
             if not records:
                 return
             try:
-                response = await invoke(records)
+                response = await invoke(records, inherited + invocations + 1)
                 invocations += 1
                 index = first_failed_index(response, partition, records) if self._config.reports_item_failures else None
                 if index is None:
@@ -69,7 +71,7 @@ class Recovery:
                 error: BaseException = PartialFailure(f"the function reported {records[index].offset} failed")
                 records = records[index:]  # those before the lowest failed record succeeded
                 if index > 0 and self._config.bisect_batch_on_function_error:
-                    self._on_split()
+                    self._stats.at(partition).bisections += 1
                     continue  # cut at the failure: no retry consumed
             except InvalidResponse as invalid:
                 error = invalid
@@ -77,7 +79,7 @@ class Recovery:
                 invocations += 1
                 error = function_error
             if self._config.bisect_batch_on_function_error and len(records) > 1:
-                self._on_split()
+                self._stats.at(partition).bisections += 1
                 half = (len(records) + 1) // 2
                 log.warning(
                     "function %s: %s offsets %d-%d failed (%s); bisecting",
@@ -100,6 +102,7 @@ class Recovery:
                 )
                 return
             retries += 1
+            self._stats.at(partition).retries += 1
             delay = self._backoff(retries)
             log.error(
                 "function %s: %s offsets %d-%d failed (attempt %d of %s): %s: %s; retrying in %.2f s",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -21,19 +23,26 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 from streamfn.aggregate import Aggregator
 from streamfn.app import StreamFunction
 from streamfn.changelog import Changelog
+from streamfn.context import new_request_id
 from streamfn.delivery import Outputs
-from streamfn.emit import emitted, items
+from streamfn.emit import emitted_at, items, trace_context
 from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin, StopProcessing
 from streamfn.formats import Codec, is_plain
-from streamfn.handler import HandlerStyle, Invoker
+from streamfn.handler import HandlerStyle, InvocationTimeout, Invoker
+from streamfn.logs import bind, unbind
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 from streamfn.recovery import Recovery
 from streamfn.sink import Emitted, SinkContext
 from streamfn.state import StateStore
 from streamfn.stats import FunctionStats
+from streamfn.telemetry import NO_TELEMETRY, FunctionTelemetry
+from streamfn.tracing import finish, headers_of, trace_fields, within
 from streamfn.tumbling import LambdaWindows
 
 log = logging.getLogger("streamfn.runner")
+
+FAILED_OUTCOMES = ("partial", "error", "timeout")
+"""How an invocation ended when its records count as failed invocation events."""
 
 Invocation = tuple[Sequence[SourceRecord], list[Emitted]]
 """The records of one successful invocation and the outputs it emitted."""
@@ -69,6 +78,7 @@ class FunctionRunner:
         value_codec: Codec,
         key_codec: Codec | None,
         changelog: Changelog | None = None,
+        telemetry: FunctionTelemetry = NO_TELEMETRY,
     ) -> None:
         self.function = function
         self.stats = stats
@@ -85,8 +95,10 @@ class FunctionRunner:
         self._retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
         )
-        self._recovery = Recovery(function.name, function.config, self.delay, self._count_split)
-        self._outputs = Outputs(function.name, function.outputs)
+        self._recovery = Recovery(function.name, function.config, self.delay, stats)
+        self._outputs = Outputs(function.name, function.outputs, telemetry.instruments)
+        self._tracer = telemetry.tracer
+        self._instruments = telemetry.instruments
         self._destination = function.config.on_failure
         self.stateful = self._stateful(changelog)
         """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
@@ -204,9 +216,9 @@ class FunctionRunner:
         failures = invoked.failures
         if invoked.invocations:
             failures += await self._write_outputs(invoked.partition, invoked.invocations, failures, lane)
-        self.stats.handled += len(invoked.records) - len(failures)
+        self.stats.at(invoked.partition).handled += len(invoked.records) - len(failures)
         if failures:
-            await self._deliver(failures, lane)
+            await self._deliver(invoked.partition, failures, lane)
         if self.stateful is not None:
             await self.stateful.completed(invoked.partition, invoked.records[-1].offset + 1, lane)
 
@@ -217,8 +229,10 @@ class FunctionRunner:
         lane: Busy,
         invocations: list[Invocation],
         records: Sequence[SourceRecord],
+        attempt: int,
     ) -> Any:
-        """One invocation with these records of the batch; returns the response for the failure policy to read."""
+        """One invocation with these records of the batch (the `attempt`-th for them); returns the response for the
+        failure policy to read. Its log lines, span and histograms say which records and which request it was."""
         if lane.stopping:
             raise StopProcessing
         if not self._native:
@@ -230,24 +244,48 @@ class FunctionRunner:
         else:  # a part of it, after a partial failure or a bisection
             wanted = {r.offset for r in records}
             payload = [record for record in decoded if record.offset in wanted]
-        self.stats.invoked += len(records)
+        counts = self.stats.at(partition)
+        counts.invoked += len(records)
+        request_id = new_request_id()
+        span = None if self._tracer is None else self._tracer.start(partition, records, attempt, request_id)
+        logged = bind(
+            function=self.function.name,  # a chained function runs in its caller's lane
+            offsets=f"{records[0].offset}-{records[-1].offset}",
+            request_id=request_id,
+            **({} if span is None else trace_fields(span)),
+        )
+        current = nullcontext() if span is None else within(span)
+        started = time.perf_counter()
+        outcome, error = "cancelled", None  # unless it returns or raises
         lane.busy += 1
         try:
-            response = await self._invoker.invoke(payload)
+            with current:  # the handler's own spans are the invocation's children
+                response = await self._invoker.invoke(payload, request_id)
             if isinstance(self.stateful, LambdaWindows):
                 response = await self.stateful.accepted(partition, records, response, lane)
+            outcome = _outcome(response)
         except BatchItemFailures as reported:  # a native handler's partial failure, raised
-            response = reported
-        except Exception:
-            self.stats.failed_invocations += 1
+            response, outcome = reported, "partial"
+        except Exception as failed:
+            counts.failed_invocations += 1
+            outcome, error = ("timeout" if isinstance(failed, InvocationTimeout) else "error"), failed
             raise
         finally:
             lane.busy -= 1
-        self.stats.batches += 1
+            unbind(logged)
+            if outcome in FAILED_OUTCOMES:  # Lambda's FailedInvokeEventCount counts partial responses too
+                counts.failed_invoked += len(records)
+            if span is not None:
+                finish(span, outcome, error)
+            if self._instruments is not None:
+                self._instruments.invocation(partition, len(records), time.perf_counter() - started, outcome)
+        counts.batches += 1
         if not self._outputs:
             return response
         if emitting := items(response, self.function.style):
-            invocations.append((records, emitted(self.function.name, partition, records, emitting)))
+            trace = trace_context(records) if span is None else headers_of(span)
+            first, last = records[0].offset, records[-1].offset
+            invocations.append((records, emitted_at(self.function.name, partition, first, last, trace, emitting)))
         # What the failure policy reads: a partial batch response; the outputs are not one.
         if self._native:
             return response if isinstance(response, BatchItemFailures) else None
@@ -292,7 +330,8 @@ class FunctionRunner:
         finally:
             lane.busy -= 1
         if error is None:
-            self.stats.outputs += len(outputs)
+            source = outputs[0].source
+            self.stats.at(Partition(source.topic, source.partition)).outputs += len(outputs)
         return error
 
     async def _resolve(self, records: Sequence[SourceRecord]) -> None:
@@ -343,7 +382,7 @@ class FunctionRunner:
 
         return value_of
 
-    async def _deliver(self, failures: list[FailedRecord], lane: Busy) -> None:
+    async def _deliver(self, partition: Partition, failures: list[FailedRecord], lane: Busy) -> None:
         """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""
         failures.sort(key=lambda f: f.record.offset)
         if self._destination is None:
@@ -357,15 +396,19 @@ class FunctionRunner:
                     f.invoke_count,
                     f.error,
                 )
-            self.stats.dropped += len(failures)
+            self.stats.at(partition).dropped += len(failures)
             return
         destination = self._destination
 
         async def deliver() -> None:
-            await destination.deliver(self.origin, failures)
+            try:
+                await destination.deliver(self.origin, failures)
+            except Exception:
+                self.stats.at(partition).delivery_errors += 1
+                raise
 
         await self.until_done(deliver, lane, f"writing {len(failures)} failed records to {destination}")
-        self.stats.dead_lettered += len(failures)
+        self.stats.at(partition).dead_lettered += len(failures)
 
     async def until_done(self, action: Callable[[], Awaitable[None]], lane: Busy, what: str) -> None:
         """Run `action` until it succeeds, with the function's backoff between attempts: for what must happen
@@ -396,8 +439,12 @@ class FunctionRunner:
         state.attempt_number = attempt
         return self._retrying.wait(state)
 
-    def _count_split(self) -> None:
-        self.stats.bisections += 1
+
+def _outcome(response: Any) -> str:
+    """How an invocation that returned went, for its span and histograms: partial if it reported failed items."""
+    if isinstance(response, BatchItemFailures) or (isinstance(response, dict) and response.get("batchItemFailures")):
+        return "partial"
+    return "success"
 
 
 def _record(r: SourceRecord, value: Any, key: Any) -> Record:

@@ -172,7 +172,7 @@ class LambdaWindows:
                 if error is not None:
                     raise error
             except Exception:
-                self._stats.failed_invocations += 1
+                self._stats.at(partition).failed_invocations += 1
                 raise
             finally:
                 lane.busy -= 1
@@ -181,8 +181,9 @@ class LambdaWindows:
         assert window is not None
         what = f"{partition}: the final invocation of window {window.shown()['start']}"
         await self._until_done(invoke_final, lane, what)
-        self._stats.batches += 1
-        self._stats.windows_closed += 1
+        counts = self._stats.at(partition)
+        counts.batches += 1
+        counts.windows_closed += 1
         state.meta = {"window": state.meta["window"], "state": {}, "first": next_offset} if early else {}
 
 

@@ -18,7 +18,8 @@ from streamfn.app import App
 from streamfn.chain import Chains
 from streamfn.poller import Poller
 from streamfn.record import Partition
-from streamfn.stats import FunctionStats
+from streamfn.stats import Counts, FunctionStats
+from streamfn.telemetry import Telemetry
 
 log = logging.getLogger("streamfn.worker")
 
@@ -31,16 +32,18 @@ WINDOW_CLOSE_SECONDS = 2.0
 class FunctionSummary:
     name: str
     group_id: str
-    stats: FunctionStats
+    stats: Counts
+    """The function's counts, all partitions added up."""
     committed_records: int
     offsets: dict[Partition, int]
 
 
 class Worker:
-    def __init__(self, app: App, default_servers: str | None) -> None:
+    def __init__(self, app: App, default_servers: str | None, telemetry: Telemetry | None = None) -> None:
         self.app = app
+        telemetry = telemetry or Telemetry()
         self.stats = {name: FunctionStats() for name in app.functions}
-        self.chains = Chains(app, self.stats)
+        self.chains = Chains(app, self.stats, telemetry)
         self.pollers = [
             Poller(
                 f,
@@ -48,10 +51,13 @@ class Worker:
                 self.stats[f.name],
                 self.chains,
                 f.source.changelog(group_id=f.group_id, default_servers=default_servers) if f.stateful else None,
+                telemetry.function(f.name),
             )
             for f in app.functions.values()
             if f.source is not None
         ]
+        if telemetry.instruments is not None:
+            telemetry.instruments.observe(self.stats, self.pollers)
         self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
 
@@ -88,7 +94,7 @@ class Worker:
             FunctionSummary(
                 name,
                 function.group_id,
-                self.stats[name],
+                self.stats[name].total(),
                 p.checkpoint.committed_records if (p := pollers.get(name)) else 0,
                 (self._offsets.get(name) or p.checkpoint.offsets()) if p else {},
             )
