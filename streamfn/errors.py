@@ -10,6 +10,10 @@ from pydantic import ValidationError
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
+class Unreachable(Exception):
+    """A system a command reads from (a broker) did not answer; the CLI prints the message as one line."""
+
+
 class ConfigError(Exception):
     """A pipeline that cannot run as written. The message names function, field, value and what is allowed."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from streamfn.record import Partition, Record, SourceRecord
 
@@ -76,6 +76,16 @@ class Destination(Protocol):
         """Write every failure and return only once the destination has acknowledged them all."""
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Countable(Protocol):
+    """A destination that can say how many dead letters it holds (`streamfn status`); optional for destinations."""
+
+    async def depth(self, default_servers: str | None) -> int:
+        """Records in the destination now (Kafka: over every partition, the true end minus the beginning offset);
+        `default_servers`: the function's source servers. Raises streamfn.errors.Unreachable if it does not
+        answer."""
 
 
 class StopProcessing(BaseException):

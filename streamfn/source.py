@@ -7,11 +7,55 @@ protocols and the engine drives them. Kafka is the first implementation (streamf
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streamfn.changelog import Changelog
 from streamfn.formats import Codec
 from streamfn.record import Partition, Record, SourceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    """Where a consumer group stands in one partition, as `streamfn status` reports it."""
+
+    partition: Partition
+    committed: int | None
+    """The group's committed offset (the next record it will process); None if it has committed none."""
+    beginning: int
+    """The first offset still in the log."""
+    end: int
+    """The true log end: the offset the next new record will get."""
+
+    @property
+    def lag(self) -> int:
+        """Records not yet processed: end - committed. With nothing committed, end - beginning: every record still in
+        the log counts as lag, whatever the starting position will make of them once the function runs."""
+        return self.end - (self.beginning if self.committed is None else self.committed)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """A function's consumer group (checkpoint namespace): who is in it and how far behind each partition is."""
+
+    group_id: str
+    servers: str
+    """Where the source is (Kafka: its bootstrap servers)."""
+    state: str
+    """The group's state as the source reports it (Kafka: Empty, Stable, PreparingRebalance, ...)."""
+    members: tuple[str, ...]
+    """Member ids of the processes in the group now (which partitions each holds is not asked: Tansu cannot say)."""
+    partitions: tuple[PartitionStatus, ...]
+    """Every partition of the source's streams that exist, in (topic, partition) order."""
+
+    @property
+    def total_lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def max_lag(self) -> int:
+        """The largest lag of one partition: Lambda's OffsetLag metric for a Kafka event source mapping."""
+        return max((p.lag for p in self.partitions), default=0)
 
 
 class AssignmentListener(Protocol):
@@ -79,3 +123,8 @@ class Source(Protocol):
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        """The group's members and, per partition, its committed offset and the true end (`streamfn status`).
+        Reads only: joins no group, commits nothing, creates no stream. Raises streamfn.errors.Unreachable if the
+        source does not answer."""

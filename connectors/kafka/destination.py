@@ -26,6 +26,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import Field, PrivateAttr
 
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
@@ -89,6 +90,16 @@ class KafkaTopic(TopicFormat):
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()  # a function still sharing it starts it again on its next delivery
+
+    async def depth(self, default_servers: str | None) -> int:
+        """Records in the topic now: over its partitions, the true end minus the beginning offset (0 if the topic
+        does not exist yet: it is created by its first dead letter)."""
+        servers = self.servers(default_servers)
+        if servers is None:
+            raise ConfigError(f"{self} has no bootstrap servers to count its records on")
+        with unreachable(f"topic {self.topic!r}", servers):
+            ranges = await offset_ranges(servers, [self.topic])
+        return sum(end - beginning for beginning, end in ranges.values())
 
 
 class TopicWriter:

@@ -8,13 +8,13 @@ group (as Lambda's does) and a partition moving before its first record cannot s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats import close_codecs, open_codecs
 from streamfn.record import Partition, Record, SourceRecord
 from streamfn.source import AssignmentListener
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamfn.kafka")
 
-PROBE_TIMEOUT_SECONDS = 5.0
 FETCH_MAX_WAIT_MS = 50
 """How long a fetch may wait at the broker for data. A partition resumed after backpressure is fetched only once
 the request in flight (for partitions with nothing new) returns, so this bounds its stall; aiokafka's 500 ms
@@ -142,7 +141,7 @@ class KafkaReader:
         if position == "TRIM_HORIZON":
             beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
             return beginnings
-        ends = await self._log_ends(partitions)
+        ends = await log_ends(self.servers, partitions)  # not ListOffsets(latest): see offsets.py
         if position == "LATEST":
             return ends
         assert self.source.starting_position_timestamp is not None
@@ -150,26 +149,3 @@ class KafkaReader:
         found = await self._consumer.offsets_for_times({tp: wanted for tp in partitions})
         # No record at or after the timestamp means "the end". Tansu answers that with timestamp -1.
         return {tp: ends[tp] if hit is None or hit.timestamp < 0 else hit.offset for tp, hit in found.items()}
-
-    async def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The true log end offsets.
-
-        ListOffsets(latest) is not enough: some Kafka-compatible brokers (Tansu) answer the base offset of the
-        last record batch + 1. The fetch high watermark is right, so fetch the last record once and read it.
-        """
-        answered: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
-        nonempty = [tp for tp in partitions if answered[tp] > 0]
-        if not nonempty:
-            return answered
-        probe = AIOKafkaConsumer(bootstrap_servers=self.servers, enable_auto_commit=False, group_id=None)
-        await probe.start()
-        try:
-            probe.assign(nonempty)
-            for tp in nonempty:
-                probe.seek(tp, answered[tp] - 1)
-            deadline = time.monotonic() + PROBE_TIMEOUT_SECONDS
-            while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in nonempty):
-                await probe.getmany(*nonempty, timeout_ms=200)
-            return {tp: max(answered[tp], probe.highwater(tp) or 0) for tp in partitions}
-        finally:
-            await probe.stop()

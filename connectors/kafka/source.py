@@ -10,6 +10,9 @@ from pydantic import AliasChoices, Field, model_validator
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.reader import KafkaReader
+from streamfn.connectors.kafka.status import group_status
+from streamfn.errors import ConfigError
+from streamfn.source import GroupStatus
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
@@ -111,3 +114,9 @@ class KafkaSource(TopicFormat):
         if servers is None:
             raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
         return KafkaChangelog(servers, group_id, self.topics)
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        servers = self.servers(default_servers)
+        if servers is None:
+            raise ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)")
+        return await group_status(servers, group_id, self.topics)
