@@ -1,4 +1,4 @@
-"""The `streamfn` command: run, validate and produce.
+"""The `streamfn` command: run, validate, produce, redrive and status.
 
 Every configuration problem ends the same way: one line on stderr naming the function, field, value and what is
 allowed, and exit code 2, with no traceback.
@@ -7,6 +7,7 @@ allowed, and exit code 2, with no traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from contextlib import ExitStack
@@ -23,8 +24,13 @@ from streamfn.connectors.kafka.produce import Produced, produce_lines
 from streamfn.connectors.kafka.redrive import redrive as redrive_dead_letters
 from streamfn.connectors.kafka.source import SERVERS_ENV
 from streamfn.embedded import EmbeddedBroker
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, Unreachable
+from streamfn.health import DEFAULT_STUCK_AFTER_SECONDS
+from streamfn.live import show_progress
 from streamfn.loader import load_app
+from streamfn.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
+from streamfn.status import report as status_report
+from streamfn.status import status_table
 from streamfn.worker import FunctionSummary, Worker
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
@@ -80,9 +86,39 @@ def run(
         typer.Option(help="Stop once every record is handled and committed and nothing arrived for SECONDS."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(envvar="STREAMFN_LOG_FORMAT", help="text, or json: one object per line with its fields.")
+    ] = "text",
+    metrics: Annotated[
+        str,
+        typer.Option(
+            envvar="OTEL_METRICS_EXPORTER",
+            help="Metrics exporters, comma-separated: none, console, otlp, prometheus.",
+        ),
+    ] = "none",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics (implies prometheus).")
+    ] = None,
+    traces: Annotated[
+        str, typer.Option(envvar="OTEL_TRACES_EXPORTER", help="Traces exporter: none, console or otlp.")
+    ] = "none",
+    health_port: Annotated[
+        int | None, typer.Option(help="Serve /ready and /live at http://HOST:PORT for orchestrators.")
+    ] = None,
+    stuck_after: Annotated[
+        float, typer.Option(min=1, help="/live fails when a partition's records wait this long (seconds).")
+    ] = DEFAULT_STUCK_AFTER_SECONDS,
+    progress_interval: Annotated[
+        float, typer.Option(min=0.1, help="Off a terminal: a progress line per function every SECONDS.")
+    ] = PROGRESS_INTERVAL_SECONDS,
 ) -> None:
     """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        reporting = operations(
+            log_level, log_format, metrics, metrics_port, traces, health_port, stuck_after, progress_interval
+        )
+    except ConfigError as error:
+        _fail(error)
     app = _load(pipeline)
     seeds = [_seed(spec) for spec in seed or []]
     with ExitStack() as stack:
@@ -94,7 +130,7 @@ def run(
             bootstrap_servers = broker.address
             out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
         try:
-            summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle))
+            summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle, reporting))
         except ConfigError as error:
             _fail(error)
     _print_summary(summaries)
@@ -106,6 +142,7 @@ async def _run(
     seeds: list[tuple[str, Path]],
     key_field: str | None,
     until_idle: float | None,
+    reporting: Operations,
 ) -> list[FunctionSummary]:
     for topic, file in seeds:
         assert servers is not None
@@ -114,7 +151,25 @@ async def _run(
         out.print(
             f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
         )
-    return await Worker(app, servers).run(until_idle=until_idle)
+    worker = Worker(app, servers, reporting.exporters.telemetry)
+    endpoints = reporting.endpoints(worker)
+    for endpoint in endpoints:
+        try:
+            endpoint.start()
+        except OSError as error:
+            raise ConfigError(f"port {endpoint.port} cannot be served: {error.strerror}") from None
+    live = out.is_terminal
+    progress = asyncio.create_task(
+        show_progress(worker, console=out, live=live, interval=1.0 if live else reporting.progress_interval)
+    )
+    try:
+        return await worker.run(until_idle=until_idle)
+    finally:
+        progress.cancel()
+        await asyncio.gather(progress, return_exceptions=True)
+        for endpoint in endpoints:
+            endpoint.stop()
+        reporting.exporters.shutdown()
 
 
 def _seed(spec: str) -> tuple[str, Path]:
@@ -226,6 +281,46 @@ def produce(
     except FileNotFoundError:
         _fail(ConfigError(f"file {str(file)!r} does not exist"))
     out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
+
+
+STATUS_TIMEOUT_SECONDS = 15.0
+UNREACHABLE_EXIT = 1
+
+
+@cli.command()
+def status(
+    pipeline: Path,
+    bootstrap_servers: Servers = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (keys documented in the README).")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Give up if the brokers have not answered everything within SECONDS.")
+    ] = STATUS_TIMEOUT_SECONDS,
+) -> None:
+    """Show each function's consumer group: members, committed offset, end and lag per partition, dead letters."""
+    app = _load(pipeline)
+    if _needs_embedded(app, bootstrap_servers):
+        _fail(ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # the Kafka client's own logs: failures end in one line below instead
+    try:
+        document = asyncio.run(asyncio.wait_for(status_report(app, bootstrap_servers), timeout))
+    except ConfigError as error:
+        _fail(error)
+    except Unreachable as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(UNREACHABLE_EXIT) from None
+    except TimeoutError:
+        where = bootstrap_servers or "the sources' brokers"
+        print(f"error: no answer from Kafka at {where} within {timeout:g} s (--timeout)", file=sys.stderr)
+        raise typer.Exit(UNREACHABLE_EXIT) from None
+    finally:
+        logging.disable(disabled)
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        out.print(status_table(document))
 
 
 def _unkeyed(produced: Produced, key_field: str | None) -> str:
