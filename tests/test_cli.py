@@ -134,3 +134,94 @@ def test_compose_stack_runs_an_example_against_its_kafka() -> None:
     assert "INTERNAL://kafka:29092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     seed = services["seed"]["command"]
     assert seed[0] == "produce" and (ROOT / seed[2]).is_file()
+
+
+def _option(command: list[str], name: str) -> str:
+    """The value after `name` in a compose command list (`--metrics-port 9464`) or joined to it (`--config=x`)."""
+    for i, arg in enumerate(command):
+        if arg == name:
+            return command[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} missing from {command}")
+
+
+def _mounted(service: dict[str, Any], target: str) -> dict[str, Any]:
+    """The repository file a service mounts at `target` (short syntax `./deploy/x.yml:/target:ro`), parsed."""
+    for volume in service.get("volumes", []):
+        source, mounted, *_ = volume.split(":")
+        if mounted == target:
+            loaded: dict[str, Any] = yaml.safe_load((ROOT / source).read_text())
+            return loaded
+    raise AssertionError(f"nothing mounted at {target}: {service.get('volumes')}")
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """("otel-collector", 4318) from http://otel-collector:4318, otel-collector:4318 or 0.0.0.0:4318."""
+    host, port = endpoint.split("://")[-1].rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_compose_observability_stack_is_wired_together() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    assert {"kafka", "seed", "worker", "otel-collector", "jaeger", "prometheus"} <= services.keys()
+    for name, service in services.items():
+        if "image" in service:
+            image = service["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin a version, not {image}"
+
+    # The worker serves metrics and health on the ports its command names, and its healthcheck asks /ready there.
+    worker = services["worker"]
+    metrics_port = int(_option(worker["command"], "--metrics-port"))
+    health_port = int(_option(worker["command"], "--health-port"))
+    assert _option(worker["command"], "--log-format") == "json"
+    assert f"http://localhost:{health_port}/ready" in " ".join(worker["healthcheck"]["test"])
+
+    # The collector reads deploy/otel-collector.yaml; every component a pipeline names is declared.
+    collector = services["otel-collector"]
+    otelcol = _mounted(collector, _option(collector["command"], "--config"))
+    pipelines = otelcol["service"]["pipelines"]
+    for pipeline in pipelines.values():
+        for kind in ("receivers", "processors", "exporters"):
+            for name in pipeline.get(kind, []):
+                declared = {**otelcol.get(kind, {}), **({} if kind == "processors" else otelcol.get("connectors", {}))}
+                assert name in declared, f"pipeline uses {kind[:-1]} {name!r}, not declared"
+
+    # Workers send OTLP/HTTP to the collector service, on the port its http receiver listens on (all interfaces).
+    env = worker["environment"]
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_SERVICE_NAME"] == "streamfn-orders"
+    protocols = otelcol["receivers"]["otlp"]["protocols"]
+    assert "otlp" in pipelines["traces"]["receivers"] and {"grpc", "http"} <= protocols.keys()
+    http_host, http_port = _host_port(protocols["http"]["endpoint"])
+    assert http_host == "0.0.0.0" and _host_port(protocols["grpc"]["endpoint"])[0] == "0.0.0.0"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://")
+    assert _host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == ("otel-collector", http_port)
+    assert worker["depends_on"]["otel-collector"]
+
+    # Traces go on to the jaeger service's OTLP receiver (gRPC 4317 for `otlp`, HTTP 4318 for `otlphttp`).
+    to_jaeger = [
+        (name.split("/")[0], _host_port(otelcol["exporters"][name]["endpoint"]))
+        for name in pipelines["traces"]["exporters"]
+        if name.split("/")[0] in ("otlp", "otlphttp")
+    ]
+    assert any(host == "jaeger" and port == {"otlp": 4317, "otlphttp": 4318}[kind] for kind, (host, port) in to_jaeger)
+    jaeger = services["jaeger"]
+    assert str(jaeger["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+
+    # Prometheus reads deploy/prometheus.yml: every worker replica (DNS A records of the service) on --metrics-port,
+    # and the collector's prometheus exporter on the port that exporter listens on.
+    exporters = [name for name in pipelines["metrics"]["exporters"] if name.split("/")[0] == "prometheus"]
+    assert exporters, "the collector's metrics pipeline exports to no prometheus exporter"
+    collector_metrics = _host_port(otelcol["exporters"][exporters[0]]["endpoint"])
+    assert collector_metrics[0] == "0.0.0.0"
+    prometheus = services["prometheus"]
+    scrape = _mounted(prometheus, "/etc/prometheus/prometheus.yml")["scrape_configs"]
+    worker_sd = [sd for job in scrape for sd in job.get("dns_sd_configs", []) if "worker" in sd["names"]]
+    assert [(sd.get("type"), sd["port"]) for sd in worker_sd] == [("A", metrics_port)]
+    targets = {target for job in scrape for static in job.get("static_configs", []) for target in static["targets"]}
+    assert f"otel-collector:{collector_metrics[1]}" in targets
+
+    # The UIs the header comment sends people to are published on those host ports.
+    for service, port in ((jaeger, 16686), (prometheus, 9090)):
+        assert f"{port}:{port}" in service["ports"] and f"http://localhost:{port}" in text
