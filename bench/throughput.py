@@ -249,7 +249,7 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
 
     def first_call() -> None:
         if not called:
-            called.append((harness.now(), poller.stats.polled))
+            called.append((harness.now(), poller.stats.total().polled))
 
     async def native_noop(records: list[Record]) -> None:
         first_call()
