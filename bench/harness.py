@@ -32,6 +32,7 @@ from rich.table import Table
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
 from streamfn.embedded import EmbeddedBroker
+from streamfn.telemetry import Telemetry
 from streamfn.worker import FunctionSummary, Worker
 
 SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for session_timeout/2: keep it short
@@ -113,14 +114,22 @@ def prefilled(records: int, seconds: float) -> str:
 # --- a streamfn worker -----------------------------------------------------------------------------------------
 
 
-def streamfn_worker(servers: str, topic: str, group: str, handler: Callable[..., Any], **parameters: Any) -> Worker:
-    """A worker running `handler` over `topic` (JSON values) in a fresh consumer `group`, with `parameters`."""
+def streamfn_worker(
+    servers: str,
+    topic: str,
+    group: str,
+    handler: Callable[..., Any],
+    telemetry: Telemetry | None = None,
+    **parameters: Any,
+) -> Worker:
+    """A worker running `handler` over `topic` (JSON values) in a fresh consumer `group`, with `parameters`;
+    `telemetry`: its metrics and traces (None: off, the default)."""
     app = App("bench")
     source = KafkaSource(
         topics=[topic], consumer_group_id=group, session_timeout_ms=SESSION_TIMEOUT_MS, value_format="json"
     )
     app.function(source=source, timeout=HANDLER_TIMEOUT_SECONDS, **parameters)(handler)
-    return Worker(app, default_servers=servers)
+    return Worker(app, default_servers=servers, telemetry=telemetry)
 
 
 async def run_until_committed(worker: Worker, records: int) -> tuple[FunctionSummary, Mark]:

@@ -15,6 +15,14 @@ What it measures
          all three are evaluated and the handler still sees every record): the cost of filtering against (b);
     (b+out) streamfn, native handler returning every record's value, written to a KafkaTopic output on the same
          broker (acks=all, awaited before the commit): the cost of an output against (b), which has none.
+    (b+metrics) (b) with metrics on: an SDK MeterProvider with a PrometheusMetricReader, scraped once a second from
+         another thread (prometheus_client's generate_latest, as the --metrics-port endpoint serves it); each run
+         checks the last scrape counted every invocation. The cost of the histograms against (b).
+    (b+traces) (b) with tracing on: an SDK TracerProvider with a BatchSpanProcessor and an exporter that discards
+         the spans, so the cost is creating, ending and queueing one span per invocation (no I/O); each run checks
+         every invocation's span reached the exporter.
+    (b+all) (b) with both.
+    Telemetry is off in every other variant: (b) against the code before observability is "off costs nothing".
 
     The variants run interleaved (a, b, c, c', a, b, c, c', ...) `--repeats` times, because the machine is small and
     noisy; the table shows every run, the median records/s, and the ratio of medians against (a).
@@ -32,6 +40,7 @@ How it times
 
 Run from the repository root:  python bench/throughput.py [--records N] [--repeats N] [--batch-size N] [--window S]
                                [--variants a,b,c,c-async] [-v]
+       Observability:           python bench/throughput.py --variants a,b,b-metrics,b-traces,b-all --repeats 5
 """
 
 from __future__ import annotations
@@ -41,24 +50,36 @@ import asyncio
 import gc
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import harness
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from streamfn import Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.context import LambdaContext
+from streamfn.stats import Counts
+from streamfn.telemetry import Telemetry
 
 PARTITIONS = 4
 FETCH_MAX_BYTES = 16 * 1024 * 1024  # as streamfn's KafkaReader
 RSS_SAMPLE_SECONDS = 0.02
 LAMBDA_DEFAULT_WINDOW = 0.5
+SCRAPE_SECONDS = 1.0
+"""(b+metrics): how often the metrics are collected during a run, as a Prometheus scrape would."""
+INVOCATIONS_METRIC = "streamfn_invocation_duration_seconds"
 
 
 @dataclass(frozen=True)
@@ -80,8 +101,14 @@ VARIANTS = {
         Variant("c-async", "(c') Lambda-style: async def noop(event, ctx) (extra)", None),
         Variant("b-out", "(b+out) native, each value out to a KafkaTopic", None),
         Variant("b-3f", "(b+3f) native no-op behind 3 filters", None),
+        Variant("b-metrics", "(b+metrics) native no-op, metrics on, scraped 1/s", None),
+        Variant("b-traces", "(b+traces) native no-op, tracing on, spans dropped", None),
+        Variant("b-all", "(b+all) native no-op, metrics and tracing on", None),
     )
 }
+
+OBSERVED = {"b-metrics": (True, False), "b-traces": (False, True), "b-all": (True, True)}
+"""The variants with telemetry on: (metrics, traces)."""
 
 
 THREE_FILTERS = {
@@ -166,6 +193,77 @@ def spread(records: int, value_bytes: int) -> Iterator[harness.ToProduce]:
         yield None, make_value(i, value_bytes), i % PARTITIONS
 
 
+# --- telemetry -------------------------------------------------------------------------------------------------
+
+
+class DiscardSpans(SpanExporter):
+    """Counts the spans and drops them: what tracing costs the worker without an exporter's encoding and I/O."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+class Observability:
+    """A run's telemetry with metrics and/or tracing on, as `streamfn run --metrics prometheus` and `--traces`
+    would set it up, minus the network: the metrics are scraped once a second from another thread (as the HTTP
+    endpoint's thread does), the spans go through the SDK's batch processor to an exporter that drops them.
+    `async with` scrapes while the run is under way, then shuts the providers down (flushing the spans)."""
+
+    def __init__(self, metrics: bool, traces: bool) -> None:
+        self.reader = PrometheusMetricReader() if metrics else None  # registers with prometheus_client's REGISTRY
+        self.meter_provider = MeterProvider(metric_readers=[self.reader]) if self.reader is not None else None
+        self.exporter = DiscardSpans()
+        self.tracer_provider = TracerProvider() if traces else None
+        if self.tracer_provider is not None:
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(self.exporter))
+        self.telemetry = Telemetry(self.meter_provider, self.tracer_provider)
+        self.scrapes = 0
+        self.last_scrape = ""
+        self._scraper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Observability:
+        if self.reader is not None:
+            self._scraper = asyncio.create_task(self._scrape_every_second())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._scraper is not None:
+            self._scraper.cancel()
+            await asyncio.gather(self._scraper, return_exceptions=True)
+            await self._scrape()  # after the run: what it counted
+        for provider in (self.meter_provider, self.tracer_provider):
+            if provider is not None:
+                provider.shutdown()  # the reader leaves the registry; queued spans are exported
+
+    async def _scrape_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(SCRAPE_SECONDS)
+            await self._scrape()
+
+    async def _scrape(self) -> None:
+        self.last_scrape = (await asyncio.to_thread(generate_latest, REGISTRY)).decode()
+        self.scrapes += 1
+
+    def check(self, stats: Counts) -> None:
+        """Raise unless every invocation was counted by the metrics and/or reached the span exporter."""
+        invocations = stats.batches + stats.failed_invocations
+        if self.reader is not None:
+            counted = sum(
+                sample.value
+                for family in text_string_to_metric_families(self.last_scrape)
+                for sample in family.samples
+                if sample.name == f"{INVOCATIONS_METRIC}_count"
+            )
+            if counted != invocations:
+                raise RuntimeError(f"metrics counted {counted:g} invocations of {invocations}")
+        if self.tracer_provider is not None and self.exporter.spans != invocations:
+            raise RuntimeError(f"{self.exporter.spans} spans exported for {invocations} invocations")
+
+
 # --- variants --------------------------------------------------------------------------------------------------
 
 
@@ -243,7 +341,8 @@ async def send_again(
 
 
 async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
-    """(b), (c), (c'): a streamfn worker with a no-op handler; the clock starts at the first handler call."""
+    """(b), (c), (c') and the rest: a streamfn worker with a no-op handler (or the variant's); the clock starts at
+    the first handler call."""
     # (clock mark, records polled so far) at the first handler call; list.append is thread-safe (sync handlers)
     called: list[tuple[harness.Mark, int]] = []
 
@@ -270,14 +369,17 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         "c-async": lambda_async_noop,
         "b-out": native_forward,
         "b-3f": native_noop,
+        **dict.fromkeys(OBSERVED, native_noop),
     }
     outputs = [KafkaTopic(f"{group}-out")] if style == "b-out" else []
     filters = THREE_FILTERS if style == "b-3f" else None
+    observed = Observability(*OBSERVED[style]) if style in OBSERVED else None
     worker = harness.streamfn_worker(
         settings.servers,
         settings.topic,
         group,
         handlers[style],
+        telemetry=observed.telemetry if observed is not None else None,
         name="noop",
         batch_size=settings.batch_size,
         maximum_batching_window_in_seconds=settings.window,
@@ -285,7 +387,10 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
         filter_criteria=filters,
     )
     poller = worker.pollers[0]
-    summary, end = await harness.run_until_committed(worker, settings.records)
+    async with observed if observed is not None else nullcontext():
+        summary, end = await harness.run_until_committed(worker, settings.records)
+    if observed is not None:
+        observed.check(summary.stats)
     expected_outputs = settings.records if outputs else 0
     if (
         summary.stats.failed_invocations
