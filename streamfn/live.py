@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import IO, Any, cast
 
 from rich.console import Console
@@ -110,22 +110,13 @@ def snapshot(
 
 def total(rows: Sequence[Progress]) -> Progress:
     """All functions added up (lag and partitions over the functions that have them)."""
-    lags = [r.lag for r in rows if r.lag is not None]
-    partitions = [r.partitions for r in rows if r.partitions is not None]
-    return Progress(
-        function=TOTAL,
-        at=max((r.at for r in rows), default=0.0),
-        handled=sum(r.handled for r in rows),
-        handled_per_second=sum(r.handled_per_second for r in rows),
-        polled=sum(r.polled for r in rows),
-        lag=sum(lags) if lags else None,
-        in_flight=sum(r.in_flight for r in rows),
-        failed_invocations=sum(r.failed_invocations for r in rows),
-        dead_lettered=sum(r.dead_lettered for r in rows),
-        dropped=sum(r.dropped for r in rows),
-        committed=sum(r.committed for r in rows),
-        partitions=sum(partitions) if partitions else None,
-    )
+
+    def added(name: str) -> Any:
+        known = [value for r in rows if (value := getattr(r, name)) is not None]
+        return sum(known) if known else None
+
+    summed = {f.name: added(f.name) for f in fields(Progress) if f.name not in ("function", "at")}
+    return Progress(function=TOTAL, at=max((r.at for r in rows), default=0.0), **summed)
 
 
 def _rate(per_second: float) -> str:

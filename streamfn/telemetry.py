@@ -63,14 +63,17 @@ class Telemetry:
 class Exporters:
     """The providers `streamfn run` built, to shut down (flushing spans and metrics) when the worker stops."""
 
-    telemetry: Telemetry
-    prometheus: bool = False
-    """A Prometheus reader is registered with prometheus_client's registry: serve it on --metrics-port."""
-    _shutdown: list[SdkMeterProvider | SdkTracerProvider] = field(default_factory=list)
+    meter_provider: SdkMeterProvider | None
+    tracer_provider: SdkTracerProvider | None
+    telemetry: Telemetry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.telemetry = Telemetry(self.meter_provider, self.tracer_provider)
 
     def shutdown(self) -> None:
-        for provider in self._shutdown:
-            provider.shutdown()
+        for provider in (self.meter_provider, self.tracer_provider):
+            if provider is not None:
+                provider.shutdown()
 
 
 def exporters(metrics: Sequence[MetricsExporter], traces: TracesExporter) -> Exporters:
@@ -83,9 +86,7 @@ def exporters(metrics: Sequence[MetricsExporter], traces: TracesExporter) -> Exp
     if traces != "none":
         tracer_provider = SdkTracerProvider(resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
-    built = Exporters(Telemetry(meter_provider, tracer_provider), prometheus="prometheus" in metrics)
-    built._shutdown.extend(p for p in (meter_provider, tracer_provider) if p is not None)
-    return built
+    return Exporters(meter_provider, tracer_provider)
 
 
 def _reader(name: MetricsExporter) -> MetricReader:
