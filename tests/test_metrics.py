@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections import defaultdict
 from typing import Any
 
 from conftest import Out, committed, create_topic, produce, read_topic, source
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamfn import App, BatchItemFailures, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.telemetry import Telemetry
+from streamfn.endpoint import Endpoint
+from streamfn.operations import prometheus_metrics
+from streamfn.telemetry import Telemetry, exporters
 from streamfn.worker import Worker
 
 SKIPPED = {2, 7, 12, 17}
@@ -149,3 +153,46 @@ async def test_lambda_event_counts_per_function_and_partition_are_exact(broker: 
     ] == [("RetryAttemptsExhausted", b"4")]
     for function in app.functions.values():
         assert await committed(broker, function.group_id, topic, 2) == {0: 10, 1: 10}
+
+
+async def test_the_prometheus_endpoint_serves_the_counts_under_lambdas_names(broker: str, name: Any) -> None:
+    """What `streamfn run --metrics-port` serves: the counts per partition, as Prometheus scrapes them."""
+    topic = name("t")
+    await create_topic(broker, topic, 2)
+    await produce(broker, topic, [Out(b'{"n": %d}' % n, partition=n % 2) for n in range(7)])
+    app = App("scraped")
+
+    @app.function(source=source(topic, name("g")))
+    def handler(records: list[Record]) -> None:
+        pass
+
+    built = exporters(["prometheus"], "none")
+    worker = Worker(app, broker, built.telemetry)
+    endpoint = Endpoint(0, {"/metrics": prometheus_metrics}, host="127.0.0.1")
+    endpoint.start()
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        deadline = time.monotonic() + 30
+        while worker.pollers[0].checkpoint.offsets() != {(topic, 0): 4, (topic, 1): 3}:
+            assert time.monotonic() < deadline and not task.done(), "not all committed in time"
+            await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+        scraped = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())).decode()
+    finally:
+        worker.stop()
+        await task
+        endpoint.stop()
+        built.shutdown()  # the reader leaves prometheus_client's registry
+    samples = {
+        (s.name, s.labels.get("partition")): s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+        if s.labels.get("function") == "handler"
+    }
+    assert {k: v for k, v in samples.items() if k[0] in ("polledeventcount_total", "committedeventcount_total")} == {
+        ("polledeventcount_total", "0"): 4,
+        ("polledeventcount_total", "1"): 3,
+        ("committedeventcount_total", "0"): 4,
+        ("committedeventcount_total", "1"): 3,
+    }
+    assert samples[("offsetlag", "0")] == samples[("offsetlag", "1")] == samples[("maxoffsetlag", None)] == 0
