@@ -93,7 +93,7 @@ async def test_ready_after_assignment_and_not_live_while_a_partition_is_stuck(br
             [stuck] = body["stuck"]  # partition 1 flows on: only partition 0 is stuck
             assert stuck["function"] == "handler"
             assert stuck["partition"] == f"{topic}-0"
-            assert stuck["stuck_for_seconds"] > STUCK_AFTER
+            assert stuck["stuck_for_seconds"] >= STUCK_AFTER  # rounded to 0.1 s: 2.04 reads 2.0
             assert stuck["in_flight"] >= 1
             code, alias = await get(endpoint.port, "/health")  # the alias answers the same
             assert code == 503 and [s["partition"] for s in alias["stuck"]] == [f"{topic}-0"]
