@@ -300,6 +300,8 @@ def produce(
             produced = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field))
     except FileNotFoundError:
         _fail(ConfigError(f"file {str(file)!r} does not exist"))
+    except Unreachable as error:
+        _unreachable(error)
     out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
 
 

@@ -86,8 +86,9 @@ class Poller:
             await self._runner.open(
                 self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event)
             )
-            if not await self._start_reader():
+            if not await self._connect():
                 return
+            await self.reader.start(self)
             log.info(
                 "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
                 self.function.name,
@@ -107,8 +108,8 @@ class Poller:
             await self._runner.close()
             log.info("function %s: poller stopped", self.function.name)
 
-    async def _start_reader(self) -> bool:
-        """Start the reader, trying again while its source is unreachable, for at most the connect timeout; False
+    async def _connect(self) -> bool:
+        """Connect the reader, trying again while its source is unreachable, for at most the connect timeout; False
         if stopped meanwhile. Only the start is bounded: a source unreachable from the start is a wrong address or
         a cluster that is down, said in one line; one that goes away later is waited for by the fetch loop."""
         loop = asyncio.get_running_loop()
@@ -119,7 +120,7 @@ class Poller:
             try:
                 # The attempt made at the deadline still gets a moment: a broker that refuses answers at once.
                 async with asyncio.timeout_at(max(deadline, loop.time() + LAST_ATTEMPT_SECONDS)):
-                    await self.reader.start(self)
+                    await self.reader.connect()
                 return True
             except (Unreachable, TimeoutError) as error:
                 failure = str(error) if isinstance(error, Unreachable) else f"no answer from {self.reader.servers}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from conftest import SESSION_MS, committed, create_topic, produce_values, start_cli, wait_for, write_pipeline
+from conftest import SESSION_MS, committed, create_topic, produce_values, run_cli, start_cli, wait_for, write_pipeline
 
 from streamfn.embedded import free_port
 
@@ -154,3 +154,14 @@ async def test_a_source_topic_that_does_not_exist_is_named_in_a_warning(
         for function in ("first", "second")
     ]
     assert process.returncode == 0, log.read_text()[-3000:]
+
+
+def test_produce_to_an_unreachable_cluster_fails_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    servers = f"127.0.0.1:{port}"
+    lines = tmp_path / "orders.jsonl"
+    lines.write_text('{"n": 1}\n')
+    result = run_cli("produce", "orders", str(lines), servers=servers)
+    assert result.returncode == 1, result.stderr
+    refused = f"Unable connect to \"{servers}\": [Errno 111] Connect call failed ('127.0.0.1', {port})"
+    assert _lines(result.stderr) == [f"error: cannot connect to Kafka at {servers} ({refused})"]

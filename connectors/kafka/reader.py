@@ -78,10 +78,11 @@ class KafkaReader:
             client_id=f"streamfn-{group_id}",
         )
 
-    async def start(self, listener: AssignmentListener) -> None:
-        """Connect (Unreachable if no broker answers: start may be called again), then subscribe, warning of each
-        source topic that does not exist."""
+    async def connect(self) -> None:
         await connect(self._consumer, self.servers)  # not subscribed yet: its metadata lists the topics that exist
+
+    async def start(self, listener: AssignmentListener) -> None:
+        """Subscribe (once connected), warning of each source topic that does not exist."""
         await open_codecs(self.value_codec, self.key_codec)
         missing = [topic for topic in self.source.topics if self._consumer.partitions_for_topic(topic) is None]
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
