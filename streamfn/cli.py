@@ -29,6 +29,7 @@ from streamfn.health import DEFAULT_STUCK_AFTER_SECONDS
 from streamfn.live import show_progress
 from streamfn.loader import load_app
 from streamfn.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
+from streamfn.poller import CONNECT_TIMEOUT_SECONDS
 from streamfn.status import report as status_report
 from streamfn.status import status_table
 from streamfn.worker import FunctionSummary, Worker
@@ -38,6 +39,7 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream funct
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 CONFIG_ERROR_EXIT = 2
+UNREACHABLE_EXIT = 1
 
 Servers = Annotated[
     str | None,
@@ -48,6 +50,11 @@ Servers = Annotated[
 def _fail(error: ConfigError) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     raise typer.Exit(CONFIG_ERROR_EXIT)
+
+
+def _unreachable(error: Unreachable) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise typer.Exit(UNREACHABLE_EXIT)
 
 
 def _load(pipeline: Path) -> App:
@@ -111,6 +118,14 @@ def run(
     progress_interval: Annotated[
         float, typer.Option(min=0.1, help="Off a terminal: a progress line per function every SECONDS.")
     ] = PROGRESS_INTERVAL_SECONDS,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="STREAMFN_CONNECT_TIMEOUT",
+            help="At start, keep trying to reach each source's brokers for SECONDS, then fail (exit code 1).",
+        ),
+    ] = CONNECT_TIMEOUT_SECONDS,
 ) -> None:
     """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
     try:
@@ -130,9 +145,13 @@ def run(
             bootstrap_servers = broker.address
             out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
         try:
-            summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle, reporting))
+            summaries = asyncio.run(
+                _run(app, bootstrap_servers, seeds, key_field, until_idle, reporting, connect_timeout)
+            )
         except ConfigError as error:
             _fail(error)
+        except Unreachable as error:
+            _unreachable(error)
     _print_summary(summaries)
 
 
@@ -143,6 +162,7 @@ async def _run(
     key_field: str | None,
     until_idle: float | None,
     reporting: Operations,
+    connect_timeout: float,
 ) -> list[FunctionSummary]:
     for topic, file in seeds:
         assert servers is not None
@@ -151,7 +171,7 @@ async def _run(
         out.print(
             f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
         )
-    worker = Worker(app, servers, reporting.exporters.telemetry)
+    worker = Worker(app, servers, reporting.exporters.telemetry, connect_timeout=connect_timeout)
     endpoints = reporting.endpoints(worker)
     for endpoint in endpoints:
         try:
@@ -280,11 +300,12 @@ def produce(
             produced = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field))
     except FileNotFoundError:
         _fail(ConfigError(f"file {str(file)!r} does not exist"))
+    except Unreachable as error:
+        _unreachable(error)
     out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
 
 
 STATUS_TIMEOUT_SECONDS = 15.0
-UNREACHABLE_EXIT = 1
 
 
 @cli.command()
@@ -309,8 +330,7 @@ def status(
     except ConfigError as error:
         _fail(error)
     except Unreachable as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise typer.Exit(UNREACHABLE_EXIT) from None
+        _unreachable(error)
     except TimeoutError:
         where = bootstrap_servers or "the sources' brokers"
         print(f"error: no answer from Kafka at {where} within {timeout:g} s (--timeout)", file=sys.stderr)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 
 from streamfn.app import StreamFunction
 from streamfn.chain import Chains
 from streamfn.changelog import Changelog
 from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
+from streamfn.errors import Unreachable
 from streamfn.failure import FailureOrigin
 from streamfn.formats import is_plain
 from streamfn.logs import bind
@@ -31,6 +33,11 @@ log = logging.getLogger("streamfn.poller")
 
 FETCH_TIMEOUT_SECONDS = 0.2
 FETCH_ERROR_BACKOFF_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 30.0
+"""How long a poller tries to reach its source at start (`run --connect-timeout`) before the run fails."""
+CONNECT_RETRY_SECONDS = (1.0, 2.0, 4.0, 5.0)
+"""Pauses between connection attempts at start, the last repeated."""
+LAST_ATTEMPT_SECONDS = 1.0
 
 
 class Poller:
@@ -42,6 +49,7 @@ class Poller:
         chains: Chains,
         changelog: Changelog | None = None,
         telemetry: FunctionTelemetry = NO_TELEMETRY,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self.function = function
         self.reader = reader
@@ -62,6 +70,7 @@ class Poller:
         state = self._runner.stateful
         self.checkpoint = Checkpoint(reader, function.name, stats, state.store.write if state is not None else None)
         self._chains = chains
+        self._connect_timeout = connect_timeout
         self._stopping = asyncio.Event()
         self._resolve_for_filters = function.config.filter_criteria is not None and not is_plain(reader.value_codec)
 
@@ -73,25 +82,61 @@ class Poller:
     async def run(self) -> None:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
         bind(function=self.function.name)  # this task's log lines (the poller's own task: never unbound)
-        await self._runner.open(self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event))
-        await self.reader.start(self)
-        log.info(
-            "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
-            self.function.name,
-            self.reader.description,
-            self.function.group_id,
-            self.function.config.batch_size,
-            self.function.config.maximum_batching_window_in_seconds,
-        )
-        committer = asyncio.create_task(self.checkpoint.run(), name=f"streamfn:{self.function.name}:commit")
-        try:
-            await self._fetch_until_stopped()
+        try:  # whatever fails, every client opened so far is closed
+            await self._runner.open(
+                self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event)
+            )
+            if not await self._connect():
+                return
+            await self.reader.start(self)
+            log.info(
+                "function %s: poller started (%s, group %s, batch_size %d, window %gs)",
+                self.function.name,
+                self.reader.description,
+                self.function.group_id,
+                self.function.config.batch_size,
+                self.function.config.maximum_batching_window_in_seconds,
+            )
+            committer = asyncio.create_task(self.checkpoint.run(), name=f"streamfn:{self.function.name}:commit")
+            try:
+                await self._fetch_until_stopped()
+            finally:
+                await self._release(set(self.workers))
+                committer.cancel()
         finally:
-            await self._release(set(self.workers))
-            committer.cancel()
             await self.reader.stop()
             await self._runner.close()
             log.info("function %s: poller stopped", self.function.name)
+
+    async def _connect(self) -> bool:
+        """Connect the reader, trying again while its source is unreachable, for at most the connect timeout; False
+        if stopped meanwhile. Only the start is bounded: a source unreachable from the start is a wrong address or
+        a cluster that is down, said in one line; one that goes away later is waited for by the fetch loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        pauses = iter(CONNECT_RETRY_SECONDS)
+        pause = CONNECT_RETRY_SECONDS[0]
+        while not self._stopping.is_set():
+            try:
+                # The attempt made at the deadline still gets a moment: a broker that refuses answers at once.
+                async with asyncio.timeout_at(max(deadline, loop.time() + LAST_ATTEMPT_SECONDS)):
+                    await self.reader.connect()
+                return True
+            except (Unreachable, TimeoutError) as error:
+                failure = str(error) if isinstance(error, Unreachable) else f"no answer from {self.reader.servers}"
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unreachable(
+                    f"function {self.function.name!r}: {failure}; gave up after {self._connect_timeout:g} s "
+                    "(--connect-timeout)"
+                )
+            pause = min(next(pauses, pause), left)
+            log.warning(
+                "function %s: %s; trying again in %.1f s (gives up in %.0f s)", self.function.name, failure, pause, left
+            )
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+        return False
 
     def stop(self) -> None:
         self._stopping.set()

@@ -79,7 +79,12 @@ class SourceReader(Protocol):
     key_codec: Codec | None
     """How keys are decoded; None keeps them as bytes."""
 
-    async def start(self, listener: AssignmentListener) -> None: ...
+    async def connect(self) -> None:
+        """Reach the source. Raises streamfn.errors.Unreachable if it does not answer; may then be called again (the
+        poller does, within `run --connect-timeout`)."""
+
+    async def start(self, listener: AssignmentListener) -> None:
+        """Once connected: start reading, telling `listener` of the partitions it is assigned."""
 
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
         """Records that arrived, by partition, in offset order; empty after `timeout` seconds without any."""
@@ -105,7 +110,7 @@ class SourceReader(Protocol):
         (`decoded`: the records as already decoded, for formats with a schema; see LambdaEvent)."""
 
     async def stop(self) -> None:
-        """Leave the group and close; called after the final commit."""
+        """Leave the group and close; called after the final commit, and also after a failed or no connect."""
 
 
 class Source(Protocol):

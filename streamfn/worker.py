@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from streamfn.app import App
 from streamfn.chain import Chains
-from streamfn.poller import Poller
+from streamfn.poller import CONNECT_TIMEOUT_SECONDS, Poller
 from streamfn.record import Partition
 from streamfn.stats import Counts, FunctionStats
 from streamfn.telemetry import Telemetry
@@ -39,7 +39,14 @@ class FunctionSummary:
 
 
 class Worker:
-    def __init__(self, app: App, default_servers: str | None, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        default_servers: str | None,
+        telemetry: Telemetry | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
         self.app = app
         telemetry = telemetry or Telemetry()
         self.stats = {name: FunctionStats() for name in app.functions}
@@ -52,6 +59,7 @@ class Worker:
                 self.chains,
                 f.source.changelog(group_id=f.group_id, default_servers=default_servers) if f.stateful else None,
                 telemetry.function(f.name),
+                connect_timeout,
             )
             for f in app.functions.values()
             if f.source is not None
@@ -79,8 +87,11 @@ class Worker:
             if any(t.exception() for t in done):
                 self.stop()
                 await asyncio.wait(tasks)
-            for task in tasks:
-                task.result()  # a poller that failed fails the worker, after the others stopped cleanly
+            # A poller that failed fails the worker, after the others stopped cleanly. Every failure is retrieved
+            # (several pollers can fail alike: an unreachable cluster) and the first is raised.
+            failures = [error for task in tasks if (error := task.exception()) is not None]
+            if failures:
+                raise failures[0]
         finally:
             if watcher:
                 watcher.cancel()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from streamfn.connectors.kafka.connect import connect
+
 
 def _key(line: bytes, key_field: str | None) -> bytes | None:
     """The key from a JSON object's field; None when the line is no JSON object or lacks the field."""
@@ -33,9 +35,9 @@ class Produced:
 async def produce_lines(servers: str, topic: str, lines: Iterable[bytes], *, key_field: str | None = None) -> Produced:
     """Produce each non-empty line as one record's value, keyed by a JSON field if given."""
     producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5, acks="all")
-    await producer.start()
     count = unkeyed = 0
     try:
+        await connect(producer, servers)
         for raw in lines:
             line = raw.rstrip(b"\r\n")
             if not line:

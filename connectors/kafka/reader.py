@@ -7,12 +7,14 @@ group (as Lambda's does) and a partition moving before its first record cannot s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats import close_codecs, open_codecs
@@ -29,6 +31,10 @@ FETCH_MAX_WAIT_MS = 50
 the request in flight (for partitions with nothing new) returns, so this bounds its stall; aiokafka's 500 ms
 default cost a third of the throughput when partitions are paused and resumed often."""
 MAX_FETCH_BYTES = 16 * 1024 * 1024
+TOPIC_CREATION_WAIT_SECONDS = 2.0
+"""How long start waits for the metadata of a source topic that did not exist (brokers that create topics on
+first use answer within milliseconds) before saying that it was not created."""
+METADATA_CHECK_SECONDS = 0.05
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -72,10 +78,38 @@ class KafkaReader:
             client_id=f"streamfn-{group_id}",
         )
 
+    async def connect(self) -> None:
+        await connect(self._consumer, self.servers)  # not subscribed yet: its metadata lists the topics that exist
+
     async def start(self, listener: AssignmentListener) -> None:
+        """Subscribe (once connected), warning of each source topic that does not exist."""
         await open_codecs(self.value_codec, self.key_codec)
+        missing = [topic for topic in self.source.topics if self._consumer.partitions_for_topic(topic) is None]
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
-        await self._consumer.start()
+        if missing:
+            await self._warn_missing(missing)
+
+    async def _warn_missing(self, topics: list[str]) -> None:
+        """One warning per source topic that did not exist. Subscribing asks for its metadata, which makes brokers
+        with auto-creation on (Tansu, Kafka's default) create it: the function then waits for records nobody may
+        ever produce there, which a misspelt name would otherwise never tell."""
+        for _ in range(round(TOPIC_CREATION_WAIT_SECONDS / METADATA_CHECK_SECONDS)):
+            if all(self._consumer.partitions_for_topic(topic) is not None for topic in topics):
+                break
+            await asyncio.sleep(METADATA_CHECK_SECONDS)
+        for topic in topics:
+            partitions = self._consumer.partitions_for_topic(topic)
+            if partitions is None:
+                outcome = "the function reads nothing from it until it is created"
+            else:
+                outcome = f"the broker created it (auto-creation, {len(partitions)} partitions) and it is empty"
+            log.warning(
+                "group %s: source topic %r did not exist on %s: %s; is the name right?",
+                self.group_id,
+                topic,
+                self.servers,
+                outcome,
+            )
 
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
         # TopicPartition and Partition are equal tuples, so the mapping serves both without conversion.
