@@ -1,6 +1,7 @@
 """A partition's buffer of fetched records and the rule that cuts them into batches.
 
-A batch is cut when it holds `batch_size` records, when its payload would pass Lambda's 6 MB limit, or when the
+A batch is cut when it holds `batch_size` records, when its payload (headers included) would pass Lambda's 6 MB
+limit (a record that passes it alone is a batch of its own, which the runner routes to on_failure), or when the
 batching window, which starts when the batch's first record arrived (Lambda's rule for Kafka), has elapsed.
 The buffer is bounded: past its high mark (records or bytes) it asks the reader to pause the partition, and resumes
 it once the worker has drained it below half, so a slow handler holds memory flat instead of letting fetches pile
@@ -27,12 +28,28 @@ RECORD_OVERHEAD_BYTES = 200
 """What one record adds to a Lambda event beyond its base64 key and value (metadata fields, JSON syntax)."""
 
 
+HEADER_VALUE_WEIGHT = 3
+"""A header value's byte weighs three key or value bytes: the event spells it as a decimal number and a comma (up to
+4 characters, as 3 bytes take in base64)."""
+HEADER_OVERHEAD_BYTES = 6
+"""What one header adds beyond its name and value (JSON syntax), before base64's 4/3 is applied to the whole."""
+
+
 def raw_size(record: SourceRecord) -> int:
-    return record.serialized_key_size + record.serialized_value_size
+    """What a record weighs in the buffer and, once `event_size` applies base64's 4/3, in an event: its key and
+    value bytes, and its headers' names and values (weighted as the event spells them)."""
+    size = record.serialized_key_size + record.serialized_value_size
+    if record.headers:  # most records have none: no loop for them
+        size += sum(
+            len(name) + HEADER_VALUE_WEIGHT * len(value or b"") + HEADER_OVERHEAD_BYTES
+            for name, value in record.headers
+        )
+    return size
 
 
 def event_size(raw: int) -> int:
-    """A record's share of a Lambda event, from its key and value bytes: base64 of both, plus fixed overhead."""
+    """A record's share of a Lambda event, from its `raw_size`: base64 of key and value (headers weighted as
+    spelled), plus fixed overhead."""
     return (raw + 4) * 4 // 3 + 1 + RECORD_OVERHEAD_BYTES
 
 
@@ -87,7 +104,7 @@ class PartitionBuffer:
         self._head = 0  # records of the first chunk already taken
         self._count = 0
         self.bytes = 0
-        """Key and value bytes buffered (a chunk counts whole until its last record is taken)."""
+        """Bytes buffered, by `raw_size` (a chunk counts whole until its last record is taken)."""
         self._high_mark = max(2 * batch_size, 1000)
         self._paused = False
         self._arrived = asyncio.Event()

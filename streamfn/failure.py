@@ -25,6 +25,8 @@ class Condition(StrEnum):
     """streamfn's own: an aggregation's record whose windows had all closed (event time below the watermark)."""
     AGGREGATION_ERROR = "AggregationError"
     """streamfn's own: an aggregation's key, timestamp or fold raised for this record."""
+    MAXIMUM_PAYLOAD_SIZE_EXCEEDED = "MaximumPayloadSizeExceeded"
+    """The record alone would take the invocation's payload past Lambda's 6 MB: it is not invoked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,18 @@ class FailedRecord:
     """The function error of its last invocation; None for a record that was not invoked for its age."""
     batch_size: int
     """Records in the last invocation that included it."""
+    window: FailedWindow | None = None
+    """A tumbling window whose final invocation failed for good (then `record` stands for its last record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWindow:
+    """What a tumbling window's dead letter carries instead of one record: the final invocation's event (window,
+    state, flags) and the offsets of the records the window covered (they were committed with the state)."""
+
+    event: dict[str, Any]
+    first_offset: int
+    last_offset: int
 
 
 class LambdaEvent(Protocol):
@@ -96,6 +110,10 @@ class StopProcessing(BaseException):
 
 class PartialFailure(Exception):
     """The handler reported failed items: a function error with status 200 (no exception), as Lambda's."""
+
+
+class PayloadSizeExceeded(Exception):
+    """A record whose event alone would pass the invocation payload limit: it is routed without an invocation."""
 
 
 class InvalidResponse(Exception):

@@ -56,22 +56,26 @@ class Health:
         return _json(200 if ready else 503, {"ready": ready, "functions": functions})
 
     def live(self) -> tuple[int, str, bytes]:
-        """200 unless a partition has had records pending for more than `stuck_after` seconds without moving on
-        (then 503, naming each stuck function and partition and for how long)."""
+        """200 unless a partition has had records pending for more than `stuck_after` seconds without moving on,
+        or has been held that long (records that failed with nowhere to go, retried each round): then 503, naming
+        each stuck function and partition, for how long, and what it holds."""
         now = time.monotonic()
         stuck = []
         for poller in list(self.worker.pollers):
             for worker in list(poller.workers.values()):
-                waited = worker.stuck_for(now)
+                holds = [h for h in list(worker.runner.holds) if h.partition == worker.partition]
+                held = min(holds, key=lambda h: h.offset, default=None)
+                waited = max(worker.stuck_for(now), 0.0 if held is None else now - held.since)
                 if waited > self.stuck_after:
-                    stuck.append(
-                        {
-                            "function": poller.function.name,
-                            "partition": str(worker.partition),
-                            "stuck_for_seconds": round(waited, 1),
-                            "in_flight": worker.in_flight,
-                        }
-                    )
+                    entry: dict[str, Any] = {
+                        "function": poller.function.name,
+                        "partition": str(worker.partition),
+                        "stuck_for_seconds": round(waited, 1),
+                        "in_flight": worker.in_flight,
+                    }
+                    if held is not None:
+                        entry["held"] = {"offset": held.offset, "reason": held.reason, "rounds": held.rounds}
+                    stuck.append(entry)
         live = not stuck
         return _json(200 if live else 503, {"live": live, "stuck_after_seconds": self.stuck_after, "stuck": stuck})
 

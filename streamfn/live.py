@@ -36,9 +36,11 @@ COLUMNS = (
     "dropped",
     "committed",
     "partitions",
+    "held",
 )
 """`handled/s`: records whose invocation succeeded, per second over the last interval (polled/s would count
-records merely fetched, which a stalled handler can keep high until its buffers fill)."""
+records merely fetched, which a stalled handler can keep high until its buffers fill). `held`: partitions that
+cannot move on (`partition@offset`), empty when none."""
 
 TOTAL = "total"
 
@@ -63,6 +65,9 @@ class Progress:
     committed: int
     partitions: int | None
     """Partitions owned now; None for a function without a source."""
+    held: tuple[tuple[str, int, str], ...] = ()
+    """Partitions held (partition, lowest offset held, why): failures with nowhere to go and no policy to drop
+    them, a window's final invocation or a destination that keeps failing."""
 
 
 def snapshot(
@@ -80,12 +85,15 @@ def snapshot(
         lag: int | None = None
         in_flight = 0
         partitions: int | None = None
+        held: tuple[tuple[str, int, str], ...] = ()
         if poller is not None:
             workers = list(poller.workers.values())
             lags = poller.lag()
             lag = sum(lags.values()) if lags or not workers else None
             in_flight = sum(w.in_flight for w in workers)
             partitions = len(workers)
+            if workers:
+                held = tuple(sorted((str(h.partition), h.offset, h.reason) for h in list(workers[0].runner.holds)))
         before = previous.get(name) if previous else None
         elapsed = now - before.at if before else 0.0
         rate = (counts.handled - before.handled) / elapsed if before and elapsed > 0 else 0.0
@@ -103,6 +111,7 @@ def snapshot(
                 dropped=counts.dropped,
                 committed=counts.committed,
                 partitions=partitions,
+                held=held,
             )
         )
     return rows
@@ -115,8 +124,9 @@ def total(rows: Sequence[Progress]) -> Progress:
         known = [value for r in rows if (value := getattr(r, name)) is not None]
         return sum(known) if known else None
 
-    summed = {f.name: added(f.name) for f in fields(Progress) if f.name not in ("function", "at")}
-    return Progress(function=TOTAL, at=max((r.at for r in rows), default=0.0), **summed)
+    summed = {f.name: added(f.name) for f in fields(Progress) if f.name not in ("function", "at", "held")}
+    held = tuple(h for r in rows for h in r.held)
+    return Progress(function=TOTAL, at=max((r.at for r in rows), default=0.0), held=held, **summed)
 
 
 def _rate(per_second: float) -> str:
@@ -140,6 +150,7 @@ def _cells(row: Progress) -> tuple[str, ...]:
         str(row.dropped),
         str(row.committed),
         _known(row.partitions),
+        ", ".join(f"{partition}@{offset}" for partition, offset, _ in row.held),
     )
 
 
@@ -157,12 +168,14 @@ def progress_table(rows: Sequence[Progress]) -> Table:
 
 
 def progress_line(row: Progress) -> str:
-    """The plain line: `function enrich: 1234 handled/s, polled 5000, lag 12, in flight 40, ...`."""
+    """The plain line: `function enrich: 1234 handled/s, polled 5000, lag 12, in flight 40, ...`, then what is
+    held, if anything: `; held orders-0 offset 5 (DeserializationError: ...)`."""
+    held = "".join(f"; held {partition} offset {offset} ({why})" for partition, offset, why in row.held)
     return (
         f"function {row.function}: {_rate(row.handled_per_second)} handled/s, polled {row.polled}, "
         f"lag {_known(row.lag)}, in flight {row.in_flight}, failed invocations {row.failed_invocations}, "
         f"dead-lettered {row.dead_lettered}, dropped {row.dropped}, committed {row.committed}, "
-        f"partitions {_known(row.partitions)}"
+        f"partitions {_known(row.partitions)}{held}"
     )
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -22,11 +22,21 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from streamfn.aggregate import Aggregator
 from streamfn.app import StreamFunction
+from streamfn.batch import event_size, raw_size
 from streamfn.changelog import Changelog
+from streamfn.config import PAYLOAD_LIMIT_BYTES, FunctionConfig
 from streamfn.context import new_request_id
 from streamfn.delivery import Outputs
 from streamfn.emit import emitted_at, items, trace_context
-from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin, StopProcessing
+from streamfn.failure import (
+    BatchItemFailures,
+    Condition,
+    FailedRecord,
+    FailureOrigin,
+    PayloadSizeExceeded,
+    StopProcessing,
+)
+from streamfn.failure_log import FailureLog
 from streamfn.formats import Codec, is_plain
 from streamfn.handler import HandlerStyle, InvocationTimeout, Invoker
 from streamfn.logs import bind, unbind
@@ -56,6 +66,19 @@ class Busy(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
+class Hold:
+    """A partition that cannot move on: records failed with nowhere to go and no policy to drop them (or a
+    window's final invocation keeps failing), retried each round. Health and the live view show it."""
+
+    partition: Partition
+    offset: int
+    """The lowest offset held: the partition's commit stays at or below it."""
+    reason: str
+    since: float = field(default_factory=time.monotonic)
+    rounds: int = 0
 
 
 @dataclass(slots=True)
@@ -100,6 +123,10 @@ class FunctionRunner:
         self._tracer = telemetry.tracer
         self._instruments = telemetry.instruments
         self._destination = function.config.on_failure
+        self._drop_policy = drop_policy(function.config)
+        self._failure_log = FailureLog(function.name)
+        self.holds: set[Hold] = set()
+        """What the function's lanes hold now (read by the health probes and the live view)."""
         self.stateful = self._stateful(changelog)
         """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
 
@@ -128,6 +155,8 @@ class FunctionRunner:
             invoke=self._invoker.invoke,
             write=self._write_emitted,
             until_done=self.until_done,
+            deliver=self._deliver,
+            retry_limit=config.retry_limit,
             stats=self.stats,
             idle_seconds=config.window_idle_seconds,
         )
@@ -145,6 +174,7 @@ class FunctionRunner:
         await self._outputs.open(context)
 
     async def close(self) -> None:
+        self._failure_log.flush()
         if self.stateful is not None:
             await self.stateful.store.stop()
         await self._outputs.close()
@@ -190,6 +220,12 @@ class FunctionRunner:
         failed for good. Nothing is written yet.
 
         `predecoded`: values already decoded (by the filters), by offset; taken out as they are used."""
+        if len(records) == 1 and not isinstance(self.stateful, Aggregator):  # only a record alone can be too large
+            size = event_size(raw_size(records[0]))
+            if size > PAYLOAD_LIMIT_BYTES:
+                error = PayloadSizeExceeded(f"the record makes a {size}-byte payload, above {PAYLOAD_LIMIT_BYTES}")
+                failure = FailedRecord(partition, records[0], Condition.MAXIMUM_PAYLOAD_SIZE_EXCEEDED, 0, error, 1)
+                return Invoked(partition, records, [], [failure])
         if self._resolves:
             await self._resolve(records)
         decoded, failures = self._decode_batch(partition, records, predecoded)
@@ -211,16 +247,57 @@ class FunctionRunner:
         return Invoked(partition, records, invocations, failures)
 
     async def complete(self, invoked: Invoked, lane: Busy) -> None:
-        """The second half: write the outputs to every sink, then the failures to the destination. Once it
-        returns, the batch may be committed."""
+        """The second half: write the outputs to every sink, then the failures to the destination (dropped under
+        an explicit policy; held and retried with neither). Once it returns, the batch may be committed."""
+        failures = await self._written(invoked, lane)
+        if failures and self._destination is None and self._drop_policy is None:
+            await self._hold(invoked.partition, failures, lane)
+        elif failures:
+            await self._deliver(invoked.partition, failures, lane)
+        if self.stateful is not None:
+            await self.stateful.completed(invoked.partition, invoked.records[-1].offset + 1, lane)
+
+    async def _written(self, invoked: Invoked, lane: Busy) -> list[FailedRecord]:
+        """Write what the invocations emitted; the records that failed (in invocation or in writing)."""
         failures = invoked.failures
         if invoked.invocations:
             failures += await self._write_outputs(invoked.partition, invoked.invocations, failures, lane)
         self.stats.at(invoked.partition).handled += len(invoked.records) - len(failures)
-        if failures:
-            await self._deliver(invoked.partition, failures, lane)
-        if self.stateful is not None:
-            await self.stateful.completed(invoked.partition, invoked.records[-1].offset + 1, lane)
+        return failures
+
+    async def _hold(self, partition: Partition, failures: list[FailedRecord], lane: Busy) -> None:
+        """Failures with no destination and no explicit policy to drop them: nothing may pass them, so they hold
+        the partition (as a poison record does on Lambda) and are run again through the normal path each round,
+        with the function's backoff, until they succeed (a registry or a sink that was down is back) or the lane
+        stops (left uncommitted for the next owner). Each round logs which record and why."""
+        hold = Hold(partition, failures[0].record.offset, "")
+        self.holds.add(hold)
+        try:
+            while failures:
+                failures.sort(key=lambda f: f.record.offset)
+                first = failures[0]
+                hold.offset, hold.reason = first.record.offset, f"{first.condition}: {first.error!r}"
+                hold.rounds += 1
+                delay = self.delay(hold.rounds)
+                log.warning(
+                    "function %s: %s offset %d held (%s: %r), %d record(s) in all: no on_failure destination and no "
+                    "drop policy (maximum_retry_attempts or maximum_record_age_in_seconds); round %d, retrying in "
+                    "%.2f s",
+                    self.function.name,
+                    partition,
+                    first.record.offset,
+                    first.condition,
+                    first.error,
+                    len(failures),
+                    hold.rounds,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                if lane.stopping:
+                    raise StopProcessing
+                failures = await self._written(await self.invoke(partition, [f.record for f in failures], lane), lane)
+        finally:
+            self.holds.discard(hold)
 
     async def _invoke(
         self,
@@ -383,19 +460,11 @@ class FunctionRunner:
         return value_of
 
     async def _deliver(self, partition: Partition, failures: list[FailedRecord], lane: Busy) -> None:
-        """Hand failures to the destination, retrying until it acknowledges them; nothing moves until then."""
+        """Hand failures to the destination, retrying until it acknowledges them (nothing moves until then), or
+        drop them when there is none (only under an explicit policy); either way each is logged (rate-limited)."""
         failures.sort(key=lambda f: f.record.offset)
-        if self._destination is None:
-            for f in failures:
-                log.error(
-                    "function %s: %s offset %d dropped (%s after %d invocations, no on_failure destination): %s",
-                    self.function.name,
-                    f.partition,
-                    f.record.offset,
-                    f.condition,
-                    f.invoke_count,
-                    f.error,
-                )
+        if self._destination is None:  # only under an explicit policy (else held), or a window's final
+            self._failure_log.left(failures, "dropped", f"no on_failure, policy {self._drop_policy}")
             self.stats.at(partition).dropped += len(failures)
             return
         destination = self._destination
@@ -407,37 +476,72 @@ class FunctionRunner:
                 self.stats.at(partition).delivery_errors += 1
                 raise
 
-        await self.until_done(deliver, lane, f"writing {len(failures)} failed records to {destination}")
+        what = f"writing {len(failures)} failed records to {destination}"
+        await self.until_done(deliver, lane, what, held=(partition, failures[0].record.offset))
         self.stats.at(partition).dead_lettered += len(failures)
+        self._failure_log.left(failures, "dead-lettered", f"to {destination}")
 
-    async def until_done(self, action: Callable[[], Awaitable[None]], lane: Busy, what: str) -> None:
-        """Run `action` until it succeeds, with the function's backoff between attempts: for what must happen
-        before the partition moves on (dead letters, a window's final invocation). Stopping ends it uncommitted."""
+    async def until_done(
+        self,
+        action: Callable[[], Awaitable[None]],
+        lane: Busy,
+        what: str,
+        *,
+        limit: int | None = None,
+        held: tuple[Partition, int] | None = None,
+    ) -> Exception | None:
+        """Run `action` until it succeeds (None), with the function's backoff between attempts, or until `limit`
+        retries failed too (their last error): for what must happen before the partition moves on (dead letters, a
+        window's final invocation). While it fails, the partition shows as held at `held` (partition, offset), if
+        given. Stopping ends it uncommitted."""
         attempt = 0
-        while True:
-            if lane.stopping:
-                raise StopProcessing
-            try:
-                await action()
-                return
-            except Exception as error:
-                attempt += 1
-                delay = self.delay(attempt)
-                log.error(
-                    "function %s: %s failed (attempt %d): %r; retrying in %.2f s",
-                    self.function.name,
-                    what,
-                    attempt,
-                    error,
-                    delay,
-                )
-            await asyncio.sleep(delay)
+        hold: Hold | None = None
+        try:
+            while True:
+                if lane.stopping:
+                    raise StopProcessing
+                try:
+                    await action()
+                    return None
+                except Exception as error:
+                    attempt += 1
+                    if limit is not None and attempt > limit:
+                        return error
+                    delay = self.delay(attempt)
+                    log.error(
+                        "function %s: %s failed (attempt %d of %s): %r; retrying in %.2f s",
+                        self.function.name,
+                        what,
+                        attempt,
+                        "unlimited" if limit is None else limit + 1,
+                        error,
+                        delay,
+                    )
+                    if held is not None:
+                        hold = hold or Hold(*held, "")
+                        hold.reason, hold.rounds = f"{what}: {error!r}", attempt
+                        self.holds.add(hold)
+                await asyncio.sleep(delay)
+        finally:
+            if hold is not None:
+                self.holds.discard(hold)
 
     def delay(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""
         state = RetryCallState(self._retrying, None, (), {})
         state.attempt_number = attempt
         return self._retrying.wait(state)
+
+
+def drop_policy(config: FunctionConfig) -> str | None:
+    """The policy the user set under which failures without a destination are dropped, as the log names it; None
+    for the defaults (-1, -1), under which nothing is dropped."""
+    explicit = [
+        f"{name}={value}"
+        for name in ("maximum_retry_attempts", "maximum_record_age_in_seconds")
+        if (value := getattr(config, name)) >= 0
+    ]
+    return ", ".join(explicit) or None
 
 
 def _outcome(response: Any) -> str:

@@ -7,7 +7,9 @@ window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly`, and must
 (beside `batchItemFailures` if it reports them); a response without a `state` object is a failed invocation,
 retried under the function's policy. Once a record of a later window arrives, or no record arrives for
 `window_idle_seconds` after the window's end, the final invocation runs (`isFinalInvokeForWindow: true`, no
-records, the window's state); if it fails it is retried until it succeeds, and the partition waits meanwhile. A
+records, the window's state); if it fails it is retried under the function's retry policy, then the window goes to
+`on_failure` as `RetryAttemptsExhausted` (its final event, with the state, and the offsets it covered); with
+infinite retries and no destination it is retried until it succeeds, and the partition waits meanwhile. A
 state above 1 MB ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
 same window goes on with a fresh state.
 
@@ -27,10 +29,11 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamfn.emit import emitted_at, items
-from streamfn.failure import FailedRecord, LambdaEvent
+from streamfn.failure import Condition, FailedRecord, FailedWindow, LambdaEvent
 from streamfn.handler import HandlerStyle
 from streamfn.record import Partition, SourceRecord
 from streamfn.sink import encode_json
@@ -47,8 +50,40 @@ STATE_LIMIT_BYTES = 1024 * 1024
 """Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
 
 RunSegment = Callable[[Sequence[SourceRecord]], Awaitable[list[FailedRecord]]]
-UntilDone = Callable[[Callable[[], Awaitable[None]], "Busy", str], Awaitable[None]]
-"""The runner's `until_done`: retry an action with the function's backoff until it succeeds."""
+Deliver = Callable[[Partition, list[FailedRecord], "Busy"], Awaitable[None]]
+"""The runner's `_deliver`: failures to the destination (or dropped, under an explicit policy)."""
+
+
+class UntilDone(Protocol):
+    """The runner's `until_done`: retry an action with the function's backoff until it succeeds or `limit` retries
+    failed too (then the last error)."""
+
+    def __call__(
+        self,
+        action: Callable[[], Awaitable[None]],
+        lane: Busy,
+        what: str,
+        *,
+        limit: int | None = None,
+        held: tuple[Partition, int] | None = None,
+    ) -> Awaitable[Exception | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEnd:
+    """What stands for a window in its dead letter's record place (a SourceRecord): its partition, the offset of
+    its last record and its end; no key, value or headers."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_type: int = 0
+    serialized_key_size: int = -1
+    serialized_value_size: int = -1
 
 
 class MissingState(Exception):
@@ -66,6 +101,8 @@ class LambdaWindows:
         invoke: Callable[[Any], Awaitable[Any]],
         write: WriteOutputs,
         until_done: UntilDone,
+        deliver: Deliver,
+        retry_limit: int | None,
         stats: FunctionStats,
         idle_seconds: float,
     ) -> None:
@@ -76,6 +113,8 @@ class LambdaWindows:
         self._invoke = invoke
         self._write = write
         self._until_done = until_done
+        self._deliver = deliver
+        self._retry_limit = retry_limit
         self._stats = stats
         self.idle_seconds = idle_seconds
 
@@ -154,12 +193,16 @@ class LambdaWindows:
     async def _final(
         self, partition: Partition, state: PartitionState, lane: Busy, next_offset: int, *, early: bool
     ) -> None:
-        """The window's final invocation, retried until it succeeds (the partition waits, as in Lambda); then the
-        state is dropped (an early end keeps the window, with a fresh state)."""
+        """The window's final invocation under the function's retry policy (the partition waits meanwhile, as in
+        Lambda); once the retries are exhausted, the window goes to on_failure (or is dropped under an explicit
+        policy). Then the state is dropped (an early end keeps the window, with a fresh state)."""
         last = next_offset - 1
         first = min(state.meta.get("first", last), last)  # the window's records: the final's provenance
+        attempts = 0
 
         async def invoke_final() -> None:
+            nonlocal attempts
+            attempts += 1
             payload = self._event(partition, ()) | self.fields(partition, final=True, early=early)  # fresh state
             lane.busy += 1
             try:
@@ -180,9 +223,23 @@ class LambdaWindows:
         window = _open(state)
         assert window is not None
         what = f"{partition}: the final invocation of window {window.shown()['start']}"
-        await self._until_done(invoke_final, lane, what)
+        error = await self._until_done(invoke_final, lane, what, limit=self._retry_limit, held=(partition, next_offset))
         counts = self._stats.at(partition)
-        counts.batches += 1
+        if error is None:
+            counts.batches += 1
+        else:
+            event = self._event(partition, ()) | self.fields(partition, final=True, early=early)
+            stands_for = WindowEnd(partition.topic, partition.partition, last, window.end)
+            failed = FailedRecord(
+                partition,
+                stands_for,
+                Condition.RETRY_ATTEMPTS_EXHAUSTED,
+                attempts,
+                error,
+                0,
+                FailedWindow(event, first, last),
+            )
+            await self._deliver(partition, [failed], lane)
         counts.windows_closed += 1
         state.meta = {"window": state.meta["window"], "state": {}, "first": next_offset} if early else {}
 

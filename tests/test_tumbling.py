@@ -252,7 +252,7 @@ async def test_a_response_without_state_is_retried_then_dead_lettered(broker: st
     assert await committed(broker, group, topic, 1) == {0: 12}
 
 
-# --- 3. a failing final invocation blocks the partition until it succeeds ---------------------------------------
+# --- 3. a failing final invocation follows the retry policy ---------------------------------------------------
 
 
 async def test_a_failing_final_invocation_is_retried_until_it_succeeds_and_the_partition_waits(
@@ -267,8 +267,7 @@ async def test_a_failing_final_invocation_is_retried_until_it_succeeds_and_the_p
         source=source(topic, group),
         tumbling_window_in_seconds=60,
         window_idle_seconds=1,
-        batch_size=4,
-        maximum_retry_attempts=0,  # the records' policy; a final invocation is retried regardless, as Lambda's
+        batch_size=4,  # retries -1 (the default) and no on_failure: retried until it succeeds, nothing is dropped
         backoff=FAST,
         outputs=[KafkaTopic(out)],
     )(summing(calls, fail_finals=2))
@@ -289,6 +288,50 @@ async def test_a_failing_final_invocation_is_retried_until_it_succeeds_and_the_p
         {"window": window(0), "sum": 15, "count": 6},
         {"window": window(1), "sum": 51, "count": 6},
     ]
+    assert await committed(broker, group, topic, 1) == {0: 12}
+
+
+async def test_a_final_invocation_that_keeps_failing_is_retried_per_policy_then_the_window_is_dead_lettered(
+    broker: str, name: Any
+) -> None:
+    topic, group, out, dlq = name("t"), name("g"), name("out"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce(broker, topic, records(range(12)))
+    calls = Calls()
+    app = App("tumbling")
+    app.function(
+        source=source(topic, group),
+        tumbling_window_in_seconds=60,
+        window_idle_seconds=1,
+        batch_size=4,
+        maximum_retry_attempts=2,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        outputs=[KafkaTopic(out)],
+    )(summing(calls, fail_finals=3))  # window 0's final fails on every attempt; window 1's succeeds
+
+    await run_worker(app, broker, lambda: len(calls.finals()) == 4, timeout=30)
+
+    first = [c for c in calls if c.final and c.window == window(0)]
+    assert len(first) == 3  # maximum_retry_attempts + 1
+    assert all(c.state == fold({}, list(range(6))) for c in first)
+    [letter] = await read_topic(broker, dlq, 2, timeout=1.0)
+    headers = dict(letter.headers)
+    assert letter.key is None
+    assert (headers["streamfn.source.offset"], headers["streamfn.error.condition"]) == (b"5", b"RetryAttemptsExhausted")
+    dead = orjson.loads(letter.value)
+    assert dead["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert dead["requestContext"]["approximateInvokeCount"] == 3
+    assert dead["responseContext"]["functionError"] == "Unhandled"
+    assert (dead["errorType"], dead["errorMessage"]) == ("RuntimeError", "final invocation failure 3")
+    assert dead["KafkaBatchInfo"]["recordInfo"] == {"offset": 5, "timestamp": BASE + MINUTE}
+    assert dead["KafkaBatchInfo"]["windowInfo"] == {"firstOffset": 0, "lastOffset": 5}
+    payload = dead["payload"]
+    assert payload["records"] == {f"{topic}-0": []}
+    assert (payload["window"], payload["state"]) == (window(0), fold({}, list(range(6))))
+    assert (payload["isFinalInvokeForWindow"], payload["isWindowTerminatedEarly"]) == (True, False)
+    # The partition moved on: window 1 ran and closed, and everything is committed.
+    assert await read_all(broker, out, 1) == [{"window": window(1), "sum": 51, "count": 6}]
     assert await committed(broker, group, topic, 1) == {0: 12}
 
 

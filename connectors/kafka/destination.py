@@ -154,7 +154,8 @@ class TopicWriter:
 
 def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:
     record = failure.record
-    payload = origin.event(failure.partition, [record])
+    window = failure.window  # a tumbling window's final invocation: its event stands for the record
+    payload = origin.event(failure.partition, [record]) if window is None else window.event
     message: dict[str, Any] = {
         "requestContext": {
             "requestId": str(uuid.uuid4()),
@@ -183,6 +184,8 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:
         "payloadSize": len(serialized_payload),
         "recordInfo": {"offset": record.offset, "timestamp": record.timestamp},
     }
+    if window is not None:
+        message["KafkaBatchInfo"]["windowInfo"] = {"firstOffset": window.first_offset, "lastOffset": window.last_offset}
     message["payload"] = payload
     return orjson.dumps(message)
 
