@@ -100,7 +100,7 @@ class App:
         key: str | Callable[[Any], Any],
         timestamp: str | Callable[[Any], Any] = "record",
         allowed_lateness: float = 0,
-        late_records: str = "on_failure",
+        late_records: str | None = None,
         outputs: Sequence[Sink] = (),
         name: str | None = None,
         **parameters: Any,
@@ -112,7 +112,9 @@ class App:
         (epoch ms, ISO 8601 text or a datetime). A window's result (key, window_start, window_end and the
         accumulator's fields) goes to `outputs` once the watermark (the largest event time seen minus
         `allowed_lateness` seconds) passes its end; a later record for it is late: `late_records="on_failure"`
-        routes it to `on_failure` as LateRecord, "count" only counts it. See streamfn.aggregate.
+        routes it to `on_failure` as LateRecord, "count" only counts it. The default is "on_failure" when the
+        aggregation has an `on_failure` destination and "count" when it has none: a late record is late again
+        every round, so held for a destination it would wedge its partition for ever. See streamfn.aggregate.
         """
 
         def register(fold: F) -> F:
@@ -123,8 +125,16 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(source.topics)
-                aggregation = aggregation_of(window, key, timestamp, allowed_lateness, late_records)
                 config = FunctionConfig(**_aggregate_parameters(parameters))
+                default = "count" if config.on_failure is None else "on_failure"
+                late = default if late_records is None else late_records
+                if late == "on_failure" and config.on_failure is None:
+                    raise ConfigError(
+                        "late_records='on_failure' needs an on_failure destination (a late record is late again "
+                        "every round: without one it would hold its partition for ever); allowed: on_failure=... "
+                        "or late_records='count'"
+                    )
+                aggregation = aggregation_of(window, key, timestamp, allowed_lateness, late)
                 if config.on_failure is not None:
                     config.on_failure.check(source.topics)
                 if handler_style(fold) is not HandlerStyle.LAMBDA:  # two positional parameters

@@ -441,6 +441,12 @@ async def test_exactly_once_table_rows_under_kill_9_at_random_moments(
             "function 'f': late_records='drop' is invalid: allowed: 'on_failure' or 'count'",
         ),
         (
+            lambda app, src: app.aggregate(source=src, key="u", window=Tumbling(60), late_records="on_failure"),
+            "function 'f': late_records='on_failure' needs an on_failure destination (a late record is late again "
+            "every round: without one it would hold its partition for ever); allowed: on_failure=... or "
+            "late_records='count'",
+        ),
+        (
             lambda app, src: app.aggregate(source=src, key="u", window=Hopping(60, 45)),
             "Hopping: size=60 must be a whole number of steps (step=45)",
         ),
