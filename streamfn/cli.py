@@ -69,7 +69,8 @@ def validate(pipeline: Path) -> None:
     app = _load(pipeline)
     for function in app.functions.values():
         fed = f"group {function.group_id}" if function.source is not None else "fed by Function(...) outputs"
-        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed})")
+        disabled = "" if function.config.enabled else ", Enabled=False: not run"
+        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed}{disabled})")
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from conftest import (
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.failure import BatchItemFailures
+from streamfn.worker import Worker
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 
@@ -510,3 +511,48 @@ async def test_infinite_retries_with_a_destination_are_capped_at_10_and_the_log_
     assert letters(dead)[0]["requestContext"]["approximateInvokeCount"] == 11
     assert "infinite retries with an on_failure destination: capped at 10 retries" in caplog.text
     assert await committed(broker, group, topic, 1) == {0: 1}
+
+
+async def test_lambda_spelled_destination_and_a_disabled_function(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DestinationConfig as CloudFormation spells it writes to that topic of the source's cluster; a function with
+    Enabled=False is declared but never polls (its group commits nothing)."""
+    topic, group, parked_group, dlq = name("t"), name("g"), name("off"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 3, partitions=1)
+    parked: list[Any] = []
+    app = App("lambda-spelled")
+
+    @app.function(
+        source=source(topic, group),
+        DestinationConfig={"OnFailure": {"Destination": f"kafka://{dlq}"}},
+        MaximumRetryAttempts=0,
+        backoff=FAST,
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(event: dict[str, Any], context: Any) -> None:
+        raise ValueError("always")
+
+    @app.function(source=source(topic, parked_group), Enabled=False)
+    def off(event: dict[str, Any], context: Any) -> None:
+        parked.append(event)
+
+    dead = (await run_until_read(app, broker, {dlq: 3}))[dlq]
+    assert sorted(int(dict(r.headers)["streamfn.source.offset"]) for r in dead) == [0, 1, 2]
+    assert await committed(broker, group, topic, 1) == {0: 3}
+    assert parked == [] and await committed(broker, parked_group, topic, 1) == {0: None}
+    assert "function off: Enabled=False: not polling its source (declared, not run)" in caplog.text
+
+
+async def test_a_worker_whose_functions_are_all_disabled_stops_at_once(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("all-off")
+
+    @app.function(source=source(name("t"), name("g")), enabled=False)
+    def off(records: list[Record]) -> None: ...
+
+    (summary,) = await asyncio.wait_for(Worker(app, broker).run(handle_signals=False), timeout=5)
+    assert (summary.name, summary.committed_records, summary.offsets) == ("off", 0, {})
+    assert "no function to run: every function with a source has Enabled=False" in caplog.text
