@@ -40,6 +40,8 @@ class FailedRecord:
     """The function error of its last invocation; None for a record that was not invoked for its age."""
     batch_size: int
     """Records in the last invocation that included it."""
+    request_id: str | None = None
+    """The aws_request_id of its last invocation (the dead letter's requestContext.requestId); None if never invoked."""
 
 
 class LambdaEvent(Protocol):
