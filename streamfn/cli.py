@@ -258,11 +258,22 @@ def redrive(
     if servers is None:
         _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     group = f"{target.group_id}-redrive"
-    redriven = asyncio.run(redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run))
+    redriven = asyncio.run(
+        redrive_dead_letters(
+            servers, destination.topic, group, source_servers=source_servers or servers, limit=limit, dry_run=dry_run
+        )
+    )
     verb = "would redrive" if dry_run else "redrove"
+    lost = [item for item in redriven if item.origin == "lost"]
     for item in redriven:
-        out.print(f"{verb} {item.topic}-{item.partition}@{item.offset} ({item.condition})")
-    out.print(f"{verb} {len(redriven)} records from {destination.topic}")
+        where = f"{item.topic}-{item.partition}@{item.offset} ({item.condition})"
+        if item.origin == "lost":
+            print(f"cannot redrive {where}: its letter has no payload and the source lost it", file=sys.stderr)
+        else:
+            out.print(f"{verb} {where}{' from the source topic (payload dropped)' if item.origin == 'source' else ''}")
+    out.print(f"{verb} {len(redriven) - len(lost)} records from {destination.topic}")
+    if lost:
+        raise typer.Exit(1)
 
 
 @cli.command()

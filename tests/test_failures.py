@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -556,3 +558,102 @@ async def test_a_worker_whose_functions_are_all_disabled_stops_at_once(
     (summary,) = await asyncio.wait_for(Worker(app, broker).run(handle_signals=False), timeout=5)
     assert (summary.name, summary.committed_records, summary.offsets) == ("off", 0, {})
     assert "no function to run: every function with a source has Enabled=False" in caplog.text
+
+
+async def test_dead_letter_names_the_request_id_of_the_last_invocation(broker: str, name: Any, tmp_path: Path) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 2, partitions=1)
+    seen = tmp_path / "request-ids"
+    app = App("request-id")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=2,
+        maximum_retry_attempts=2,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0.3,
+    )
+    def failing(event: dict[str, Any], context: Any) -> None:
+        with seen.open("a") as file:
+            file.write(context.aws_request_id + "\n")
+        raise ValueError("always")
+
+    dead = (await run_until_read(app, broker, {dlq: 2}))[dlq]
+    invoked = seen.read_text().split()
+    assert len(invoked) == 3 and len(set(invoked)) == 3  # 1 + 2 retries, each its own request
+    assert [letter["requestContext"]["requestId"] for letter in letters(dead)] == [invoked[-1]] * 2
+
+
+async def test_dead_letter_of_an_error_message_utf8_cannot_carry_is_written(broker: str, name: Any) -> None:
+    """A message with a lone surrogate (what surrogateescape makes of undecodable bytes) once failed every JSON
+    encoding of its letter: the partition never moved."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 2, partitions=1)
+    app = App("surrogate")
+
+    class Odd(Exception):
+        pass
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=1,
+        maximum_retry_attempts=0,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(records: list[Record]) -> None:
+        if records[0].offset == 0:
+            raise Odd(b"file \xff.csv".decode("utf-8", "surrogateescape"))
+
+    dead = (await run_until_read(app, broker, {dlq: 1}, timeout=15))[dlq]
+    (letter,) = letters(dead)
+    assert letter["errorType"] == "Odd" and letter["errorMessage"] == "file \\udcff.csv"
+    assert any("file \\udcff.csv" in line for line in letter["stackTrace"])
+    assert dict(dead[0].headers)["streamfn.error.type"] == b"Odd"
+    assert await committed(broker, group, topic, 1) == {0: 2}
+
+
+async def test_dead_letter_too_large_for_the_topic_drops_the_payload_and_points_at_the_record(
+    broker: str, name: Any
+) -> None:
+    """A 770 KiB value is over 1 MiB as base64 in a letter: the letter goes without its payload (the default
+    max_message_bytes, aiokafka's and Kafka's 1 MiB), says so, and points at the record in the source topic."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    big = b'{"blob": "' + b"x" * (770 * 1024) + b'"}'
+    await produce(
+        broker, topic, [Out(b'{"small": 1}', partition=0), Out(big, key=b"k", partition=0, headers=[("h", b"v")])]
+    )
+    app = App("oversize")
+
+    @app.function(
+        source=source(topic, group),
+        maximum_retry_attempts=0,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(records: list[Record]) -> None:
+        raise ValueError("never handled")
+
+    dead = (await run_until_read(app, broker, {dlq: 2}))[dlq]
+    small, large = sorted(dead, key=lambda r: int(dict(r.headers)["streamfn.source.offset"]))
+    assert "payload" in orjson.loads(small.value) and "streamfn" not in orjson.loads(small.value)
+    letter = orjson.loads(large.value)
+    assert "payload" not in letter and len(large.value) < 1024 * 1024
+    note = letter["streamfn"]["payloadDropped"]
+    assert note["record"] == {"topic": topic, "partition": 0, "offset": 1} and note["dropped"] == ["payload"]
+    size = re.fullmatch(
+        r"MaximumPayloadSizeExceeded: the dead letter would be (\d+) bytes, over the destination's "
+        r"max_message_bytes=1048576; the record stays in its source topic",
+        note["reason"],
+    )
+    assert size is not None and int(size[1]) > 1024 * 1024
+    assert letter["errorMessage"] == "never handled" and letter["KafkaBatchInfo"]["recordInfo"]["offset"] == 1
+    assert letter["KafkaBatchInfo"]["payloadSize"] > len(big)
+    assert large.key == b"k" and list(large.headers)[:2] == [("h", b"v"), ("streamfn.source.topic", topic.encode())]
+    assert await committed(broker, group, topic, 1) == {0: 2}
