@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import ConsumerRecord
 from conftest import (
     Out,
     committed,
@@ -26,7 +28,10 @@ from conftest import (
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.failure import BatchItemFailures
+from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.connectors.kafka.letter import PROVENANCE, dead_letter
+from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin
+from streamfn.record import Partition
 from streamfn.worker import Worker
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
@@ -657,3 +662,24 @@ async def test_dead_letter_too_large_for_the_topic_drops_the_payload_and_points_
     assert letter["KafkaBatchInfo"]["payloadSize"] > len(big)
     assert large.key == b"k" and list(large.headers)[:2] == [("h", b"v"), ("streamfn.source.topic", topic.encode())]
     assert await committed(broker, group, topic, 1) == {0: 2}
+
+
+def test_a_letter_too_large_even_without_its_payload_still_fits() -> None:
+    """A huge error message, key and headers: the letter cuts the error text, then leaves the record's key and
+    headers out (the record is in its source topic), and says what it dropped; it always fits."""
+    record = ConsumerRecord("t", 0, 5, 0, 0, b"k" * 20_000, b"v", None, 20_000, 1, [("h", b"x" * 20_000)])
+    origin = FailureOrigin("f", "arn:aws:lambda:local:000000000000:function:f", "127.0.0.1:9092", KafkaEvent("b"))
+    error = ValueError("e" * 90_000)
+    failure = FailedRecord(Partition("t", 0), record, Condition.RETRY_ATTEMPTS_EXHAUSTED, 1, error, 1)
+    letter = dead_letter(origin, failure, 16 * 1024)
+    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(letter.key, letter.value, letter.headers) <= 16 * 1024
+    body = orjson.loads(letter.value)
+    assert body["streamfn"]["payloadDropped"]["dropped"] == [
+        "payload",
+        "stackTrace",
+        "errorMessage after 1000 characters",
+        "key",
+        "headers",
+    ]
+    assert body["errorMessage"] == "e" * 1000 and "stackTrace" not in body and "payload" not in body
+    assert letter.key is None and [name for name, _ in letter.headers] == list(PROVENANCE)
