@@ -75,9 +75,7 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(topics)
-                config = FunctionConfig(**parameters)
-                if config.on_failure is not None:
-                    config.on_failure.check(topics)
+                config = _with_destination(FunctionConfig(**parameters), source)
                 style = handler_style(handler)
                 if config.value_model is not None and style is not HandlerStyle.NATIVE:
                     raise ConfigError(
@@ -125,7 +123,7 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(source.topics)
-                config = FunctionConfig(**_aggregate_parameters(parameters))
+                config = _with_destination(FunctionConfig(**_aggregate_parameters(parameters)), source)
                 default = "count" if config.on_failure is None else "on_failure"
                 late = default if late_records is None else late_records
                 if late == "on_failure" and config.on_failure is None:
@@ -135,8 +133,6 @@ class App:
                         "or late_records='count'"
                     )
                 aggregation = aggregation_of(window, key, timestamp, allowed_lateness, late)
-                if config.on_failure is not None:
-                    config.on_failure.check(source.topics)
                 if handler_style(fold) is not HandlerStyle.LAMBDA:  # two positional parameters
                     raise ConfigError("the fold must take two parameters: (accumulator, record)")
             except ConfigError as error:
@@ -164,6 +160,8 @@ AGGREGATE_PARAMETERS = frozenset(
         "batch_size",
         "maximum_batching_window_in_seconds",
         "on_failure",
+        "destination_config",  # Lambda's spelling of on_failure
+        "enabled",
         "filter_criteria",
         "value_model",
         "window_idle_seconds",
@@ -186,6 +184,20 @@ def _aggregate_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
                 f"allowed: {', '.join(sorted(AGGREGATE_PARAMETERS))}"
             )
     return parameters
+
+
+def _with_destination(config: FunctionConfig, source: Source | None) -> FunctionConfig:
+    """The config with its on_failure destination checked against the source's topics; a destination named by URI
+    (Lambda's `kafka://<topic>`) is the source's to resolve."""
+    destination = config.on_failure
+    if isinstance(destination, str):
+        if source is None:
+            raise ConfigError(f"on_failure={destination!r} names a topic of the source's cluster: it needs a source")
+        destination = source.destination(destination)
+        config = config.model_copy(update={"on_failure": destination})
+    if destination is not None:
+        destination.check(source.topics if source is not None else ())
+    return config
 
 
 def _check_windows(config: FunctionConfig, style: HandlerStyle, source: Source | None) -> None:

@@ -76,7 +76,8 @@ def validate(pipeline: Path) -> None:
     app = _load(pipeline)
     for function in app.functions.values():
         fed = f"group {function.group_id}" if function.source is not None else "fed by Function(...) outputs"
-        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed})")
+        disabled = "" if function.config.enabled else ", Enabled=False: not run"
+        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed}{disabled})")
 
 
 @cli.command()
@@ -277,11 +278,25 @@ def redrive(
     if servers is None:
         _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     group = f"{target.group_id}-redrive"
-    redriven = asyncio.run(redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run))
+    redriven = asyncio.run(
+        redrive_dead_letters(
+            servers, destination.topic, group, source_servers=source_servers or servers, limit=limit, dry_run=dry_run
+        )
+    )
     verb = "would redrive" if dry_run else "redrove"
+    lost = [item for item in redriven if item.origin == "lost"]
+    windows = [item for item in redriven if item.origin == "window"]
     for item in redriven:
-        out.print(f"{verb} {item.topic}-{item.partition}@{item.offset} ({item.condition})")
-    out.print(f"{verb} {len(redriven)} records from {destination.topic}")
+        where = f"{item.topic}-{item.partition}@{item.offset} ({item.condition})"
+        if item.origin == "lost":
+            print(f"cannot redrive {where}: its letter has no payload and the source lost it", file=sys.stderr)
+        elif item.origin == "window":
+            out.print(f"skipped {where}: a tumbling window's final invocation; its records were handled")
+        else:
+            out.print(f"{verb} {where}{' from the source topic (payload dropped)' if item.origin == 'source' else ''}")
+    out.print(f"{verb} {len(redriven) - len(lost) - len(windows)} records from {destination.topic}")
+    if lost:
+        raise typer.Exit(1)
 
 
 @cli.command()

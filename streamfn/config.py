@@ -6,6 +6,7 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -21,6 +22,9 @@ a maximum of 10 retry attempts."""
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
 """Lambda's synchronous invocation payload limit, which also caps a batch."""
+
+KAFKA_DESTINATION = re.compile(r"kafka://[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}")
+"""How Lambda's DestinationConfig names a Kafka topic (its API pattern, without a leading dot)."""
 
 
 def http_url(value: str) -> str:
@@ -115,8 +119,13 @@ class FunctionConfig(StrictModel):
     value_model: type[BaseModel] | None = None
     """Native handlers: a pydantic model each value is validated into; a value that fails goes to on_failure as a
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
-    on_failure: Any = Field(None, validation_alias=_aws_alias("on_failure"))
-    """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq")."""
+    on_failure: Any = Field(None, validation_alias=AliasChoices("on_failure", "OnFailure", "DestinationConfig"))
+    """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq"), or as
+    Lambda names one: "kafka://dlq", or DestinationConfig={"OnFailure": {"Destination": "kafka://dlq"}} as
+    CloudFormation spells it (the source resolves the URI: a topic on its cluster, see app.py)."""
+    enabled: bool = Field(True, validation_alias=_aws_alias("enabled"))
+    """False: the function is declared (and validated) but not run: no poller reads its source (Lambda's disabled
+    event source mapping; `Function(...)` outputs still invoke it, as a disabled mapping leaves the function)."""
     tumbling_window_in_seconds: int = Field(0, ge=0, le=900, validation_alias=_aws_alias("tumbling_window_in_seconds"))
     """Lambda-style handlers: aggregate in tumbling windows of this many seconds, with `state` carried between
     invocations and kept durable in the changelog (0: no window). Lambda offers it for Kinesis and DynamoDB."""
@@ -143,8 +152,20 @@ class FunctionConfig(StrictModel):
     @field_validator("on_failure")
     @classmethod
     def _destination(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # DestinationConfig; Lambda takes no OnSuccess for event source mappings
+            on_failure = value.get("OnFailure")
+            if set(value) != {"OnFailure"} or not isinstance(on_failure, dict) or set(on_failure) != {"Destination"}:
+                raise ValueError('must be {"OnFailure": {"Destination": "kafka://<topic>"}}')
+            value = on_failure["Destination"]
+        if isinstance(value, str):
+            if not KAFKA_DESTINATION.fullmatch(value):
+                raise ValueError(
+                    "must be kafka://<topic> (a topic of the source's cluster, as Lambda names a Kafka destination); "
+                    "other destinations (arn:...) are not served"
+                )
+            return value
         if value is not None and not callable(getattr(value, "deliver", None)):
-            raise ValueError("must be a destination such as KafkaTopic('name')")
+            raise ValueError("must be a destination such as KafkaTopic('name') or 'kafka://name'")
         return value
 
     @property
@@ -158,9 +179,20 @@ class FunctionConfig(StrictModel):
     def reports_item_failures(self) -> bool:
         return "ReportBatchItemFailures" in self.function_response_types
 
-    @field_validator("timeout", mode="before")
+    @field_validator(
+        "batch_size",
+        "maximum_batching_window_in_seconds",
+        "timeout",
+        "parallelization_factor",
+        "maximum_retry_attempts",
+        "maximum_record_age_in_seconds",
+        "tumbling_window_in_seconds",
+        "window_idle_seconds",
+        mode="before",
+    )
     @classmethod
     def _no_bool(cls, value: Any) -> Any:
+        """pydantic takes True for 1; a bool given for a number is a mistake (AWS's API refuses it too)."""
         if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")
+            raise ValueError("must be a number, not a bool")
         return value

@@ -44,6 +44,8 @@ class FailedRecord:
     """Records in the last invocation that included it."""
     window: FailedWindow | None = None
     """A tumbling window whose final invocation failed for good (then `record` stands for its last record)."""
+    request_id: str | None = None
+    """The aws_request_id of its last invocation (the dead letter's requestContext.requestId); None if never invoked."""
 
 
 @dataclass(frozen=True, slots=True)

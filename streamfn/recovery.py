@@ -20,15 +20,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streamfn.config import FunctionConfig
+from streamfn.context import new_request_id
 from streamfn.failure import Condition, FailedRecord, InvalidResponse, PartialFailure, first_failed_index
 from streamfn.record import Partition, SourceRecord
 from streamfn.stats import FunctionStats
 
 log = logging.getLogger("streamfn.recovery")
 
-Invoke = Callable[[Sequence[SourceRecord], int], Awaitable[Any]]
-"""Invokes the handler with these records (the how-many-th invocation of them it is) and returns its response;
-raises on a function error."""
+Invoke = Callable[[Sequence[SourceRecord], int, str], Awaitable[Any]]
+"""Invokes the handler with these records (the how-many-th invocation of them it is, and its request id) and
+returns its response; raises on a function error."""
 
 
 class Recovery:
@@ -45,7 +46,7 @@ class Recovery:
 
     async def run(self, partition: Partition, records: Sequence[SourceRecord], invoke: Invoke) -> list[FailedRecord]:
         failures: list[FailedRecord] = []
-        await self._segment(partition, records, invoke, failures, inherited=0)
+        await self._segment(partition, records, invoke, failures, inherited=0, last_request=None)
         return failures
 
     async def _segment(
@@ -55,15 +56,19 @@ class Recovery:
         invoke: Invoke,
         failures: list[FailedRecord],
         inherited: int,
+        last_request: str | None,
     ) -> None:
-        """Invoke `records` until they succeed or fail for good; `inherited`: invocations that already had them."""
+        """Invoke `records` until they succeed or fail for good; `inherited`: invocations that already had them,
+        the last of which was `last_request`. Each invocation gets its request id here, so that a dead letter
+        names the one its record last saw."""
         invocations = retries = 0
         while True:
-            records = self._expire(partition, records, failures, inherited + invocations)
+            records = self._expire(partition, records, failures, inherited + invocations, last_request)
             if not records:
                 return
             try:
-                response = await invoke(records, inherited + invocations + 1)
+                last_request = new_request_id()
+                response = await invoke(records, inherited + invocations + 1, last_request)
                 invocations += 1
                 index = first_failed_index(response, partition, records) if self._config.reports_item_failures else None
                 if index is None:
@@ -89,14 +94,22 @@ class Recovery:
                     records[-1].offset,
                     type(error).__name__,
                 )
-                await self._segment(partition, records[:half], invoke, failures, inherited + invocations)
-                await self._segment(partition, records[half:], invoke, failures, inherited + invocations)
+                invoked = inherited + invocations
+                await self._segment(partition, records[:half], invoke, failures, invoked, last_request)
+                await self._segment(partition, records[half:], invoke, failures, invoked, last_request)
                 return
             limit = self._config.retry_limit
             if limit is not None and retries >= limit:
+                invoked = inherited + invocations
                 failures.extend(
                     FailedRecord(
-                        partition, r, Condition.RETRY_ATTEMPTS_EXHAUSTED, inherited + invocations, error, len(records)
+                        partition,
+                        r,
+                        Condition.RETRY_ATTEMPTS_EXHAUSTED,
+                        invoked,
+                        error,
+                        len(records),
+                        request_id=last_request,
                     )
                     for r in records
                 )
@@ -119,7 +132,12 @@ class Recovery:
             await asyncio.sleep(delay)
 
     def _expire(
-        self, partition: Partition, records: Sequence[SourceRecord], failures: list[FailedRecord], invoked: int
+        self,
+        partition: Partition,
+        records: Sequence[SourceRecord],
+        failures: list[FailedRecord],
+        invoked: int,
+        last_request: str | None,
     ) -> Sequence[SourceRecord]:
         """Route records past the maximum record age to the failures; return the fresh ones."""
         if self._max_age_ms < 0:
@@ -129,7 +147,9 @@ class Recovery:
             return records
         fresh = [r for r in records if r.timestamp >= oldest_allowed]
         failures.extend(
-            FailedRecord(partition, r, Condition.RECORD_AGE_EXCEEDED, invoked, None, len(records))
+            FailedRecord(
+                partition, r, Condition.RECORD_AGE_EXCEEDED, invoked, None, len(records), request_id=last_request
+            )
             for r in records
             if r.timestamp < oldest_allowed
         )

@@ -25,7 +25,6 @@ from streamfn.app import StreamFunction
 from streamfn.batch import event_size, raw_size
 from streamfn.changelog import Changelog
 from streamfn.config import PAYLOAD_LIMIT_BYTES, FunctionConfig
-from streamfn.context import new_request_id
 from streamfn.delivery import Outputs
 from streamfn.emit import emitted_at, items, trace_context
 from streamfn.failure import (
@@ -307,9 +306,11 @@ class FunctionRunner:
         invocations: list[Invocation],
         records: Sequence[SourceRecord],
         attempt: int,
+        request_id: str,
     ) -> Any:
-        """One invocation with these records of the batch (the `attempt`-th for them); returns the response for the
-        failure policy to read. Its log lines, span and histograms say which records and which request it was."""
+        """One invocation with these records of the batch (the `attempt`-th for them), as request `request_id`;
+        returns the response for the failure policy to read. Its log lines, span and histograms say which records
+        and which request it was."""
         if lane.stopping:
             raise StopProcessing
         if not self._native:
@@ -323,7 +324,6 @@ class FunctionRunner:
             payload = [record for record in decoded if record.offset in wanted]
         counts = self.stats.at(partition)
         counts.invoked += len(records)
-        request_id = new_request_id()
         span = None if self._tracer is None else self._tracer.start(partition, records, attempt, request_id)
         logged = bind(
             function=self.function.name,  # a chained function runs in its caller's lane

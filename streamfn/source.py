@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streamfn.changelog import Changelog
+from streamfn.failure import Destination
 from streamfn.formats import Codec
 from streamfn.record import Partition, Record, SourceRecord
 
@@ -128,6 +129,10 @@ class Source(Protocol):
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""
+
+    def destination(self, uri: str) -> Destination:
+        """The on_failure destination a URI names, as Lambda's DestinationConfig does: `kafka://<topic>`, a topic of
+        the source's cluster."""
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
         """The group's members and, per partition, its committed offset and the true end (`streamfn status`).

@@ -62,8 +62,11 @@ class Worker:
                 connect_timeout,
             )
             for f in app.functions.values()
-            if f.source is not None
+            if f.source is not None and f.config.enabled
         ]
+        for f in app.functions.values():
+            if not f.config.enabled:
+                log.info("function %s: Enabled=False: not polling its source (declared, not run)", f.name)
         if telemetry.instruments is not None:
             telemetry.instruments.observe(self.stats, self.pollers)
         self._offsets: dict[str, dict[Partition, int]] = {}
@@ -81,6 +84,10 @@ class Worker:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._on_signal, signum)
         tasks = [asyncio.create_task(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
+        if not tasks:
+            log.warning("no function to run: every function with a source has Enabled=False")
+            await self.chains.close()
+            return self.summary()
         watcher = asyncio.create_task(self._stop_when_idle(until_idle)) if until_idle is not None else None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

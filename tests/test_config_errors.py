@@ -119,6 +119,42 @@ def enrich(event, context): ...
 """,
         ["function 'enrich'", "maximum_retry_attempts=10001", "allowed: >= -1 and <= 10000"],
     ),
+    "retries given as a bool": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), maximum_retry_attempts=True)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "maximum_retry_attempts=True", "must be a number, not a bool"],
+    ),
+    "batch size given as a bool (PascalCase alias)": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), BatchSize=True)
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "BatchSize=True", "must be a number, not a bool"],
+    ),
+    "destination of another scheme": (
+        """
+@app.function(source=KafkaSource(topics=["t"]),
+              DestinationConfig={"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:123456789012:dlq"}})
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "DestinationConfig={'OnFailure': {'Destination': 'arn:aws:sqs:", "kafka://<topic>"],
+    ),
+    "destination config with OnSuccess": (
+        """
+@app.function(source=KafkaSource(topics=["t"]), DestinationConfig={"OnSuccess": {"Destination": "kafka://ok"}})
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "DestinationConfig=", 'must be {"OnFailure": {"Destination": "kafka://<topic>"}}'],
+    ),
+    "kafka:// destination is the source topic": (
+        """
+@app.function(source=KafkaSource(topics=["orders"]), DestinationConfig={"OnFailure": {"Destination": "kafka://orders"}})
+def enrich(event, context): ...
+""",
+        ["function 'enrich'", "KafkaTopic('orders') is the function's own source topic"],
+    ),
     "unknown response type": (
         """
 @app.function(source=KafkaSource(topics=["t"]), FunctionResponseTypes=["ReportItemFailures"])
@@ -172,9 +208,14 @@ def enrich(event, context): ...
 
 @app.function(source=KafkaSource(topics=["t"]))
 async def native(records): ...
+
+@app.function(source=KafkaSource(topics=["t"]), DestinationConfig={"OnFailure": {"Destination": "kafka://dlq"}},
+              Enabled=False)
+def parked(event, context): ...
 """,
     )
     result = run_cli("validate", str(pipeline))
     assert result.returncode == 0, result.stderr
     assert "function enrich: ok (lambda handler, group g1)" in result.stdout
     assert "function native: ok (native handler, group errors-native)" in result.stdout
+    assert "function parked: ok (lambda handler, group errors-parked, Enabled=False: not run)" in result.stdout

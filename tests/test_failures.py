@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import ConsumerRecord
 from conftest import (
     Out,
     committed,
@@ -24,7 +28,11 @@ from conftest import (
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.failure import BatchItemFailures
+from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.connectors.kafka.letter import PROVENANCE, dead_letter
+from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin
+from streamfn.record import Partition
+from streamfn.worker import Worker
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 
@@ -510,3 +518,168 @@ async def test_infinite_retries_with_a_destination_are_capped_at_10_and_the_log_
     assert letters(dead)[0]["requestContext"]["approximateInvokeCount"] == 11
     assert "infinite retries with an on_failure destination: capped at 10 retries" in caplog.text
     assert await committed(broker, group, topic, 1) == {0: 1}
+
+
+async def test_lambda_spelled_destination_and_a_disabled_function(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DestinationConfig as CloudFormation spells it writes to that topic of the source's cluster; a function with
+    Enabled=False is declared but never polls (its group commits nothing)."""
+    topic, group, parked_group, dlq = name("t"), name("g"), name("off"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 3, partitions=1)
+    parked: list[Any] = []
+    app = App("lambda-spelled")
+
+    @app.function(
+        source=source(topic, group),
+        DestinationConfig={"OnFailure": {"Destination": f"kafka://{dlq}"}},
+        MaximumRetryAttempts=0,
+        backoff=FAST,
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(event: dict[str, Any], context: Any) -> None:
+        raise ValueError("always")
+
+    @app.function(source=source(topic, parked_group), Enabled=False)
+    def off(event: dict[str, Any], context: Any) -> None:
+        parked.append(event)
+
+    dead = (await run_until_read(app, broker, {dlq: 3}))[dlq]
+    assert sorted(int(dict(r.headers)["streamfn.source.offset"]) for r in dead) == [0, 1, 2]
+    assert await committed(broker, group, topic, 1) == {0: 3}
+    assert parked == [] and await committed(broker, parked_group, topic, 1) == {0: None}
+    assert "function off: Enabled=False: not polling its source (declared, not run)" in caplog.text
+
+
+async def test_a_worker_whose_functions_are_all_disabled_stops_at_once(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("all-off")
+
+    @app.function(source=source(name("t"), name("g")), enabled=False)
+    def off(records: list[Record]) -> None: ...
+
+    (summary,) = await asyncio.wait_for(Worker(app, broker).run(handle_signals=False), timeout=5)
+    assert (summary.name, summary.committed_records, summary.offsets) == ("off", 0, {})
+    assert "no function to run: every function with a source has Enabled=False" in caplog.text
+
+
+async def test_dead_letter_names_the_request_id_of_the_last_invocation(broker: str, name: Any, tmp_path: Path) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 2, partitions=1)
+    seen = tmp_path / "request-ids"
+    app = App("request-id")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=2,
+        maximum_retry_attempts=2,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0.3,
+    )
+    def failing(event: dict[str, Any], context: Any) -> None:
+        with seen.open("a") as file:
+            file.write(context.aws_request_id + "\n")
+        raise ValueError("always")
+
+    dead = (await run_until_read(app, broker, {dlq: 2}))[dlq]
+    invoked = seen.read_text().split()
+    assert len(invoked) == 3 and len(set(invoked)) == 3  # 1 + 2 retries, each its own request
+    assert [letter["requestContext"]["requestId"] for letter in letters(dead)] == [invoked[-1]] * 2
+
+
+async def test_dead_letter_of_an_error_message_utf8_cannot_carry_is_written(broker: str, name: Any) -> None:
+    """A message with a lone surrogate (what surrogateescape makes of undecodable bytes) once failed every JSON
+    encoding of its letter: the partition never moved."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 2, partitions=1)
+    app = App("surrogate")
+
+    class Odd(Exception):
+        pass
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=1,
+        maximum_retry_attempts=0,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(records: list[Record]) -> None:
+        if records[0].offset == 0:
+            raise Odd(b"file \xff.csv".decode("utf-8", "surrogateescape"))
+
+    dead = (await run_until_read(app, broker, {dlq: 1}, timeout=15))[dlq]
+    (letter,) = letters(dead)
+    assert letter["errorType"] == "Odd" and letter["errorMessage"] == "file \\udcff.csv"
+    assert any("file \\udcff.csv" in line for line in letter["stackTrace"])
+    assert dict(dead[0].headers)["streamfn.error.type"] == b"Odd"
+    assert await committed(broker, group, topic, 1) == {0: 2}
+
+
+async def test_dead_letter_too_large_for_the_topic_drops_the_payload_and_points_at_the_record(
+    broker: str, name: Any
+) -> None:
+    """A 770 KiB value is over 1 MiB as base64 in a letter: the letter goes without its payload (the default
+    max_message_bytes, aiokafka's and Kafka's 1 MiB), says so, and points at the record in the source topic."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 1)
+    big = b'{"blob": "' + b"x" * (770 * 1024) + b'"}'
+    await produce(
+        broker, topic, [Out(b'{"small": 1}', partition=0), Out(big, key=b"k", partition=0, headers=[("h", b"v")])]
+    )
+    app = App("oversize")
+
+    @app.function(
+        source=source(topic, group),
+        maximum_retry_attempts=0,
+        backoff=FAST,
+        on_failure=KafkaTopic(dlq),
+        maximum_batching_window_in_seconds=0,
+    )
+    def failing(records: list[Record]) -> None:
+        raise ValueError("never handled")
+
+    dead = (await run_until_read(app, broker, {dlq: 2}))[dlq]
+    small, large = sorted(dead, key=lambda r: int(dict(r.headers)["streamfn.source.offset"]))
+    assert "payload" in orjson.loads(small.value) and "streamfn" not in orjson.loads(small.value)
+    letter = orjson.loads(large.value)
+    assert "payload" not in letter and len(large.value) < 1024 * 1024
+    note = letter["streamfn"]["payloadDropped"]
+    assert note["record"] == {"topic": topic, "partition": 0, "offset": 1} and note["dropped"] == ["payload"]
+    size = re.fullmatch(
+        r"MaximumPayloadSizeExceeded: the dead letter would be (\d+) bytes, over the destination's "
+        r"max_message_bytes=1048576; the record stays in its source topic",
+        note["reason"],
+    )
+    assert size is not None and int(size[1]) > 1024 * 1024
+    assert letter["errorMessage"] == "never handled" and letter["KafkaBatchInfo"]["recordInfo"]["offset"] == 1
+    assert letter["KafkaBatchInfo"]["payloadSize"] > len(big)
+    assert large.key == b"k" and list(large.headers)[:2] == [("h", b"v"), ("streamfn.source.topic", topic.encode())]
+    assert await committed(broker, group, topic, 1) == {0: 2}
+
+
+def test_a_letter_too_large_even_without_its_payload_still_fits() -> None:
+    """A huge error message, key and headers: the letter cuts the error text, then leaves the record's key and
+    headers out (the record is in its source topic), and says what it dropped; it always fits."""
+    record = ConsumerRecord("t", 0, 5, 0, 0, b"k" * 20_000, b"v", None, 20_000, 1, [("h", b"x" * 20_000)])
+    origin = FailureOrigin("f", "arn:aws:lambda:local:000000000000:function:f", "127.0.0.1:9092", KafkaEvent("b"))
+    error = ValueError("e" * 90_000)
+    failure = FailedRecord(Partition("t", 0), record, Condition.RETRY_ATTEMPTS_EXHAUSTED, 1, error, 1)
+    letter = dead_letter(origin, failure, 16 * 1024)
+    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(letter.key, letter.value, letter.headers) <= 16 * 1024
+    body = orjson.loads(letter.value)
+    assert body["streamfn"]["payloadDropped"]["dropped"] == [
+        "payload",
+        "stackTrace",
+        "errorMessage after 1000 characters",
+        "key",
+        "headers",
+    ]
+    assert body["errorMessage"] == "e" * 1000 and "stackTrace" not in body and "payload" not in body
+    assert letter.key is None and [name for name, _ in letter.headers] == list(PROVENANCE)

@@ -4,38 +4,33 @@ As an output, each output is one record: the value encoded by `streamfn.sink.enc
 str or bytes; None stays a tombstone), the output's key, and headers carrying its provenance and trace context.
 All records of a batch are sent, then awaited together (acks=all) before the batch counts as written.
 
-As a destination, one dead letter per failed record, in Lambda's layout.
-The value is Lambda's on-failure record for Kafka-topic destinations (requestContext, responseContext, version,
-timestamp, KafkaBatchInfo, payload with the record in the Lambda event format) plus errorType, errorMessage and a
-truncated stackTrace. The key is the original key; headers are the original ones plus `streamfn.*` provenance, so
-dead letters can be filtered and redriven without parsing the value.
+As a destination, one dead letter per failed record, in Lambda's layout (connectors/kafka/letter.py), never
+larger than `max_message_bytes`: the key is the original key; headers are the original ones plus `streamfn.*`
+provenance, so dead letters can be filtered and redriven without parsing the value.
 """
 
 from __future__ import annotations
 
 import asyncio
-import traceback
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import Field, PrivateAttr
 
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
-from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
+from streamfn.failure import FailedRecord, FailureOrigin
 from streamfn.formats import Codec, close_codecs, open_codecs
 from streamfn.sink import Emitted, SinkContext, SinkRetry
 
-PROVENANCE_PREFIX = "streamfn."
-STACK_LINES = 20
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+"""aiokafka's default max_request_size, and Kafka's default max.message.bytes (1 MiB, give or take 12 bytes)."""
 
 
 class KafkaTopic(TopicFormat):
@@ -48,6 +43,9 @@ class KafkaTopic(TopicFormat):
     bootstrap_servers: str | list[str] | None = None
     retry: SinkRetry = Field(default_factory=SinkRetry)
     """As an output: how long a failing write is retried before its input records go to on_failure."""
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=16 * 1024, le=2**31 - 1)
+    """As a destination: the largest dead letter it writes (set it to the topic's max.message.bytes; the producer's
+    max_request_size follows). A letter that would be larger leaves out its payload and says so."""
     _producer: LazyProducer | None = PrivateAttr(None)
 
     def __init__(self, topic: str | None = None, /, **values: Any) -> None:
@@ -75,15 +73,16 @@ class KafkaTopic(TopicFormat):
 
     async def start(self, default_servers: str) -> None:
         if self._producer is None:  # one producer however many functions share this destination
-            self._producer = LazyProducer(self.servers(default_servers) or default_servers)
+            servers = self.servers(default_servers) or default_servers
+            self._producer = LazyProducer(servers, max_request_bytes=self.max_message_bytes)
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         assert self._producer is not None, "started before any delivery"
         producer = await self._producer.get()
-        sent = [
-            await producer.send(self.topic, dead_letter(origin, f), key=f.record.key, headers=provenance_headers(f))
-            for f in failures
-        ]
+        sent = []
+        for f in failures:
+            letter = dead_letter(origin, f, self.max_message_bytes)
+            sent.append(await producer.send(self.topic, letter.value, key=letter.key, headers=letter.headers))
         for delivery in sent:
             await delivery  # acknowledged by the broker (acks=all) before the source's offset may move
 
@@ -150,54 +149,3 @@ class TopicWriter:
     async def close(self) -> None:
         await self._producer.stop()
         await close_codecs(self._value_codec, self._key_codec)
-
-
-def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:
-    record = failure.record
-    window = failure.window  # a tumbling window's final invocation: its event stands for the record
-    payload = origin.event(failure.partition, [record]) if window is None else window.event
-    message: dict[str, Any] = {
-        "requestContext": {
-            "requestId": str(uuid.uuid4()),
-            "functionArn": origin.function_arn,
-            "condition": str(failure.condition),
-            "approximateInvokeCount": failure.invoke_count,
-        },
-    }
-    if failure.invoke_count and failure.condition is not Condition.RECORD_AGE_EXCEEDED:
-        message["responseContext"] = {
-            "statusCode": 200,
-            "executedVersion": "$LATEST",
-            # Lambda reports null for partial batch failures
-            "functionError": None if isinstance(failure.error, PartialFailure) else "Unhandled",
-        }
-    if failure.error is not None:
-        message["errorType"] = type(failure.error).__name__
-        message["errorMessage"] = str(failure.error)
-        message["stackTrace"] = traceback.format_exception(failure.error)[-STACK_LINES:]
-    message["version"] = "1.0"
-    message["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    serialized_payload = orjson.dumps(payload)
-    message["KafkaBatchInfo"] = {
-        "batchSize": 1,
-        "bootstrapServers": origin.servers,
-        "payloadSize": len(serialized_payload),
-        "recordInfo": {"offset": record.offset, "timestamp": record.timestamp},
-    }
-    if window is not None:
-        message["KafkaBatchInfo"]["windowInfo"] = {"firstOffset": window.first_offset, "lastOffset": window.last_offset}
-    message["payload"] = payload
-    return orjson.dumps(message)
-
-
-def provenance_headers(failure: FailedRecord) -> list[tuple[str, bytes]]:
-    record = failure.record
-    kept = [(name, value) for name, value in record.headers if not name.startswith(PROVENANCE_PREFIX)]
-    return [
-        *kept,
-        ("streamfn.source.topic", record.topic.encode()),
-        ("streamfn.source.partition", str(record.partition).encode()),
-        ("streamfn.source.offset", str(record.offset).encode()),
-        ("streamfn.error.condition", str(failure.condition).encode()),
-        ("streamfn.error.type", (type(failure.error).__name__ if failure.error else str(failure.condition)).encode()),
-    ]

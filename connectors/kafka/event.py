@@ -1,7 +1,9 @@
 """Lambda's self-managed Kafka event, built from fetched records.
 
 Shape (AWS docs, "Using Lambda with self-managed Apache Kafka"): records keyed "<topic>-<partition>", key and
-value base64, timestamp in epoch ms, headers as single-key objects whose value is the list of byte values.
+value base64, timestamp in epoch ms, headers as single-key objects whose value is the list of byte values, signed
+as Java's bytes are (-128..127: AWS sends -61 for 0xC3; Powertools' KafkaEvent and AWS's .NET KafkaEvent read
+them so).
 A null key is absent, as in Lambda; a null value (tombstone) is absent too (AWS does not document it).
 
 With a schema registry (Lambda's SchemaRegistryConfig), a key or value in the registry's wire format carries
@@ -13,6 +15,7 @@ dead letter of it still carries what was read.
 
 from __future__ import annotations
 
+from array import array
 from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
@@ -39,8 +42,16 @@ def lambda_record(record: SourceRecord) -> dict[str, Any]:
         item["key"] = b64encode(record.key).decode("ascii")
     if record.value is not None:
         item["value"] = b64encode(record.value).decode("ascii")
-    item["headers"] = [{name: list(value or b"")} for name, value in record.headers]
+    item["headers"] = [{name: signed_bytes(value)} for name, value in record.headers]
     return item
+
+
+def signed_bytes(value: bytes | None) -> list[int]:
+    """A header value as the Java byte array Lambda serializes: ASCII as it is, other bytes read as signed (in C,
+    through an array of signed chars)."""
+    if not value:
+        return []
+    return list(value) if value.isascii() else array("b", value).tolist()
 
 
 class KafkaEvent:

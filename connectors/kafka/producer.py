@@ -15,8 +15,9 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class LazyProducer:
-    def __init__(self, servers: str) -> None:
+    def __init__(self, servers: str, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.servers = servers
+        self._max_request_bytes = max_request_bytes
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         """Partitions write concurrently: the first to arrive starts the producer, the others wait for it."""
@@ -31,7 +32,7 @@ class LazyProducer:
                 bootstrap_servers=self.servers,
                 acks="all",
                 request_timeout_ms=DELIVERY_TIMEOUT_MS,
-                max_request_size=MAX_REQUEST_BYTES,
+                max_request_size=self._max_request_bytes,
             )
             try:
                 await producer.start()

@@ -1,24 +1,30 @@
-"""Redrive: put dead letters back on their source topic, once.
+"""Redrive: put dead letters back on their source topic, once, byte for byte.
 
-Each dead letter's original record (key, value from the Lambda-format payload, headers without the streamfn.*
-provenance) is produced to the topic and partition it came from. Progress is committed in the consumer group
-`<function's group>-redrive` after the produced records are acknowledged, so running redrive again resumes
+Each dead letter's original record (its key, exact value and headers, connectors/kafka/letter.py) is produced to
+the topic and partition it came from, on the source's cluster. A letter whose payload was dropped for size points
+at its record in the source topic, which is read back from there; if the source no longer holds that offset
+(retention), the letter is reported as lost and nothing is produced for it. Progress is committed in the consumer
+group `<function's group>-redrive` after the produced records are acknowledged, so running redrive again resumes
 after what it already redrove and never produces a record twice (short of a crash between the two steps).
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
+from typing import Literal
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
-from streamfn.connectors.kafka.destination import PROVENANCE_PREFIX
+from streamfn.connectors.kafka.letter import Headers, Letter, read_letter
+from streamfn.connectors.kafka.producer import MAX_REQUEST_BYTES
+from streamfn.connectors.kafka.reader import MAX_FETCH_BYTES
 
 IDLE_SECONDS = 3.0
+SOURCE_FETCH_MS = 5000
+"""How long to wait for a record read back from the source topic."""
+
+Origin = Literal["letter", "source", "lost", "window"]
 
 
 @dataclass(frozen=True)
@@ -28,33 +34,51 @@ class Redriven:
     offset: int
     """Where the record was when it failed."""
     condition: str
+    origin: Origin = "letter"
+    """Where its bytes came from: the letter, or the source topic (the letter's payload was dropped for size); lost:
+    the source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
 
 
-def original(letter: ConsumerRecord[bytes, bytes]) -> tuple[str, int, bytes | None, list[tuple[str, bytes]], Redriven]:
-    headers = dict(letter.headers)
-    topic = headers["streamfn.source.topic"].decode()
-    partition = int(headers["streamfn.source.partition"])
-    offset = int(headers["streamfn.source.offset"])
-    body = orjson.loads(letter.value) if letter.value is not None else {}
-    (record,) = body["payload"]["records"][f"{topic}-{partition}"]
-    value = base64.b64decode(record["value"]) if "value" in record else None
-    kept = [(name, value) for name, value in letter.headers if not name.startswith(PROVENANCE_PREFIX)]
-    return (
-        topic,
-        partition,
-        value,
-        kept,
-        Redriven(topic, partition, offset, headers["streamfn.error.condition"].decode()),
-    )
+class SourceRecords:
+    """Reads single records back from the source topics by offset (for letters without their payload)."""
+
+    def __init__(self, servers: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # an offset gone by retention then reads a later one: not it
+            fetch_max_bytes=MAX_FETCH_BYTES,
+            max_partition_fetch_bytes=MAX_FETCH_BYTES,
+        )
+        self._started = False
+
+    async def get(self, letter: Letter) -> tuple[bytes | None, bytes | None, Headers] | None:
+        if not self._started:
+            await self._consumer.start()
+            self._started = True
+        tp = TopicPartition(letter.topic, letter.partition)
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, letter.offset)
+        fetched = await self._consumer.getmany(tp, timeout_ms=SOURCE_FETCH_MS, max_records=1)
+        for record in fetched.get(tp, []):
+            if record.offset == letter.offset:
+                return record.key, record.value, list(record.headers)
+        return None
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._consumer.stop()
 
 
 async def redrive(
-    servers: str, dead_letter_topic: str, group: str, *, limit: int | None, dry_run: bool
+    servers: str, dead_letter_topic: str, group: str, *, source_servers: str, limit: int | None, dry_run: bool
 ) -> list[Redriven]:
+    """`servers`: the dead-letter topic's cluster; `source_servers`: the source's, where records go back to."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", max_request_size=16 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=source_servers, acks="all", max_request_size=MAX_REQUEST_BYTES)
+    sources = SourceRecords(source_servers)
     await consumer.start()
     await producer.start()
     done: list[Redriven] = []
@@ -75,19 +99,30 @@ async def redrive(
             sent = []
             offsets: dict[TopicPartition, int] = {}
             for tp, letters in fetched.items():
-                for letter in letters:
-                    topic, partition, value, headers, what = original(letter)
-                    if not dry_run:
+                for record in letters:
+                    letter = read_letter(record.key, record.value, record.headers)
+                    origin: Origin = "letter"
+                    original = letter.original
+                    if letter.window:
+                        origin = "window"
+                    elif original is None:
+                        original = await sources.get(letter)
+                        origin = "source" if original is not None else "lost"
+                    if original is not None and not dry_run:
+                        key, value, headers = original
                         sent.append(
-                            await producer.send(topic, value, key=letter.key, partition=partition, headers=headers)
+                            await producer.send(
+                                letter.topic, value, key=key, partition=letter.partition, headers=headers
+                            )
                         )
-                    done.append(what)
-                    offsets[tp] = letter.offset + 1
+                    done.append(Redriven(letter.topic, letter.partition, letter.offset, letter.condition, origin))
+                    offsets[tp] = record.offset + 1
             for delivery in sent:
                 await delivery  # acknowledged before the redrive's progress is committed
             if not dry_run:
                 await consumer.commit(offsets)
     finally:
+        await sources.stop()
         await producer.stop()
         await consumer.stop()
     return done

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
@@ -13,6 +13,9 @@ from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
 from streamfn.errors import ConfigError
 from streamfn.source import GroupStatus
+
+if TYPE_CHECKING:
+    from streamfn.connectors.kafka.destination import KafkaTopic
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
@@ -97,6 +100,13 @@ class KafkaSource(TopicFormat):
 
     def group_id(self, app_name: str, function_name: str) -> str:
         return self.consumer_group_id or f"{app_name}-{function_name}"
+
+    def destination(self, uri: str) -> KafkaTopic:
+        """`kafka://<topic>` (the only URI FunctionConfig lets through): as Lambda, a topic on the source's own
+        cluster."""
+        from streamfn.connectors.kafka.destination import KafkaTopic  # it imports this module
+
+        return KafkaTopic(uri.removeprefix("kafka://"))
 
     def servers(self, default_servers: str | None) -> str | None:
         """KafkaSource(bootstrap_servers=), else the run's --bootstrap-servers, else the environment."""
