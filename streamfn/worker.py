@@ -19,6 +19,7 @@ from streamfn.chain import Chains
 from streamfn.poller import Poller
 from streamfn.record import Partition
 from streamfn.stats import Counts, FunctionStats
+from streamfn.supervision import EngineFailure, Supervisor
 from streamfn.telemetry import Telemetry
 
 log = logging.getLogger("streamfn.worker")
@@ -60,6 +61,8 @@ class Worker:
             telemetry.instruments.observe(self.stats, self.pollers)
         self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
+        self.supervisor = Supervisor(self.stop)
+        """Told when an engine task dies: it stops the worker, and `run` then raises EngineFailure."""
 
     def stop(self) -> None:
         for poller in self.pollers:
@@ -72,19 +75,23 @@ class Worker:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._on_signal, signum)
-        tasks = [asyncio.create_task(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
-        watcher = asyncio.create_task(self._stop_when_idle(until_idle)) if until_idle is not None else None
+        installed = self.supervisor.install()  # every task the pollers create inherits it
+        spawn = self.supervisor.spawn
+        tasks = [spawn(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
+        watcher = None
+        if until_idle is not None:
+            watcher = spawn(self._stop_when_idle(until_idle), name="streamfn:until-idle")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            if any(t.exception() for t in done):
-                self.stop()
-                await asyncio.wait(tasks)
-            for task in tasks:
-                task.result()  # a poller that failed fails the worker, after the others stopped cleanly
+            await asyncio.gather(*tasks, return_exceptions=True)  # a death stops them all (the supervisor)
         finally:
             if watcher:
                 watcher.cancel()
             await self.chains.close()
+            installed.var.reset(installed)
+        if self.supervisor.config_error is not None:
+            raise self.supervisor.config_error
+        if self.supervisor.failure is not None:
+            raise EngineFailure(self.supervisor.failure, self.summary())
         return self.summary()
 
     def summary(self) -> list[FunctionSummary]:
