@@ -30,7 +30,7 @@ from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
-from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
+from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure, error_type
 from streamfn.formats import Codec, close_codecs, open_codecs
 from streamfn.sink import Emitted, SinkContext, SinkRetry
 
@@ -171,7 +171,7 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord) -> bytes:
             "functionError": None if isinstance(failure.error, PartialFailure) else "Unhandled",
         }
     if failure.error is not None:
-        message["errorType"] = type(failure.error).__name__
+        message["errorType"] = error_type(failure.error)
         message["errorMessage"] = str(failure.error)
         message["stackTrace"] = traceback.format_exception(failure.error)[-STACK_LINES:]
     message["version"] = "1.0"
@@ -196,5 +196,5 @@ def provenance_headers(failure: FailedRecord) -> list[tuple[str, bytes]]:
         ("streamfn.source.partition", str(record.partition).encode()),
         ("streamfn.source.offset", str(record.offset).encode()),
         ("streamfn.error.condition", str(failure.condition).encode()),
-        ("streamfn.error.type", (type(failure.error).__name__ if failure.error else str(failure.condition)).encode()),
+        ("streamfn.error.type", (error_type(failure.error) if failure.error else str(failure.condition)).encode()),
     ]
