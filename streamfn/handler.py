@@ -1,8 +1,8 @@
 """Calling a user's handler: which style it is, sync or async, bounded by the function's timeout, and what its
 outcome means.
 
-Sync handlers run in a thread pool so a slow or blocking handler never stalls the event loop, which keeps
-heartbeats, fetches and other partitions going.
+Sync handlers run on their lane's threads (streamfn/threads.py) so a slow or blocking handler never stalls the
+event loop, which keeps heartbeats, fetches and other partitions going, and a hung one holds up only its own lane.
 Whatever a handler raises is a function error, as in Lambda, `SystemExit` and other `BaseException`s included
 (`RuntimeExit`); so is a Lambda-style response that cannot be serialised (`MarshalError`) and a native handler's
 `BatchItemFailures` when the function does not report item failures (`UnreportedItemFailures`).
@@ -15,19 +15,16 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
+from streamfn import threads, watchdog
 from streamfn.context import LambdaContext, new_request_id
 from streamfn.errors import ConfigError
 from streamfn.failure import BatchItemFailures, StopProcessing
-
-MAX_HANDLER_THREADS = 64
-"""Sync invocations in flight at once per function; a timed-out call keeps its thread until it returns."""
 
 
 class HandlerStyle(Enum):
@@ -111,23 +108,30 @@ class Invoker:
         self._reports_item_failures = reports_item_failures
         self._warned_unreported = False
         self._logger = logging.getLogger(f"streamfn.function.{name}")
-        self._threads = ThreadPoolExecutor(MAX_HANDLER_THREADS, thread_name_prefix=f"streamfn-{name}")
+        self._threads = threads.LaneThreads(f"streamfn-{name}")
+        """For calls outside any lane (a lane's own threads otherwise)."""
+        if self._is_async:
+            watchdog.name_handler(function, name)
 
     async def invoke(self, payload: Any, request_id: str | None = None) -> Any:
         request_id = request_id or new_request_id()
         args: tuple[Any, ...] = (payload,)
         if self.style is HandlerStyle.LAMBDA:
             args = (payload, LambdaContext(self.name, self._timeout, self._logger, request_id))
+        lane_threads = None
+        if not self._is_async:
+            lane_threads = threads.of_lane() or self._threads
+            if lane_threads.abandoned >= threads.MAX_ABANDONED_PER_LANE:
+                await lane_threads.wait_for_room(self.name)  # before the clock starts: only the handler's run counts
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
-                if self._is_async:
+                if lane_threads is None:
                     response = await self._function(*args)
                 else:
                     # The thread runs in a copy of this context: the handler's log lines and spans know the invocation.
                     call = contextvars.copy_context().run
-                    loop = asyncio.get_running_loop()
-                    response = await loop.run_in_executor(self._threads, call, self._function, *args)
+                    response = await lane_threads.call(self.name, call, self._function, *args)
         except TimeoutError:
             if deadline.expired():  # ours, not a TimeoutError the handler raised itself
                 raise InvocationTimeout(f"invocation exceeded the timeout of {self._timeout:g} s") from None
@@ -171,7 +175,7 @@ class Invoker:
         return response
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
 
 _UNREPORTED = (

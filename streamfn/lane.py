@@ -21,6 +21,7 @@ from streamfn.batch import Batch, PartitionBuffer
 from streamfn.logs import bind
 from streamfn.runner import Invoked
 from streamfn.supervision import spawn
+from streamfn.threads import LaneThreads, use
 
 if TYPE_CHECKING:
     from streamfn.partition import PartitionWorker
@@ -98,6 +99,8 @@ class Lane:
     async def _run(self) -> None:
         runner, partition = self._owner.runner, self._owner.partition
         bind(function=self._owner.function.name, topic=partition.topic, partition=partition.partition)  # this task's
+        threads = LaneThreads(self.name)
+        use(threads)  # this task's and its completions' sync calls (chained functions' too)
         overlap = runner.stateful is None
         """A stateful batch completes before the next is invoked: the state staged for a commit then reflects
         exactly the batches completed, whose outputs and dead letters are written."""
@@ -116,6 +119,7 @@ class Lane:
             if self._completing is not None:
                 await self._completing
         finally:
+            threads.close()
             completing = self._completing
             if completing is not None and not completing.done():
                 completing.cancel()  # stopped while a write was under way: its batch is not committed

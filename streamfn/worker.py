@@ -21,6 +21,7 @@ from streamfn.record import Partition
 from streamfn.stats import Counts, FunctionStats
 from streamfn.supervision import EngineFailure, Supervisor
 from streamfn.telemetry import Telemetry
+from streamfn.watchdog import LoopWatchdog
 
 log = logging.getLogger("streamfn.worker")
 
@@ -57,8 +58,11 @@ class Worker:
             for f in app.functions.values()
             if f.source is not None
         ]
+        self.watchdog = LoopWatchdog()
+        """Notices an event loop blocked (by an async handler) and names the handler."""
         if telemetry.instruments is not None:
             telemetry.instruments.observe(self.stats, self.pollers)
+            telemetry.instruments.observe_loop(self.watchdog)
         self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
         self.supervisor = Supervisor(self.stop)
@@ -78,12 +82,14 @@ class Worker:
         installed = self.supervisor.install()  # every task the pollers create inherits it
         spawn = self.supervisor.spawn
         tasks = [spawn(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
+        heartbeat = spawn(self.watchdog.run(), name="streamfn:watchdog")
         watcher = None
         if until_idle is not None:
             watcher = spawn(self._stop_when_idle(until_idle), name="streamfn:until-idle")
         try:
             await asyncio.gather(*tasks, return_exceptions=True)  # a death stops them all (the supervisor)
         finally:
+            heartbeat.cancel()
             if watcher:
                 watcher.cancel()
             await self.chains.close()
