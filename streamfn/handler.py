@@ -143,9 +143,9 @@ class Invoker:
         except Exception:
             raise
         except BaseException as raised:
-            if isinstance(raised, StopProcessing) or (
-                isinstance(raised, asyncio.CancelledError) and _cancelled_by_engine()
-            ):
+            if isinstance(raised, asyncio.CancelledError) and _cancelled_by_engine():
+                raise
+            if isinstance(raised, StopProcessing) and lane_threads is None:  # the engine's, not from a thread
                 raise
             raise RuntimeExit(request_id, raised) from raised
         return self._checked(response)
@@ -170,7 +170,7 @@ class Invoker:
                         "include 'ReportBatchItemFailures': the response counts as a success (as in Lambda)",
                         self.name,
                     )
-        elif type(response) is BatchItemFailures and not self._reports_item_failures:
+        elif isinstance(response, BatchItemFailures) and not self._reports_item_failures:
             raise UnreportedItemFailures(_UNREPORTED)
         return response
 

@@ -67,6 +67,7 @@ class LoopWatchdog:
                 await asyncio.sleep(BEAT_SECONDS)
         finally:
             self._stopped.set()
+            self._loop_thread = None  # a stopped worker's loop is not blocked
 
     def _watch(self) -> None:
         blocked_since: float | None = None

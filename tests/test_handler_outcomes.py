@@ -18,6 +18,8 @@ from conftest import committed, create_topic, produce_values, read_topic, run_cl
 from streamfn import App, Backoff, BatchItemFailures, Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.errors import ConfigError
+from streamfn.failure import error_type
+from streamfn.handler import Invoker, RuntimeExit
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 
@@ -201,3 +203,47 @@ async def test_a_lambda_style_batch_item_failures_document_without_the_flag_warn
         "function documents: the handler returned batchItemFailures, but function_response_types does not include "
         "'ReportBatchItemFailures': the response counts as a success (as in Lambda)"
     ]
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (SystemExit(3), "exit status 3"),
+        (asyncio.CancelledError(), "CancelledError"),  # the handler's own, not the engine's
+    ],
+    ids=["KeyboardInterrupt", "SystemExit", "CancelledError"],
+)
+async def test_the_invoker_turns_every_base_exception_of_a_handler_into_a_function_error(
+    style: str, raised: BaseException, message: str
+) -> None:
+    def sync_handler(records: list[Record]) -> None:
+        raise raised
+
+    async def async_handler(records: list[Record]) -> None:
+        raise raised
+
+    invoker = Invoker("raises", sync_handler if style == "sync" else async_handler, 1.0)
+    try:
+        with pytest.raises(RuntimeExit) as failed:
+            await invoker.invoke([], "req-1")
+    finally:
+        invoker.close()
+    assert str(failed.value) == f"RequestId: req-1 Error: Runtime exited with error: {message}"
+    assert error_type(failed.value) == "Runtime.ExitError"
+
+
+async def test_the_engine_cancelling_an_async_handler_is_not_a_function_error() -> None:
+    started = asyncio.Event()
+
+    async def waits(records: list[Record]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    invoker = Invoker("waits", waits, 10.0)
+    invocation = asyncio.create_task(invoker.invoke([]))
+    await started.wait()
+    invocation.cancel()  # a lane stopping
+    with pytest.raises(asyncio.CancelledError):
+        await invocation
