@@ -54,7 +54,7 @@ class Supervisor:
         self.abandoned_calls = 0
         """Sync invocations that timed out and are still running on their threads, worker-wide
         (streamfn/threads.py keeps it and stops the worker past its bound)."""
-        self._reported: set[int] = set()
+        self._reported: list[BaseException] = []
         """Errors already logged (a completion's error also ends the lane awaiting it: one report)."""
 
     def spawn(self, coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
@@ -66,9 +66,9 @@ class Supervisor:
     def fail(self, reason: str, error: BaseException | None = None) -> None:
         """Log `reason` at CRITICAL (with `error`'s traceback) and stop the worker, once per distinct error."""
         if error is not None:
-            if id(error) in self._reported:
+            if any(error is seen for seen in self._reported):
                 return
-            self._reported.add(id(error))
+            self._reported.append(error)  # held, so that its identity is never another error's
         log.critical("%s: stopping the worker (exit code %d)", reason, ENGINE_FAILURE_EXIT, exc_info=error)
         if self.failure is None:
             self.failure = reason
