@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any, TypeVar
 
 from pydantic.alias_generators import to_snake
@@ -82,6 +84,7 @@ class App:
                         "value_model applies to native handlers (records); a Lambda-style handler gets the event"
                     )
                 _check_windows(config, style, source)
+                _check_item_failures(config, style, handler)
                 _check_guarantee(config, source, sinks)
             except ConfigError as error:
                 raise error.for_function(function_name) from None
@@ -215,6 +218,29 @@ def _check_windows(config: FunctionConfig, style: HandlerStyle, source: Source |
             f"parallelization_factor={config.parallelization_factor} is invalid with tumbling_window_in_seconds: "
             "allowed: 1 (a window's state is per partition, invoked in order)"
         )
+
+
+def _check_item_failures(config: FunctionConfig, style: HandlerStyle, handler: Callable[..., Any]) -> None:
+    """A native handler that reports BatchItemFailures without the flag would have them count as failures of the
+    whole batch at run time: refuse it here, where the code shows it (its code names BatchItemFailures)."""
+    if style is HandlerStyle.NATIVE and not config.reports_item_failures and _names(handler, "BatchItemFailures"):
+        raise ConfigError(
+            f"function_response_types={config.function_response_types!r} is invalid for a handler that reports "
+            "BatchItemFailures: allowed: ['ReportBatchItemFailures'] (without it a reported failure fails the "
+            "whole batch)"
+        )
+
+
+def _names(function: Callable[..., Any], name: str) -> bool:
+    """Whether the code of `function` (nested functions and comprehensions included) refers to `name`."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    codes = [code] if isinstance(code, CodeType) else []
+    while codes:
+        current = codes.pop()
+        if name in current.co_names:
+            return True
+        codes.extend(c for c in current.co_consts if isinstance(c, CodeType))
+    return False
 
 
 def _check_guarantee(config: FunctionConfig, source: Source | None, sinks: Sequence[Sink]) -> None:

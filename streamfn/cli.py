@@ -32,6 +32,7 @@ from streamfn.operations import PROGRESS_INTERVAL_SECONDS, Operations, operation
 from streamfn.poller import CONNECT_TIMEOUT_SECONDS
 from streamfn.status import report as status_report
 from streamfn.status import status_table
+from streamfn.supervision import ENGINE_FAILURE_EXIT, EngineFailure
 from streamfn.worker import FunctionSummary, Worker
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
@@ -153,6 +154,10 @@ def run(
             _fail(error)
         except Unreachable as error:
             _unreachable(error)
+        except EngineFailure as failure:  # logged at CRITICAL with its traceback; what was done is committed
+            _print_summary(failure.summary)
+            print(f"error: {failure}: what was handled is committed; exiting {ENGINE_FAILURE_EXIT}", file=sys.stderr)
+            raise typer.Exit(ENGINE_FAILURE_EXIT) from None
     _print_summary(summaries)
 
 
@@ -180,8 +185,9 @@ async def _run(
         except OSError as error:
             raise ConfigError(f"port {endpoint.port} cannot be served: {error.strerror}") from None
     live = out.is_terminal
-    progress = asyncio.create_task(
-        show_progress(worker, console=out, live=live, interval=1.0 if live else reporting.progress_interval)
+    progress = worker.supervisor.spawn(
+        show_progress(worker, console=out, live=live, interval=1.0 if live else reporting.progress_interval),
+        name="streamfn:progress",
     )
     try:
         return await worker.run(until_idle=until_idle)

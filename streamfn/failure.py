@@ -134,6 +134,12 @@ class BatchItemFailures(Exception):
         self.offsets = [getattr(item, "offset", item) for item in failed]
 
 
+def error_type(error: BaseException) -> str:
+    """Lambda's errorType of a function error: its class name, or the runtime's own name for errors Lambda's
+    runtime reports itself (`error_type`: Runtime.ExitError, Runtime.MarshalError)."""
+    return getattr(error, "error_type", None) or type(error).__name__
+
+
 def first_failed_index(response: Any, partition: Partition, records: Sequence[SourceRecord]) -> int | None:
     """Index in `records` of the lowest failed record of a partial batch response, or None for success.
 

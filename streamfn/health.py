@@ -58,7 +58,9 @@ class Health:
     def live(self) -> tuple[int, str, bytes]:
         """200 unless a partition has had records pending for more than `stuck_after` seconds without moving on,
         or has been held that long (records that failed with nowhere to go, retried each round): then 503, naming
-        each stuck function and partition, for how long, and what it holds."""
+        each stuck function and partition, for how long, and what it holds. Also 503 while the event loop is
+        blocked right now (`event_loop_blocked_seconds`; the watchdog logs which async handler) or the worker is
+        stopping after an engine failure (`failure`: it exits 70 once it has committed what was done)."""
         now = time.monotonic()
         stuck = []
         for poller in list(self.worker.pollers):
@@ -76,8 +78,15 @@ class Health:
                     if held is not None:
                         entry["held"] = {"offset": held.offset, "reason": held.reason, "rounds": held.rounds}
                     stuck.append(entry)
-        live = not stuck
-        return _json(200 if live else 503, {"live": live, "stuck_after_seconds": self.stuck_after, "stuck": stuck})
+        blocked = self.worker.watchdog.blocked_for(now)
+        failure = self.worker.supervisor.failure
+        live = not stuck and not blocked and failure is None
+        body: dict[str, Any] = {"live": live, "stuck_after_seconds": self.stuck_after, "stuck": stuck}
+        if blocked:
+            body["event_loop_blocked_seconds"] = round(blocked, 1)
+        if failure is not None:
+            body["failure"] = failure
+        return _json(200 if live else 503, body)
 
 
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:

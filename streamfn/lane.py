@@ -12,16 +12,16 @@ is down holds everything after it: the lane takes no further batch, its buffer f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from streamfn.batch import Batch, PartitionBuffer
-from streamfn.failure import StopProcessing
 from streamfn.logs import bind
 from streamfn.runner import Invoked
+from streamfn.supervision import spawn
+from streamfn.threads import LaneThreads, use
 
 if TYPE_CHECKING:
     from streamfn.partition import PartitionWorker
@@ -49,7 +49,8 @@ class Lane:
         self.busy = 0
         """Invocations and sink writes under way: on stop, they may finish within the grace period."""
         self._completing: asyncio.Task[None] | None = None
-        self._task = asyncio.create_task(self._run(), name=f"streamfn:{owner.function.name}:{owner.partition}:{index}")
+        self.name = f"streamfn:{owner.function.name}:{owner.partition}:{index}"
+        self._task = spawn(self._run(), name=self.name)
 
     @property
     def stopping(self) -> bool:
@@ -78,8 +79,7 @@ class Lane:
                 grace,
             )
             self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopProcessing):
-            await self._task
+        await asyncio.wait((self._task,))  # how it ended is its supervisor's business (a death stops the worker)
 
     async def _next_batch(self) -> Batch | None:
         """The next batch; for a stateful function, idle checks meanwhile (windows of a quiet partition close)."""
@@ -99,6 +99,8 @@ class Lane:
     async def _run(self) -> None:
         runner, partition = self._owner.runner, self._owner.partition
         bind(function=self._owner.function.name, topic=partition.topic, partition=partition.partition)  # this task's
+        threads = LaneThreads(self.name)
+        use(threads)  # this task's and its completions' sync calls (chained functions' too)
         overlap = runner.stateful is None
         """A stateful batch completes before the next is invoked: the state staged for a commit then reflects
         exactly the batches completed, whose outputs and dead letters are written."""
@@ -111,12 +113,13 @@ class Lane:
                     await self._completing  # the previous batch's writes first: completions stay in order
                     self._completing = None
                 if overlap and (invoked.invocations or invoked.failures):  # overlap the writes with the next batch
-                    self._completing = asyncio.create_task(self._complete(invoked))
+                    self._completing = spawn(self._complete(invoked), name=f"{self.name}:completing")
                 else:
                     await self._complete(invoked)
             if self._completing is not None:
                 await self._completing
         finally:
+            threads.close()
             completing = self._completing
             if completing is not None and not completing.done():
                 completing.cancel()  # stopped while a write was under way: its batch is not committed

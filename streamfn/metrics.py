@@ -23,6 +23,7 @@ from streamfn.stats import FunctionStats
 
 if TYPE_CHECKING:
     from streamfn.poller import Poller
+    from streamfn.watchdog import LoopWatchdog
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 RECORDS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -132,6 +133,20 @@ class Instruments:
             callbacks=[_per_partition(pollers, _in_flight)],
             unit="{record}",
             description="Records fetched and not done yet (buffered, or in a batch being invoked or written).",
+        )
+
+    def observe_loop(self, watchdog: LoopWatchdog) -> None:
+        """Report how often the event loop was found blocked, by the function whose async handler blocked it."""
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, {"function": function}) for function, n in list(watchdog.blocked.items())]
+
+        self.meter.create_observable_counter(
+            "streamfn.event_loop.blocked",
+            callbacks=[observe],
+            unit="{event}",
+            description="Times the event loop was blocked past the watchdog's limit (function: the async handler "
+            "running then, empty if none).",
         )
 
 

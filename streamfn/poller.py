@@ -27,6 +27,7 @@ from streamfn.record import Partition
 from streamfn.runner import FunctionRunner
 from streamfn.source import SourceReader
 from streamfn.stats import FunctionStats
+from streamfn.supervision import spawn
 from streamfn.telemetry import NO_TELEMETRY, FunctionTelemetry
 
 log = logging.getLogger("streamfn.poller")
@@ -97,7 +98,7 @@ class Poller:
                 self.function.config.batch_size,
                 self.function.config.maximum_batching_window_in_seconds,
             )
-            committer = asyncio.create_task(self.checkpoint.run(), name=f"streamfn:{self.function.name}:commit")
+            committer = spawn(self.checkpoint.run(), name=f"streamfn:{self.function.name}:commit")
             try:
                 await self._fetch_until_stopped()
             finally:

@@ -112,7 +112,9 @@ class FunctionRunner:
         """A format with a schema: resolve the batch's schemas first; Lambda-style payloads are validated too."""
         self._decode_value = _decoder(value_codec.decode, function.config.value_model)
         self._decode_key = key_codec.decode if key_codec is not None else None
-        self._invoker = Invoker(function.name, function.handler, function.config.timeout)
+        self._invoker = Invoker(
+            function.name, function.handler, function.config.timeout, function.config.reports_item_failures
+        )
         backoff = function.config.backoff
         self._retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)

@@ -19,7 +19,9 @@ from streamfn.chain import Chains
 from streamfn.poller import CONNECT_TIMEOUT_SECONDS, Poller
 from streamfn.record import Partition
 from streamfn.stats import Counts, FunctionStats
+from streamfn.supervision import EngineFailure, Supervisor
 from streamfn.telemetry import Telemetry
+from streamfn.watchdog import LoopWatchdog
 
 log = logging.getLogger("streamfn.worker")
 
@@ -67,10 +69,15 @@ class Worker:
         for f in app.functions.values():
             if not f.config.enabled:
                 log.info("function %s: Enabled=False: not polling its source (declared, not run)", f.name)
+        self.watchdog = LoopWatchdog()
+        """Notices an event loop blocked (by an async handler) and names the handler."""
         if telemetry.instruments is not None:
             telemetry.instruments.observe(self.stats, self.pollers)
+            telemetry.instruments.observe_loop(self.watchdog)
         self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
+        self.supervisor = Supervisor(self.stop)
+        """Told when an engine task dies: it stops the worker, and `run` then raises EngineFailure."""
 
     def stop(self) -> None:
         for poller in self.pollers:
@@ -83,26 +90,30 @@ class Worker:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._on_signal, signum)
-        tasks = [asyncio.create_task(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
+        installed = self.supervisor.install()  # every task the pollers create inherits it
+        spawn = self.supervisor.spawn
+        tasks = [spawn(p.run(), name=f"streamfn:{p.function.name}") for p in self.pollers]
         if not tasks:
             log.warning("no function to run: every function with a source has Enabled=False")
             await self.chains.close()
+            installed.var.reset(installed)
             return self.summary()
-        watcher = asyncio.create_task(self._stop_when_idle(until_idle)) if until_idle is not None else None
+        heartbeat = spawn(self.watchdog.run(), name="streamfn:watchdog")
+        watcher = None
+        if until_idle is not None:
+            watcher = spawn(self._stop_when_idle(until_idle), name="streamfn:until-idle")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            if any(t.exception() for t in done):
-                self.stop()
-                await asyncio.wait(tasks)
-            # A poller that failed fails the worker, after the others stopped cleanly. Every failure is retrieved
-            # (several pollers can fail alike: an unreachable cluster) and the first is raised.
-            failures = [error for task in tasks if (error := task.exception()) is not None]
-            if failures:
-                raise failures[0]
+            await asyncio.gather(*tasks, return_exceptions=True)  # a death stops them all (the supervisor)
         finally:
+            heartbeat.cancel()
             if watcher:
                 watcher.cancel()
             await self.chains.close()
+            installed.var.reset(installed)
+        if self.supervisor.user_error is not None:
+            raise self.supervisor.user_error
+        if self.supervisor.failure is not None:
+            raise EngineFailure(self.supervisor.failure, self.summary())
         return self.summary()
 
     def summary(self) -> list[FunctionSummary]:

@@ -30,7 +30,7 @@ import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streamfn.context import new_request_id
-from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure
+from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure, error_type
 
 PROVENANCE = (
     "streamfn.source.topic",
@@ -107,7 +107,7 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
             "functionError": None if isinstance(failure.error, PartialFailure) else "Unhandled",
         }
     if failure.error is not None:
-        message["errorType"] = _text(type(failure.error).__name__)
+        message["errorType"] = _text(error_type(failure.error))
         message["errorMessage"] = _error_message(failure.error)
         message["stackTrace"] = [_text(line) for line in traceback.format_exception(failure.error)[-STACK_LINES:]]
     message["version"] = "1.0"
@@ -131,8 +131,8 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
 
 def _provenance(failure: FailedRecord) -> Headers:
     record = failure.record
-    error_type = type(failure.error).__name__ if failure.error is not None else str(failure.condition)
-    values = (record.topic, str(record.partition), str(record.offset), str(failure.condition), _text(error_type))
+    kind = error_type(failure.error) if failure.error is not None else str(failure.condition)
+    values = (record.topic, str(record.partition), str(record.offset), str(failure.condition), _text(kind))
     return [(name, value.encode()) for name, value in zip(PROVENANCE, values, strict=True)]
 
 
