@@ -133,6 +133,9 @@ def run(
             summaries = asyncio.run(_run(app, bootstrap_servers, seeds, key_field, until_idle, reporting))
         except ConfigError as error:
             _fail(error)
+        except Unreachable as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise typer.Exit(UNREACHABLE_EXIT) from None
     _print_summary(summaries)
 
 
@@ -257,7 +260,10 @@ def redrive(
     if servers is None:
         _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     group = f"{target.group_id}-redrive"
-    redriven = asyncio.run(redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run))
+    connection = destination.reached(target.source.connection if isinstance(target.source, KafkaSource) else None)
+    redriven = asyncio.run(
+        redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run, connection=connection)
+    )
     verb = "would redrive" if dry_run else "redrove"
     for item in redriven:
         out.print(f"{verb} {item.topic}-{item.partition}@{item.offset} ({item.condition})")

@@ -73,7 +73,10 @@ class Poller:
     async def run(self) -> None:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
         bind(function=self.function.name)  # this task's log lines (the poller's own task: never unbound)
-        await self._runner.open(self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event))
+        reader = self.reader
+        await self._runner.open(
+            self._chains.context(self.function.name, reader.servers, reader.lambda_event, reader.connection)
+        )
         await self.reader.start(self)
         log.info(
             "function %s: poller started (%s, group %s, batch_size %d, window %gs)",

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+
 
 def _key(line: bytes, key_field: str | None) -> bytes | None:
     """The key from a JSON object's field; None when the line is no JSON object or lacks the field."""
@@ -30,10 +32,18 @@ class Produced:
     """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
 
 
-async def produce_lines(servers: str, topic: str, lines: Iterable[bytes], *, key_field: str | None = None) -> Produced:
+async def produce_lines(
+    servers: str,
+    topic: str,
+    lines: Iterable[bytes],
+    *,
+    key_field: str | None = None,
+    connection: KafkaConnection | None = None,
+) -> Produced:
     """Produce each non-empty line as one record's value, keyed by a JSON field if given."""
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5, acks="all")
-    await producer.start()
+    options = await client_options(servers, connection)
+    producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
+    await started(producer.start, servers, options)
     count = unkeyed = 0
     try:
         for raw in lines:

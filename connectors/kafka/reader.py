@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats import close_codecs, open_codecs
@@ -51,31 +52,38 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaReader:
-    def __init__(self, source: KafkaSource, *, servers: str, group_id: str) -> None:
+    def __init__(
+        self, source: KafkaSource, *, servers: str, group_id: str, connection: KafkaConnection | None = None
+    ) -> None:
         self.source = source
         self.servers = servers
         self.group_id = group_id
+        self.connection = connection
+        """How to reach `servers` (TLS, SASL); a KafkaTopic on the source's cluster uses it too."""
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
         self.description = f"topics {', '.join(source.topics)} on {servers}"
         self.value_codec, self.key_codec = source.codecs()
         self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=source.session_timeout_ms,
-            heartbeat_interval_ms=max(source.session_timeout_ms // 6, 500),
-            fetch_max_bytes=MAX_FETCH_BYTES,
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            client_id=f"streamfn-{group_id}",
-        )
+        self._consumer: AIOKafkaConsumer
+        """Made by start(), once the connection's secrets are read; nothing else is called before start()."""
 
     async def start(self, listener: AssignmentListener) -> None:
         await open_codecs(self.value_codec, self.key_codec)
+        options = await client_options(self.servers, self.connection)
+        self._consumer = AIOKafkaConsumer(
+            **options,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.source.session_timeout_ms,
+            heartbeat_interval_ms=max(self.source.session_timeout_ms // 6, 500),
+            fetch_max_bytes=MAX_FETCH_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            client_id=f"streamfn-{self.group_id}",
+        )
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
-        await self._consumer.start()
+        await started(self._consumer.start, self.servers, options)
 
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
         # TopicPartition and Partition are equal tuples, so the mapping serves both without conversion.
@@ -141,7 +149,7 @@ class KafkaReader:
         if position == "TRIM_HORIZON":
             beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
             return beginnings
-        ends = await log_ends(self.servers, partitions)  # not ListOffsets(latest): see offsets.py
+        ends = await log_ends(self.servers, partitions, self.connection)  # not ListOffsets(latest): see offsets.py
         if position == "LATEST":
             return ends
         assert self.source.starting_position_timestamp is not None
