@@ -83,7 +83,7 @@ class KafkaChangelog:
                 max_request_size=MAX_REQUEST_BYTES,
                 max_batch_size=BATCH_BYTES,
             )
-            await started(self._producer.start, self.servers, options)
+            await started(self._producer, self.servers, options)
             admin = AIOKafkaAdminClient(**options, request_timeout_ms=DELIVERY_TIMEOUT_MS)
             await admin.start()
             try:

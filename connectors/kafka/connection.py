@@ -18,11 +18,11 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -39,8 +39,6 @@ ENV_PREFIX = "STREAMFN_KAFKA_"
 PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TLS_PROBE_SECONDS = 2.0
 """How long a failed start waits for a TLS handshake's verdict (the server's alert) when diagnosing it."""
-
-T = TypeVar("T")
 
 
 class KafkaConnection(StrictModel):
@@ -267,18 +265,20 @@ async def client_options(servers: str, connection: KafkaConnection | None = None
     return {"bootstrap_servers": servers, **security}
 
 
-async def started(start: Callable[[], Coroutine[Any, Any, T]], servers: str, options: dict[str, Any]) -> T:
-    """`start()` of a client made with `options`; a TLS failure becomes one Unreachable line saying why.
+async def started(client: Any, servers: str, options: dict[str, Any]) -> None:
+    """`client.start()` of an aiokafka client made with `options`; a TLS failure becomes one Unreachable line
+    saying why (and the client is closed, so nothing warns of it later).
 
     aiokafka reports any failed bootstrap as "Unable to bootstrap"; over TLS the reason (an unknown CA, a missing or
     expired client certificate) is found by one handshake with the first bootstrap server."""
     try:
-        return await start()
+        await client.start()
     except KafkaConnectionError:
         context = options.get("ssl_context")
         reason = await _tls_failure(servers, context) if isinstance(context, ssl.SSLContext) else None
         if reason is None:
             raise
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise Unreachable(f"cannot connect to Kafka at {servers}: TLS handshake failed: {reason}") from None
 
 

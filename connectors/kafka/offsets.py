@@ -61,7 +61,7 @@ async def _consumer(servers: str, connection: KafkaConnection | None) -> AsyncIt
     options = await client_options(servers, connection)
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     try:
-        await started(consumer.start, servers, options)
+        await started(consumer, servers, options)
         yield consumer
     finally:
         # aiokafka 0.14: stopping a group-less consumer whose background task has not run yet (nothing awaited since

@@ -43,7 +43,7 @@ async def produce_lines(
     """Produce each non-empty line as one record's value, keyed by a JSON field if given."""
     options = await client_options(servers, connection)
     producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
-    await started(producer.start, servers, options)
+    await started(producer, servers, options)
     count = unkeyed = 0
     try:
         for raw in lines:

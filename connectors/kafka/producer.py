@@ -38,7 +38,7 @@ class LazyProducer:
                 max_request_size=MAX_REQUEST_BYTES,
             )
             try:
-                await started(producer.start, self.servers, options)
+                await started(producer, self.servers, options)
             except Exception:
                 await producer.stop()
                 raise

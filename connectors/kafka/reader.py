@@ -83,7 +83,7 @@ class KafkaReader:
             client_id=f"streamfn-{self.group_id}",
         )
         self._consumer.subscribe(self.source.topics, listener=_Rebalance(self, listener))
-        await started(self._consumer.start, self.servers, options)
+        await started(self._consumer, self.servers, options)
 
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
         # TopicPartition and Partition are equal tuples, so the mapping serves both without conversion.

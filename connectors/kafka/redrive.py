@@ -61,7 +61,7 @@ async def redrive(
     options = await client_options(servers, connection)
     consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(**options, acks="all", max_request_size=16 * 1024 * 1024)
-    await started(consumer.start, servers, options)
+    await started(consumer, servers, options)
     await producer.start()
     done: list[Redriven] = []
     try:

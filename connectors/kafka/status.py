@@ -31,7 +31,7 @@ async def group_status(
         options = await client_options(servers, connection)
         admin = AIOKafkaAdminClient(**options, client_id="streamfn-status")
         try:
-            await started(admin.start, servers, options)
+            await started(admin, servers, options)
             responses = await admin.describe_consumer_groups([group_id])
             committed = await admin.list_consumer_group_offsets(group_id, partitions=list(ranges)) if ranges else {}
         finally:
