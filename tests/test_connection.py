@@ -16,6 +16,7 @@ from conftest import run_cli, start_cli, write_pipeline
 from pydantic import SecretStr
 from tls import KEY_PASSWORD, TlsCluster, tls_cluster
 
+from streamfn.connectors.kafka import KafkaSource
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.msk import MskIamTokenProvider
 from streamfn.errors import ConfigError
@@ -296,3 +297,108 @@ def test_impossible_combinations_are_one_line_config_errors(settings: dict[str, 
         KafkaConnection(**settings)
     assert str(raised.value).startswith(f"KafkaConnection: {message}"), str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# --- Lambda's SourceAccessConfigurations: secrets from Secrets Manager (moto) ---------------------------------------
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The AWS configuration chain pointed at moto (what a subprocess needs too)."""
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    return env
+
+
+def create_secret(secret_name: str, value: dict[str, str]) -> str:
+    """A Secrets Manager secret (moto) in Lambda's JSON layout: its ARN."""
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name=REGION)
+    return str(client.create_secret(Name=secret_name, SecretString=json.dumps(value))["ARN"])
+
+
+async def test_scram_credentials_and_root_ca_come_from_secrets_manager(
+    aws: dict[str, str], tls: TlsCluster, name: Any
+) -> None:
+    scram = create_secret(name("scram"), {"username": "svc-orders", "password": "scram-pass-1c9e"})
+    root = create_secret(name("ca"), {"certificate": tls.ca.read_text()})
+    source = KafkaSource(
+        Topics=["orders"],
+        SelfManagedEventSource={"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["b-1.example:9096", "b-2.example:9096"]}},
+        SourceAccessConfigurations=[
+            {"Type": "SASL_SCRAM_512_AUTH", "URI": scram},
+            {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": root},
+            {"Type": "VPC_SUBNET", "URI": "subnet:subnet-0123"},
+            {"Type": "VPC_SECURITY_GROUP", "URI": "security_group:sg-0123"},
+        ],
+    )
+    assert source.servers(None) == "b-1.example:9096,b-2.example:9096"
+    assert source.connection is not None
+    options = await client_options("b-1.example:9096", source.connection)
+    settings = client_settings(options)
+    assert settings == {
+        "protocol": "SASL_SSL",
+        "mechanism": "SCRAM-SHA-512",
+        "username": "svc-orders",
+        "password": "scram-pass-1c9e",
+        "provider": None,
+        "tls": True,
+    }
+    assert options["ssl_context"].get_ca_certs()[0]["subject"] == ((("commonName", "streamfn test CA"),),)
+
+
+async def test_a_client_certificate_from_secrets_manager_connects_over_mutual_tls(
+    aws: dict[str, str], tls: TlsCluster, name: Any
+) -> None:
+    """Lambda's CLIENT_CERTIFICATE_TLS_AUTH secret (certificate, encrypted privateKey, privateKeyPassword) and
+    SERVER_ROOT_CA_CERTIFICATE, against the TLS terminator: the client bootstraps and reads metadata."""
+    client = create_secret(
+        name("client"),
+        {
+            "certificate": tls.client_cert.read_text(),
+            "privateKey": tls.client_key.read_text(),
+            "privateKeyPassword": KEY_PASSWORD,
+        },
+    )
+    root = create_secret(name("ca"), {"certificate": tls.ca.read_text()})
+    source = KafkaSource(
+        topics=["orders"],
+        SourceAccessConfigurations=[
+            {"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": client},
+            {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": root},
+        ],
+    )
+    options = await client_options(tls.servers, source.connection)
+    assert options["security_protocol"] == "SSL"
+    consumer = AIOKafkaConsumer(**options, group_id=None)
+    await consumer.start()
+    try:
+        assert isinstance(await consumer.topics(), set)
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"Type": "VIRTUAL_HOST", "URI": "/"}], "SourceAccessConfigurations Type 'VIRTUAL_HOST' is invalid"),
+        (
+            [{"Type": "BASIC_AUTH", "URI": "arn:a"}, {"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": "arn:b"}],
+            "SourceAccessConfigurations has BASIC_AUTH and CLIENT_CERTIFICATE_TLS_AUTH: give one authentication",
+        ),
+        ([{"Type": "BASIC_AUTH"}], 'SourceAccessConfigurations must be a list of {"Type": ..., "URI": ...}'),
+    ],
+)
+def test_source_access_configurations_errors_are_one_line(entries: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        KafkaSource(topics=["orders"], SourceAccessConfigurations=entries)
+    assert str(raised.value).startswith(f"KafkaSource: {message}"), str(raised.value)
