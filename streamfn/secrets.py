@@ -11,6 +11,7 @@ aiobotocore (`pip install 'streamfn[secrets]'`); a secret's JSON keys are Lambda
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,10 @@ async def _secrets_manager(secret_id: str, field: str) -> str:
         raise ConfigError(
             f"{field}: reading AWS Secrets Manager needs aiobotocore: pip install 'streamfn[secrets]'"
         ) from None
+    for name in ("botocore", "aiobotocore"):  # at DEBUG they log response bodies: the secret itself
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
     parts = secret_id.split(":")
     region: dict[str, Any] = {"region_name": parts[3]} if secret_id.startswith("arn:") and len(parts) > 3 else {}
     try:

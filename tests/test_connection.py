@@ -402,3 +402,99 @@ def test_source_access_configurations_errors_are_one_line(entries: list[dict[str
     with pytest.raises(ConfigError) as raised:
         KafkaSource(topics=["orders"], SourceAccessConfigurations=entries)
     assert str(raised.value).startswith(f"KafkaSource: {message}"), str(raised.value)
+
+
+# --- secrets never shown ------------------------------------------------------------------------------------------
+
+LEAKY = """
+import os
+from streamfn import App
+from streamfn.connectors.kafka import KafkaSource, KafkaTopic
+from streamfn.connectors.kafka.connection import KafkaConnection
+from streamfn.secrets import Secret
+from streamfn.sink import SinkRetry
+
+cluster = KafkaConnection(
+    ssl_cafile=os.environ["CA"],
+    ssl_certfile=os.environ["CERT"],
+    ssl_keyfile=os.environ["KEY"],
+    ssl_key_password=Secret.from_file(os.environ["KEY_PASSWORD_FILE"]),
+)
+# SASL over the broker's own listener: the broker has no SASL, so every write there fails (after authenticating
+# with the real credentials, read from Secrets Manager and the environment) and its inputs are dead-lettered.
+scram = KafkaConnection(
+    bootstrap_servers=os.environ["PLAINTEXT"],
+    security_protocol="SASL_PLAINTEXT",
+    sasl_mechanism="SCRAM-SHA-512",
+    sasl_username=Secret.from_aws(os.environ["SCRAM_ARN"], "username"),
+    sasl_password=Secret.from_aws(os.environ["SCRAM_ARN"], "password"),
+)
+plain = KafkaConnection(
+    bootstrap_servers=os.environ["PLAINTEXT"],
+    security_protocol="SASL_PLAINTEXT",
+    sasl_mechanism="PLAIN",
+    sasl_username="bob",
+    sasl_password=Secret.from_env("PLAIN_PASSWORD"),
+)
+app = App("leaks")
+
+@app.function(
+    source=KafkaSource(topics=[os.environ["TOPIC"]], consumer_group_id=os.environ["GROUP"], connection=cluster,
+                       session_timeout_ms=6000),
+    outputs=[
+        KafkaTopic(os.environ["OUT"] + "-scram", connection=scram, retry=SinkRetry(max_attempts=1)),
+        KafkaTopic(os.environ["OUT"] + "-plain", connection=plain, retry=SinkRetry(max_attempts=1)),
+    ],
+    on_failure=KafkaTopic(os.environ["DLQ"]),
+    maximum_retry_attempts=0,
+)
+def handle(records):
+    if any(r.value["n"] == 0 for r in records):
+        raise ValueError("record 0 fails")
+    return [r.value for r in records]
+"""
+
+
+async def test_no_secret_is_ever_shown(aws: dict[str, str], tls: TlsCluster, name: Any, tmp_path: Path) -> None:
+    """A run that fails and dead-letters with a private-key password, a SCRAM secret and a PLAIN password
+    configured, then status, validate and config errors: none of their outputs holds any of the three."""
+    scram_password, plain_password = "scram-7c1d0e55", "plain-93b2aa10"
+    topic, group, out, dlq = name("t"), name("g"), name("out"), name("dlq")
+    arn = create_secret(name("scram"), {"username": "svc", "password": scram_password})
+    env = tls_env(tls, tmp_path, topic=topic, group=group, out=out, dlq=dlq, plaintext=tls.plaintext, scram_arn=arn)
+    env |= aws | seed_env(tls, env["KEY_PASSWORD_FILE"]) | {"PLAIN_PASSWORD": plain_password}
+    lines = tmp_path / "in.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(4)))
+    pipeline = write_pipeline(tmp_path, LEAKY)
+    shown: list[str] = []
+
+    run = run_over_tls(
+        pipeline,
+        tls,
+        env,
+        *("--seed", f"{topic}={lines}", "--until-idle", "1", "--log-format", "json", "--log-level", "DEBUG"),
+        *("--metrics", "console", "--traces", "console", "--progress-interval", "0.2"),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    shown += [run.stdout, run.stderr]
+    assert '"traceId"' in run.stdout or "trace_id" in run.stdout  # the spans were printed
+    letters = await tls_read(tls, dlq, 4)  # record 0 failed; 1-3 could not be written to the SASL outputs
+    conditions = sorted(json.loads(r.value)["requestContext"]["condition"] for r in letters)
+    assert len(letters) == 4, conditions
+    shown += [repr((r.key, r.value, r.headers)) for r in letters]
+    for command in (("status", str(pipeline)), ("status", str(pipeline), "--json"), ("validate", str(pipeline))):
+        result = run_cli(*command, servers=tls.servers, extra_env=env)
+        assert result.returncode == 0, result.stderr
+        shown += [result.stdout, result.stderr]
+    for wrong in (
+        f"KafkaConnection(security_protocol='PLAINTEXT', ssl_key_password={KEY_PASSWORD!r})",
+        f"KafkaConnection(sasl_mechanism='PLAIN', sasl_username='u', sasl_password={[plain_password]!r})",
+        f"KafkaConnection(sasl_mechanism='SCRAM-SHA-512', sasl_username={scram_password!r})",
+    ):
+        broken = write_pipeline(tmp_path, LEAKY.replace("app = App", f"broken = {wrong}\napp = App"))
+        result = run_cli("validate", str(broken), servers=tls.servers, extra_env=env)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        shown += [result.stdout, result.stderr]
+    everything = "\n".join(shown)
+    for secret in (KEY_PASSWORD, scram_password, plain_password):
+        assert secret not in everything
