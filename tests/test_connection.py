@@ -12,14 +12,18 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import run_cli, start_cli, write_pipeline
 from pydantic import SecretStr
 from tls import KEY_PASSWORD, TlsCluster, tls_cluster
 
+from streamfn.changelog import ChangelogEntry
 from streamfn.connectors.kafka import KafkaSource
+from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.msk import MskIamTokenProvider
 from streamfn.errors import ConfigError
+from streamfn.record import Partition
 from streamfn.secrets import Secret
 
 
@@ -145,6 +149,28 @@ async def test_pipeline_runs_end_to_end_over_mutual_tls(tls: TlsCluster, name: A
     assert status.returncode == 0, status.stderr
     (function,) = json.loads(status.stdout)["functions"]
     assert (function["total_lag"], function["dead_letters"]) == (0, 2)
+    redrive = run_cli("redrive", str(pipeline), "--function", "handle", "--dry-run", servers=tls.servers, extra_env=env)
+    assert redrive.returncode == 0, redrive.stderr
+    assert redrive.stdout.splitlines()[-1] == f"would redrive 2 records from {dlq}"
+
+
+async def test_state_changelog_over_mutual_tls(tls: TlsCluster, name: Any) -> None:
+    """A stateful function's changelog (producer, admin, restoring consumer) on the source's connection."""
+    topic, group = name("t"), name("g")
+    options = await client_options(tls.servers, mutual(tls))
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    changelog = KafkaChangelog(tls.servers, group, [topic], mutual(tls))
+    await changelog.start()
+    try:
+        await changelog.write(Partition(topic, 1), [ChangelogEntry(b"k", b"v", 7)])
+        assert await changelog.restore(Partition(topic, 1)) == [ChangelogEntry(b"k", b"v", 7)]
+    finally:
+        await changelog.stop()
 
 
 @pytest.mark.parametrize(
