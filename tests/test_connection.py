@@ -353,7 +353,7 @@ def create_secret(secret_name: str, value: dict[str, str]) -> str:
 
 
 async def test_scram_credentials_and_root_ca_come_from_secrets_manager(
-    aws: dict[str, str], tls: TlsCluster, name: Any
+    aws: dict[str, str], tls: TlsCluster, name: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     scram = create_secret(name("scram"), {"username": "svc-orders", "password": "scram-pass-1c9e"})
     root = create_secret(name("ca"), {"certificate": tls.ca.read_text()})
@@ -367,6 +367,11 @@ async def test_scram_credentials_and_root_ca_come_from_secrets_manager(
             {"Type": "VPC_SECURITY_GROUP", "URI": "security_group:sg-0123"},
         ],
     )
+    assert [r.getMessage() for r in caplog.records if r.name == "streamfn.kafka"] == [
+        "SourceAccessConfigurations VPC_SUBNET subnet:subnet-0123 ignored: streamfn connects from where it runs",
+        "SourceAccessConfigurations VPC_SECURITY_GROUP security_group:sg-0123 ignored: streamfn connects from where it "
+        "runs",
+    ]
     assert source.servers(None) == "b-1.example:9096,b-2.example:9096"
     assert source.connection is not None
     options = await client_options("b-1.example:9096", source.connection)

@@ -14,10 +14,12 @@ client is made, and held as SecretStr until aiokafka gets them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,16 +133,16 @@ class KafkaConnection(StrictModel):
         return "SSL" if any(getattr(self, name) is not None for name in _TLS_FIELDS) else "PLAINTEXT"
 
     @classmethod
-    def from_environment(cls) -> KafkaConnection:
+    def from_environment(cls, environ: Mapping[str, str]) -> KafkaConnection:
         """The connection `STREAMFN_KAFKA_<FIELD>` variables describe (SECURITY_PROTOCOL, SASL_MECHANISM,
         SASL_USERNAME, SASL_PASSWORD, SSL_CAFILE, ...); a secret's `<FIELD>_FILE` names a file holding it."""
         values: dict[str, Any] = {}
         for field in ENV_FIELDS:
             variable = f"{ENV_PREFIX}{field.upper()}"
-            if variable in os.environ:
-                values[field] = os.environ[variable]
-            elif field in SECRET_FIELDS and f"{variable}_FILE" in os.environ:
-                values[field] = Secret.from_file(os.environ[f"{variable}_FILE"])
+            if variable in environ:
+                values[field] = environ[variable]
+            elif field in SECRET_FIELDS and f"{variable}_FILE" in environ:
+                values[field] = Secret.from_file(environ[f"{variable}_FILE"])
         try:
             return cls(**values)
         except ConfigError as error:
@@ -244,18 +246,15 @@ def _reason(error: Exception) -> str:
     return str(reason).replace("_", " ").lower() if reason else str(error)
 
 
-_environment: tuple[tuple[str, str], ...] | None = None
-_from_environment: KafkaConnection | None = None
-
-
 def default_connection() -> KafkaConnection:
-    """The connection for parts that name none: STREAMFN_KAFKA_* (plaintext without them); one object per process
-    while the variables stay the same, so its secrets are resolved once."""
-    global _environment, _from_environment
-    environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
-    if _from_environment is None or environment != _environment:
-        _environment, _from_environment = environment, KafkaConnection.from_environment()
-    return _from_environment
+    """The connection for parts that name none: STREAMFN_KAFKA_* (plaintext without them); one object while the
+    variables stay the same, so its secrets are resolved once."""
+    return _from_environment(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX))))
+
+
+@functools.lru_cache(maxsize=1)
+def _from_environment(variables: tuple[tuple[str, str], ...]) -> KafkaConnection:
+    return KafkaConnection.from_environment(dict(variables))
 
 
 async def client_options(servers: str, connection: KafkaConnection | None = None) -> dict[str, Any]:
