@@ -22,7 +22,8 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from streamfn.changelog import APPLIED_HEADER, ChangelogEntry
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+from streamfn.connectors.kafka.handshake import started
 from streamfn.connectors.kafka.producer import DELIVERY_TIMEOUT_MS, MAX_REQUEST_BYTES
 from streamfn.errors import ConfigError
 from streamfn.record import Partition

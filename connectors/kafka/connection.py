@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import ssl
 import tempfile
@@ -24,23 +23,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka.abc import AbstractTokenProvider
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from streamfn.config import StrictModel
-from streamfn.errors import ConfigError, Unreachable
+from streamfn.errors import ConfigError
 from streamfn.secrets import Secret, SecretReader, SecretValue
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
-log = logging.getLogger("streamfn.kafka")
 
 ENV_PREFIX = "STREAMFN_KAFKA_"
 PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-TLS_PROBE_SECONDS = 2.0
-"""How long a failed start waits for a TLS handshake's verdict (the server's alert) when diagnosing it."""
 
 
 class KafkaConnection(StrictModel):
@@ -201,7 +195,9 @@ class KafkaConnection(StrictModel):
                     password=password.get_secret_value() if password is not None else None,
                 )
         except (ssl.SSLError, ValueError) as error:
-            raise ConfigError(f"{self.owner}: the TLS certificates or key cannot be used: {_reason(error)}") from None
+            raise ConfigError(
+                f"{self.owner}: the TLS certificates or key cannot be used: {ssl_reason(error)}"
+            ) from None
         context.check_hostname = self.ssl_check_hostname
         return context
 
@@ -240,7 +236,7 @@ def _private_file(directory: str, name: str, content: SecretStr | None) -> str |
     return path
 
 
-def _reason(error: Exception) -> str:
+def ssl_reason(error: Exception) -> str:
     """An ssl error's reason without the file and line of OpenSSL's source."""
     reason = getattr(error, "reason", None)
     return str(reason).replace("_", " ").lower() if reason else str(error)
@@ -262,99 +258,6 @@ async def client_options(servers: str, connection: KafkaConnection | None = None
     `default_connection()`): security protocol, TLS context, SASL mechanism and credentials."""
     security = await (connection or default_connection()).security_options()
     return {"bootstrap_servers": servers, **security}
-
-
-async def started(client: Any, servers: str, options: dict[str, Any]) -> None:
-    """`client.start()` of an aiokafka client made with `options`; a TLS failure becomes one Unreachable line
-    saying why (and the client is closed, so nothing warns of it later).
-
-    aiokafka reports any failed bootstrap as "Unable to bootstrap"; over TLS the reason (an unknown CA, a missing or
-    expired client certificate) is found by one handshake with the first bootstrap server."""
-    try:
-        await client.start()
-    except KafkaConnectionError:
-        context = options.get("ssl_context")
-        reason = await _tls_failure(servers, context) if isinstance(context, ssl.SSLContext) else None
-        if reason is None:
-            raise
-        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
-        raise Unreachable(f"cannot connect to Kafka at {servers}: TLS handshake failed: {reason}") from None
-
-
-async def _tls_failure(servers: str, context: ssl.SSLContext) -> str | None:
-    """Why a TLS connection to the first of `servers` fails, or None if it does not (the server's verdict on the
-    client certificate comes as an alert after the handshake: a short read waits for it)."""
-    host, _, port = servers.split(",")[0].strip().rpartition(":")
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port), ssl=context), TLS_PROBE_SECONDS
-        )
-    except ssl.SSLError as error:
-        return _verify_message(error)
-    except (OSError, TimeoutError, ValueError):
-        return None
-    try:
-        await asyncio.wait_for(reader.read(1), TLS_PROBE_SECONDS)
-    except ssl.SSLError as error:
-        return _verify_message(error)
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        writer.close()
-    return None
-
-
-def _verify_message(error: ssl.SSLError) -> str:
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"the broker's certificate was refused: {error.verify_message} (check ssl_cafile / ssl_ca_pem)"
-    reason = _reason(error)
-    if "certificate required" in reason:
-        return f"the broker requires a client certificate ({reason}): set ssl_certfile and ssl_keyfile"
-    return f"the broker refused the connection: {reason}"
-
-
-LAMBDA_SASL = {"BASIC_AUTH": "PLAIN", "SASL_SCRAM_256_AUTH": "SCRAM-SHA-256", "SASL_SCRAM_512_AUTH": "SCRAM-SHA-512"}
-LAMBDA_IGNORED = ("VPC_SUBNET", "VPC_SECURITY_GROUP")
-LAMBDA_TYPES = (*LAMBDA_SASL, "CLIENT_CERTIFICATE_TLS_AUTH", "SERVER_ROOT_CA_CERTIFICATE", *LAMBDA_IGNORED)
-
-
-def from_source_access_configurations(entries: Any) -> KafkaConnection:
-    """Lambda's `SourceAccessConfigurations` ([{"Type", "URI"}], as the API and CloudFormation spell them) as a
-    connection whose secrets are read from the Secrets Manager ARNs in Lambda's layout: SASL entries mean SASL_SSL
-    (Lambda supports no SASL without TLS), a client certificate or root CA alone means SSL. VPC entries say where
-    Lambda's pollers run: streamfn runs where it is started, so they are accepted and ignored (logged)."""
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and set(e) == {"Type", "URI"} and all(isinstance(v, str) for v in e.values())
-        for e in entries
-    ):
-        raise ValueError('SourceAccessConfigurations must be a list of {"Type": ..., "URI": ...}')
-    values: dict[str, Any] = {}
-    authentication: list[str] = []
-    for entry in entries:
-        kind, uri = entry["Type"], entry["URI"]
-        if kind in LAMBDA_SASL:
-            authentication.append(kind)
-            values |= {
-                "sasl_mechanism": LAMBDA_SASL[kind],
-                "sasl_username": Secret.from_aws(uri, "username"),
-                "sasl_password": Secret.from_aws(uri, "password"),
-            }
-        elif kind == "CLIENT_CERTIFICATE_TLS_AUTH":
-            authentication.append(kind)
-            values |= {
-                "ssl_cert_pem": Secret.from_aws(uri, "certificate"),
-                "ssl_key_pem": Secret.from_aws(uri, "privateKey"),
-                "ssl_key_password": Secret.from_aws(uri, "privateKeyPassword", required=False),
-            }
-        elif kind == "SERVER_ROOT_CA_CERTIFICATE":
-            values["ssl_ca_pem"] = Secret.from_aws(uri, "certificate")
-        elif kind in LAMBDA_IGNORED:
-            log.info("SourceAccessConfigurations %s %s ignored: streamfn connects from where it runs", kind, uri)
-        else:
-            raise ValueError(f"SourceAccessConfigurations Type {kind!r} is invalid: allowed: {', '.join(LAMBDA_TYPES)}")
-    if len(authentication) > 1:
-        raise ValueError(f"SourceAccessConfigurations has {' and '.join(authentication)}: give one authentication")
-    return KafkaConnection(**values)
 
 
 def with_connection_servers(values: Any) -> Any:

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager, contextmanager
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+from streamfn.connectors.kafka.handshake import started
 from streamfn.errors import Unreachable
 
 PROBE_TIMEOUT_SECONDS = 5.0

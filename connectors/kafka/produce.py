@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+from streamfn.connectors.kafka.handshake import started
 
 
 def _key(line: bytes, key_field: str | None) -> bytes | None:

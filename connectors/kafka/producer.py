@@ -10,7 +10,8 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+from streamfn.connectors.kafka.handshake import started
 
 DELIVERY_TIMEOUT_MS = 10_000
 MAX_REQUEST_BYTES = 16 * 1024 * 1024

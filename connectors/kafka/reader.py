@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.connectors.kafka.handshake import started
 from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats import close_codecs, open_codecs
 from streamfn.record import Partition, Record, SourceRecord

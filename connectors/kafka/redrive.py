@@ -16,8 +16,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.destination import PROVENANCE_PREFIX
+from streamfn.connectors.kafka.handshake import started
 
 IDLE_SECONDS = 3.0
 

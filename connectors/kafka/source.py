@@ -7,14 +7,10 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
-from streamfn.connectors.kafka.connection import (
-    KafkaConnection,
-    from_source_access_configurations,
-    join_servers,
-    with_connection_servers,
-)
+from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
 from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
 from streamfn.errors import ConfigError

@@ -14,7 +14,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options, started
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+from streamfn.connectors.kafka.handshake import started
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.record import Partition
 from streamfn.source import GroupStatus, PartitionStatus
