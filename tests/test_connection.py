@@ -4,7 +4,10 @@ what each SASL mechanism hands the Kafka client (the test broker has no SASL to 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,12 @@ def run_over_tls(
     process = start_cli("run", str(pipeline), *args, servers=cluster.servers, extra_env=env)
     stdout, stderr = process.communicate(timeout=90)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_on_terminal(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`command` with a terminal as its stdout and stderr (script(1)); what it wrote comes back as stdout."""
+    script = ["script", "-qec", shlex.join(command), "/dev/null"]
+    return subprocess.run(script, env=env, capture_output=True, text=True, timeout=90, check=False)
 
 
 async def test_pipeline_runs_end_to_end_over_mutual_tls(tls: TlsCluster, name: Any, tmp_path: Path) -> None:
@@ -499,16 +508,17 @@ async def test_no_secret_is_ever_shown(aws: dict[str, str], tls: TlsCluster, nam
     pipeline = write_pipeline(tmp_path, LEAKY)
     shown: list[str] = []
 
-    run = run_over_tls(
-        pipeline,
-        tls,
-        env,
-        *("--seed", f"{topic}={lines}", "--until-idle", "1", "--log-format", "json", "--log-level", "DEBUG"),
-        *("--metrics", "console", "--traces", "console", "--progress-interval", "0.2"),
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    # On a terminal (script(1) gives it one), so the live view is drawn; logs, metrics and spans go there too.
+    command = [sys.executable, "-m", "streamfn", "run", str(pipeline), "--seed", f"{topic}={lines}", "--until-idle"]
+    command += ["1", "--log-format", "json", "--log-level", "DEBUG", "--metrics", "console", "--traces", "console"]
+    terminal_env = dict(os.environ, **env, STREAMFN_BOOTSTRAP_SERVERS=tls.servers, COLUMNS="200")
+    run = run_on_terminal(command, terminal_env)
+    assert run.returncode == 0, run.stdout[-3000:]
     shown += [run.stdout, run.stderr]
-    assert '"traceId"' in run.stdout or "trace_id" in run.stdout  # the spans were printed
+    assert "streamfn run" in run.stdout  # the live view's title
+    assert '"level":"DEBUG"' in run.stdout  # the JSON logs
+    assert "streamfn.sink.write.errors" in run.stdout  # the metrics
+    assert '"trace_id"' in run.stdout  # the spans
     letters = await tls_read(tls, dlq, 4)  # record 0 failed; 1-3 could not be written to the SASL outputs
     conditions = sorted(json.loads(r.value)["requestContext"]["condition"] for r in letters)
     assert len(letters) == 4, conditions
