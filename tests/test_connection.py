@@ -222,6 +222,20 @@ def test_tls_failures_end_in_one_line(tls: TlsCluster, name: Any, tmp_path: Path
     assert last == f"error: cannot connect to Kafka at {tls.servers}: TLS handshake failed: {expected}"
 
 
+@pytest.mark.parametrize("password", ["wrong", None])
+async def test_an_unreadable_private_key_is_a_config_error(tls: TlsCluster, password: str | None) -> None:
+    """Never OpenSSL's interactive password prompt (a worker would hang): one line naming what to fix."""
+    connection = KafkaConnection(
+        ssl_cafile=tls.ca, ssl_certfile=tls.client_cert, ssl_keyfile=tls.client_key, ssl_key_password=password
+    )
+    with pytest.raises(ConfigError) as raised:
+        await client_options(tls.servers, connection)
+    assert str(raised.value) == (
+        "KafkaConnection: the TLS certificates or key are unusable: the private key cannot be read: "
+        "ssl_key_password is wrong or missing, or it is no PEM key"
+    )
+
+
 # --- SASL: what reaches the client ------------------------------------------------------------------------------
 
 

@@ -192,12 +192,14 @@ class KafkaConnection(StrictModel):
                     cadata=ca.get_secret_value() if ca is not None else None,
                     certfile=certfile,
                     keyfile=keyfile,
-                    password=password.get_secret_value() if password is not None else None,
+                    # Never None: OpenSSL would ask for the password of an encrypted key on the terminal.
+                    password=password.get_secret_value() if password is not None else "",
                 )
         except (ssl.SSLError, ValueError) as error:
-            raise ConfigError(
-                f"{self.owner}: the TLS certificates or key cannot be used: {ssl_reason(error)}"
-            ) from None
+            reason = ssl_reason(error)
+            if "PEM lib" in reason:  # OpenSSL's only word for a key it cannot decrypt
+                reason = "the private key cannot be read: ssl_key_password is wrong or missing, or it is no PEM key"
+            raise ConfigError(f"{self.owner}: the TLS certificates or key are unusable: {reason}") from None
         context.check_hostname = self.ssl_check_hostname
         return context
 
