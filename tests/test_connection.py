@@ -158,6 +158,8 @@ async def test_pipeline_runs_end_to_end_over_mutual_tls(tls: TlsCluster, name: A
     assert status.returncode == 0, status.stderr
     (function,) = json.loads(status.stdout)["functions"]
     assert (function["total_lag"], function["dead_letters"]) == (0, 2)
+    more = run_cli("produce", topic, str(lines), servers=tls.servers, extra_env=env)  # STREAMFN_KAFKA_* again
+    assert (more.returncode, more.stdout.strip()) == (0, f"produced 8 records to {topic}"), more.stderr
     redrive = run_cli("redrive", str(pipeline), "--function", "handle", "--dry-run", servers=tls.servers, extra_env=env)
     assert redrive.returncode == 0, redrive.stderr
     assert redrive.stdout.splitlines()[-1] == f"would redrive 2 records from {dlq}"
