@@ -277,7 +277,10 @@ def redrive(
     if servers is None:
         _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     group = f"{target.group_id}-redrive"
-    redriven = asyncio.run(redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run))
+    connection = destination.reached(target.source.connection if isinstance(target.source, KafkaSource) else None)
+    redriven = asyncio.run(
+        redrive_dead_letters(servers, destination.topic, group, limit=limit, dry_run=dry_run, connection=connection)
+    )
     verb = "would redrive" if dry_run else "redrove"
     for item in redriven:
         out.print(f"{verb} {item.topic}-{item.partition}@{item.offset} ({item.condition})")

@@ -16,6 +16,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.destination import PROVENANCE_PREFIX
 
 IDLE_SECONDS = 3.0
@@ -49,13 +51,18 @@ def original(letter: ConsumerRecord[bytes, bytes]) -> tuple[str, int, bytes | No
 
 
 async def redrive(
-    servers: str, dead_letter_topic: str, group: str, *, limit: int | None, dry_run: bool
+    servers: str,
+    dead_letter_topic: str,
+    group: str,
+    *,
+    limit: int | None,
+    dry_run: bool,
+    connection: KafkaConnection | None = None,
 ) -> list[Redriven]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", max_request_size=16 * 1024 * 1024)
-    await consumer.start()
+    options = await client_options(servers, connection)
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(**options, acks="all", max_request_size=16 * 1024 * 1024)
+    await connect(consumer, servers, options)
     await producer.start()
     done: list[Redriven] = []
     try:
