@@ -11,4 +11,8 @@ mypy
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 fi
+# The TLS tests put stunnel in front of the broker (tests/tls.py); install it where there is none.
+if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4
+fi
 python -m pytest "$@"

@@ -6,6 +6,7 @@ from streamfn.config import Backoff
 from streamfn.errors import ConfigError
 from streamfn.failure import BatchItemFailures
 from streamfn.record import Partition, Record
+from streamfn.secrets import Secret
 from streamfn.sink import Output, SinkRetry
 from streamfn.windows import Hopping, Tumbling
 
@@ -19,6 +20,7 @@ __all__ = [
     "Output",
     "Partition",
     "Record",
+    "Secret",
     "SinkRetry",
     "Tumbling",
 ]

@@ -145,8 +145,9 @@ class Chains:
         self._telemetry = telemetry
         self._runners: list[FunctionRunner] = []
 
-    def context(self, function: str, servers: str, event: LambdaEvent) -> SinkContext:
-        """The sink context of `function`: its chained functions share its servers and Lambda event shape."""
+    def context(self, function: str, servers: str, event: LambdaEvent, connection: Any = None) -> SinkContext:
+        """The sink context of `function`: its chained functions share its servers, connection and Lambda event
+        shape."""
 
         async def chain(handler: Callable[..., Any], value_format: str) -> RunChained:
             target = self._app.by_handler(handler)
@@ -161,7 +162,7 @@ class Chains:
                 telemetry=self._telemetry.function(target.name),
             )
             self._runners.append(runner)
-            await runner.open(self.context(target.name, servers, event))
+            await runner.open(self.context(target.name, servers, event, connection))
 
             async def run(records: Sequence[SourceRecord]) -> None:
                 if records:
@@ -171,7 +172,9 @@ class Chains:
 
         declared = self._app.functions[function]
         exactly_once = declared.config.processing_guarantee == "exactly_once"
-        return SinkContext(function, servers, chain, group=declared.group_id, exactly_once=exactly_once)
+        return SinkContext(
+            function, servers, chain, group=declared.group_id, exactly_once=exactly_once, connection=connection
+        )
 
     async def close(self) -> None:
         for runner in self._runners:

@@ -284,9 +284,18 @@ def redrive(
     if servers is None:
         _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     group = f"{target.group_id}-redrive"
+    connection = destination.reached(target.source.connection if isinstance(target.source, KafkaSource) else None)
+    source_connection = target.source.connection if isinstance(target.source, KafkaSource) else None
     redriven = asyncio.run(
         redrive_dead_letters(
-            servers, destination.topic, group, source_servers=source_servers or servers, limit=limit, dry_run=dry_run
+            servers,
+            destination.topic,
+            group,
+            source_servers=source_servers or servers,
+            limit=limit,
+            dry_run=dry_run,
+            connection=connection,
+            source_connection=source_connection,
         )
     )
     verb = "would redrive" if dry_run else "redrove"

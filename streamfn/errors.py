@@ -8,10 +8,17 @@ from collections.abc import Callable, Iterable
 from pydantic import ValidationError
 
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+SECRET_WORDS = ("password", "secret", "token", "_pem", "auth")
+"""A field whose name holds one of these may hold a secret: an error about it never shows the value given."""
 
 
 class Unreachable(Exception):
     """A system a command reads from (a broker) did not answer; the CLI prints the message as one line."""
+
+
+class Refused(Unreachable):
+    """A system answered but refused this client's settings (a failed TLS handshake: an unknown CA, a missing or
+    expired client certificate). Waiting does not change that, so start-up does not retry it."""
 
 
 class ConfigError(Exception):
@@ -55,5 +62,6 @@ class ConfigError(Exception):
             else:
                 bounds = allowed(str(item["loc"][0])) if item["type"] in RANGE_ERRORS else None
                 rule = f"allowed: {bounds}" if bounds else item["msg"].removeprefix("Value error, ")
-                problems.append(f"{prefix}{field}={item['input']!r} is invalid: {rule}")
+                shown = "<hidden>" if any(word in field.lower() for word in SECRET_WORDS) else repr(item["input"])
+                problems.append(f"{prefix}{field}={shown} is invalid: {rule}")
         return cls("; ".join(problems))

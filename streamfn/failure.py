@@ -85,8 +85,9 @@ class Destination(Protocol):
     def check(self, source_topics: Sequence[str]) -> None:
         """Raise ConfigError if this destination cannot serve a function reading `source_topics`."""
 
-    async def start(self, default_servers: str) -> None:
-        """Before the first delivery; `default_servers`: the function's source servers."""
+    async def start(self, default_servers: str, default_connection: Any = None) -> None:
+        """Before the first delivery; `default_servers`, `default_connection`: how the function's source is
+        reached (SourceReader.servers, .connection)."""
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         """Write every failure and return only once the destination has acknowledged them all."""
@@ -98,7 +99,7 @@ class Destination(Protocol):
 class Countable(Protocol):
     """A destination that can say how many dead letters it holds (`streamfn status`); optional for destinations."""
 
-    async def depth(self, default_servers: str | None) -> int:
+    async def depth(self, default_servers: str | None, default_connection: Any = None) -> int:
         """Records in the destination now (Kafka: over every partition, the true end minus the beginning offset);
         `default_servers`: the function's source servers. Raises streamfn.errors.Unreachable if it does not
         answer."""

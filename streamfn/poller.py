@@ -18,7 +18,7 @@ from streamfn.chain import Chains
 from streamfn.changelog import Changelog
 from streamfn.checkpoint import Checkpoint
 from streamfn.context import function_arn
-from streamfn.errors import Unreachable
+from streamfn.errors import Refused, Unreachable
 from streamfn.failure import FailureOrigin
 from streamfn.formats import is_plain
 from streamfn.logs import bind
@@ -84,8 +84,9 @@ class Poller:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
         bind(function=self.function.name)  # this task's log lines (the poller's own task: never unbound)
         try:  # whatever fails, every client opened so far is closed
+            reader = self.reader
             await self._runner.open(
-                self._chains.context(self.function.name, self.reader.servers, self.reader.lambda_event)
+                self._chains.context(self.function.name, reader.servers, reader.lambda_event, reader.connection)
             )
             if not await self._connect():
                 return
@@ -123,6 +124,8 @@ class Poller:
                 async with asyncio.timeout_at(max(deadline, loop.time() + LAST_ATTEMPT_SECONDS)):
                     await self.reader.connect()
                 return True
+            except Refused:  # the cluster answered and refused our settings (TLS): waiting will not change that
+                raise
             except (Unreachable, TimeoutError) as error:
                 failure = str(error) if isinstance(error, Unreachable) else f"no answer from {self.reader.servers}"
             left = deadline - loop.time()

@@ -165,7 +165,7 @@ class FunctionRunner:
     async def open(self, context: SinkContext) -> None:
         """Start the destination and open the sinks (before any batch runs)."""
         if self._destination is not None:
-            await self._destination.start(context.servers)
+            await self._destination.start(context.servers, context.connection)
             if self.function.config.maximum_retry_attempts == -1:
                 log.info(
                     "function %s: infinite retries with an on_failure destination: capped at %d retries (as Lambda)",

@@ -109,6 +109,9 @@ class SinkContext:
     exactly_once: bool = False
     """processing_guarantee="exactly_once": the writer stores, with the outputs and in the same transaction, the
     source offsets they cover, skips outputs a replayed batch emits again, and reports its positions."""
+    connection: Any = None
+    """How the source is reached beyond `servers` (Kafka: its KafkaConnection); a sink on the same system that
+    names no servers of its own uses it too."""
 
 
 class SinkWriter(Protocol):

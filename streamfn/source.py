@@ -48,6 +48,9 @@ class GroupStatus:
     """Member ids of the processes in the group now (which partitions each holds is not asked: Tansu cannot say)."""
     partitions: tuple[PartitionStatus, ...]
     """Every partition of the source's streams that exist, in (topic, partition) order."""
+    connection: Any = None
+    """How the source is reached beyond `servers` (Kafka: its KafkaConnection); a destination on the same
+    system that names no servers of its own is reached the same way."""
 
     @property
     def total_lag(self) -> int:
@@ -75,6 +78,9 @@ class SourceReader(Protocol):
     description: str
     servers: str
     """Where the source is (Kafka: its bootstrap servers), as events and dead letters report it."""
+    connection: Any
+    """How it is reached beyond `servers` (Kafka: a KafkaConnection: TLS, SASL), opaque to the engine; sinks and
+    destinations on the same system that name no servers of their own are reached the same way."""
     value_codec: Codec
     """How values are decoded for native handlers (and validated, for formats with a schema)."""
     key_codec: Codec | None

@@ -25,7 +25,8 @@ async def report(app: App, servers: str | None) -> dict[str, Any]:
         destination = function.config.on_failure
         # A dead-letter topic is on the function's source cluster unless it names its own.
         default = group.servers if group is not None else servers
-        depth = await destination.depth(default) if isinstance(destination, Countable) and default else None
+        connection = group.connection if group is not None else None
+        depth = await destination.depth(default, connection) if isinstance(destination, Countable) and default else None
         functions.append(function_status(function, group, depth))
     return {"app": app.name, "functions": functions}
 

@@ -22,6 +22,8 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from streamfn.changelog import APPLIED_HEADER, ChangelogEntry
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.producer import DELIVERY_TIMEOUT_MS, MAX_REQUEST_BYTES
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
@@ -57,8 +59,11 @@ def changelog_topic(group_id: str, topic: str) -> str:
 class KafkaChangelog:
     """The Changelog of streamfn.changelog over Kafka: one compacted changelog topic per source topic of a group."""
 
-    def __init__(self, servers: str, group_id: str, topics: Sequence[str]) -> None:
+    def __init__(
+        self, servers: str, group_id: str, topics: Sequence[str], connection: KafkaConnection | None = None
+    ) -> None:
         self.servers = servers
+        self.connection = connection
         self.group_id = group_id
         self.topics: dict[str, str] = {topic: changelog_topic(group_id, topic) for topic in topics}
         """Source topic -> its changelog topic."""
@@ -71,22 +76,23 @@ class KafkaChangelog:
 
     async def start(self) -> None:
         try:
+            options = await client_options(self.servers, self.connection)
             self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.servers,
+                **options,
                 acks="all",  # write() returns once entries are durable: the engine commits source offsets after it
                 request_timeout_ms=DELIVERY_TIMEOUT_MS,
                 max_request_size=MAX_REQUEST_BYTES,
                 max_batch_size=BATCH_BYTES,
             )
-            await self._producer.start()
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.servers, request_timeout_ms=DELIVERY_TIMEOUT_MS)
+            await connect(self._producer, self.servers, options)
+            admin = AIOKafkaAdminClient(**options, request_timeout_ms=DELIVERY_TIMEOUT_MS)
             await admin.start()
             try:
                 await self._create_topics(admin)
             finally:
                 await admin.close()
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.servers,
+                **options,
                 group_id=None,  # no group: restores assign and seek themselves, and commit nothing
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -17,13 +17,13 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
 from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
-from streamfn.connectors.kafka.source import join_servers
 from streamfn.errors import ConfigError
 from streamfn.failure import FailedRecord, FailureOrigin
 from streamfn.formats import Codec, close_codecs, open_codecs
@@ -41,6 +41,9 @@ class KafkaTopic(TopicFormat):
 
     topic: str
     bootstrap_servers: str | list[str] | None = None
+    connection: KafkaConnection | None = None
+    """TLS and SASL settings (and possibly the servers); without, a topic on its function's source cluster is
+    reached as the source is, one on another cluster by the STREAMFN_KAFKA_* environment variables."""
     retry: SinkRetry = Field(default_factory=SinkRetry)
     """As an output: how long a failing write is retried before its input records go to on_failure."""
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=16 * 1024, le=2**31 - 1)
@@ -53,6 +56,12 @@ class KafkaTopic(TopicFormat):
 
     def __str__(self) -> str:
         return f"KafkaTopic({self.topic!r})"
+
+    _connection_servers = model_validator(mode="before")(with_connection_servers)
+
+    def reached(self, source_connection: KafkaConnection | None) -> KafkaConnection | None:
+        """Its own connection; else, on its function's source cluster, the source's."""
+        return self.connection or (source_connection if self.bootstrap_servers is None else None)
 
     def check(self, source_topics: Sequence[str]) -> None:
         if self.topic in source_topics and self.bootstrap_servers is None:
@@ -67,14 +76,17 @@ class KafkaTopic(TopicFormat):
 
     async def open(self, context: SinkContext) -> TopicWriter:
         value, key = self.codecs()
-        writer = TopicWriter(self.topic, LazyProducer(self.servers(context.servers) or context.servers), value, key)
+        producer = LazyProducer(self.servers(context.servers) or context.servers, self.reached(context.connection))
+        writer = TopicWriter(self.topic, producer, value, key)
         await writer.open()
         return writer
 
-    async def start(self, default_servers: str) -> None:
+    async def start(self, default_servers: str, default_connection: KafkaConnection | None = None) -> None:
         if self._producer is None:  # one producer however many functions share this destination
             servers = self.servers(default_servers) or default_servers
-            self._producer = LazyProducer(servers, max_request_bytes=self.max_message_bytes)
+            self._producer = LazyProducer(
+                servers, self.reached(default_connection), max_request_bytes=self.max_message_bytes
+            )
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         assert self._producer is not None, "started before any delivery"
@@ -90,14 +102,14 @@ class KafkaTopic(TopicFormat):
         if self._producer is not None:
             await self._producer.stop()  # a function still sharing it starts it again on its next delivery
 
-    async def depth(self, default_servers: str | None) -> int:
+    async def depth(self, default_servers: str | None, default_connection: KafkaConnection | None = None) -> int:
         """Records in the topic now: over its partitions, the true end minus the beginning offset (0 if the topic
         does not exist yet: it is created by its first dead letter)."""
         servers = self.servers(default_servers)
         if servers is None:
             raise ConfigError(f"{self} has no bootstrap servers to count its records on")
         with unreachable(f"topic {self.topic!r}", servers):
-            ranges = await offset_ranges(servers, [self.topic])
+            ranges = await offset_ranges(servers, [self.topic], self.reached(default_connection))
         return sum(end - beginning for beginning, end in ranges.values())
 
 

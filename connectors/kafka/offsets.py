@@ -16,22 +16,28 @@ from contextlib import asynccontextmanager, contextmanager
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.errors import Unreachable
 
 PROBE_TIMEOUT_SECONDS = 5.0
 """How long the end probe waits for its fetch; past it, ListOffsets' answer stands."""
 
 
-async def log_ends(servers: str, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+async def log_ends(
+    servers: str, partitions: Sequence[TopicPartition], connection: KafkaConnection | None = None
+) -> dict[TopicPartition, int]:
     """The true log end offset (the offset the next new record will get) of each partition."""
-    async with _consumer(servers) as consumer:
+    async with _consumer(servers, connection) as consumer:
         return await _ends(consumer, partitions)
 
 
-async def offset_ranges(servers: str, topics: Sequence[str]) -> dict[TopicPartition, tuple[int, int]]:
+async def offset_ranges(
+    servers: str, topics: Sequence[str], connection: KafkaConnection | None = None
+) -> dict[TopicPartition, tuple[int, int]]:
     """(beginning, true end) of every partition of `topics`, in (topic, partition) order. A topic that does not
     exist has no partitions here (and is not created)."""
-    async with _consumer(servers) as consumer:
+    async with _consumer(servers, connection) as consumer:
         # The consumer's bootstrap read every topic's metadata: a topic not in it does not exist.
         found = {topic: sorted(consumer.partitions_for_topic(topic) or ()) for topic in topics}
         partitions = [TopicPartition(topic, p) for topic, numbers in found.items() for p in numbers]
@@ -47,15 +53,16 @@ def unreachable(what: str, servers: str) -> Iterator[None]:
     """Kafka client failures (no broker answers, a request fails) as one Unreachable naming `what` and where."""
     try:
         yield
-    except (KafkaError, OSError) as error:
+    except (KafkaError, OSError, Unreachable) as error:  # Unreachable: a client's connect() failed
         raise Unreachable(f"cannot read {what} from Kafka at {servers}: {error}") from error
 
 
 @asynccontextmanager
-async def _consumer(servers: str) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, group_id=None)
+async def _consumer(servers: str, connection: KafkaConnection | None) -> AsyncIterator[AIOKafkaConsumer]:
+    options = await client_options(servers, connection)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     try:
-        await consumer.start()
+        await connect(consumer, servers, options)
         yield consumer
     finally:
         # aiokafka 0.14: stopping a group-less consumer whose background task has not run yet (nothing awaited since

@@ -9,6 +9,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 
 
 def _key(line: bytes, key_field: str | None) -> bytes | None:
@@ -32,12 +33,20 @@ class Produced:
     """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
 
 
-async def produce_lines(servers: str, topic: str, lines: Iterable[bytes], *, key_field: str | None = None) -> Produced:
+async def produce_lines(
+    servers: str,
+    topic: str,
+    lines: Iterable[bytes],
+    *,
+    key_field: str | None = None,
+    connection: KafkaConnection | None = None,
+) -> Produced:
     """Produce each non-empty line as one record's value, keyed by a JSON field if given."""
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5, acks="all")
+    options = await client_options(servers, connection)
+    producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
     count = unkeyed = 0
     try:
-        await connect(producer, servers)
+        await connect(producer, servers, options)
         for raw in lines:
             line = raw.rstrip(b"\r\n")
             if not line:

@@ -10,13 +10,19 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
+
 DELIVERY_TIMEOUT_MS = 10_000
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class LazyProducer:
-    def __init__(self, servers: str, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self, servers: str, connection: KafkaConnection | None = None, *, max_request_bytes: int = MAX_REQUEST_BYTES
+    ) -> None:
         self.servers = servers
+        self.connection = connection
         self._max_request_bytes = max_request_bytes
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
@@ -28,14 +34,15 @@ class LazyProducer:
         async with self._starting:
             if self._producer is not None:
                 return self._producer
+            options = await client_options(self.servers, self.connection)
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.servers,
+                **options,
                 acks="all",
                 request_timeout_ms=DELIVERY_TIMEOUT_MS,
                 max_request_size=self._max_request_bytes,
             )
             try:
-                await producer.start()
+                await connect(producer, self.servers, options)
             except Exception:
                 await producer.stop()
                 raise

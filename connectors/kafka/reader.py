@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats import close_codecs, open_codecs
@@ -57,29 +58,46 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaReader:
-    def __init__(self, source: KafkaSource, *, servers: str, group_id: str) -> None:
+    def __init__(
+        self, source: KafkaSource, *, servers: str, group_id: str, connection: KafkaConnection | None = None
+    ) -> None:
         self.source = source
         self.servers = servers
         self.group_id = group_id
+        self.connection = connection
+        """How to reach `servers` (TLS, SASL); a KafkaTopic on the source's cluster uses it too."""
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
         self.description = f"topics {', '.join(source.topics)} on {servers}"
         self.value_codec, self.key_codec = source.codecs()
         self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=source.session_timeout_ms,
-            heartbeat_interval_ms=max(source.session_timeout_ms // 6, 500),
-            fetch_max_bytes=MAX_FETCH_BYTES,
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            client_id=f"streamfn-{group_id}",
-        )
+        self._options: dict[str, Any] | None = None
+        """The clients' settings, read (secrets included) by the first connect() and kept for its retries."""
+        self._consumer: AIOKafkaConsumer
+        """Made by connect(), once the connection's secrets are read; a failed attempt leaves none behind."""
 
     async def connect(self) -> None:
-        await connect(self._consumer, self.servers)  # not subscribed yet: its metadata lists the topics that exist
+        """Make the consumer and reach the cluster; Unreachable if it does not answer (then called again)."""
+        if self._options is None:
+            self._options = await client_options(self.servers, self.connection)
+        consumer = AIOKafkaConsumer(
+            **self._options,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.source.session_timeout_ms,
+            heartbeat_interval_ms=max(self.source.session_timeout_ms // 6, 500),
+            fetch_max_bytes=MAX_FETCH_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            client_id=f"streamfn-{self.group_id}",
+        )
+        try:
+            # not subscribed yet: its metadata lists the topics that exist
+            await connect(consumer, self.servers, self._options)
+        except BaseException:  # a refused bootstrap is stopped by connect(); a cancelled one (the deadline) here
+            await consumer.stop()
+            raise
+        self._consumer = consumer
 
     async def start(self, listener: AssignmentListener) -> None:
         """Subscribe (once connected), warning of each source topic that does not exist."""
@@ -147,7 +165,8 @@ class KafkaReader:
         return self._event(partition, records, decoded)
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        if hasattr(self, "_consumer"):  # else connect() never succeeded: no consumer is open
+            await self._consumer.stop()
         await close_codecs(self.value_codec, self.key_codec)
 
     async def settle_start_positions(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
@@ -175,7 +194,7 @@ class KafkaReader:
         if position == "TRIM_HORIZON":
             beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
             return beginnings
-        ends = await log_ends(self.servers, partitions)  # not ListOffsets(latest): see offsets.py
+        ends = await log_ends(self.servers, partitions, self.connection)  # not ListOffsets(latest): see offsets.py
         if position == "LATEST":
             return ends
         assert self.source.starting_position_timestamp is not None

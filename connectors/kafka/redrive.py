@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.letter import Headers, Letter, read_letter
 from streamfn.connectors.kafka.producer import MAX_REQUEST_BYTES
 from streamfn.connectors.kafka.reader import MAX_FETCH_BYTES
@@ -42,9 +44,11 @@ class Redriven:
 class SourceRecords:
     """Reads single records back from the source topics by offset (for letters without their payload)."""
 
-    def __init__(self, servers: str) -> None:
+    def __init__(self, servers: str, options: dict[str, Any]) -> None:
+        self._servers = servers
+        self._options = options
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
+            **options,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # an offset gone by retention then reads a later one: not it
             fetch_max_bytes=MAX_FETCH_BYTES,
@@ -54,7 +58,7 @@ class SourceRecords:
 
     async def get(self, letter: Letter) -> tuple[bytes | None, bytes | None, Headers] | None:
         if not self._started:
-            await self._consumer.start()
+            await connect(self._consumer, self._servers, self._options)
             self._started = True
         tp = TopicPartition(letter.topic, letter.partition)
         self._consumer.assign([tp])
@@ -71,16 +75,29 @@ class SourceRecords:
 
 
 async def redrive(
-    servers: str, dead_letter_topic: str, group: str, *, source_servers: str, limit: int | None, dry_run: bool
+    servers: str,
+    dead_letter_topic: str,
+    group: str,
+    *,
+    source_servers: str,
+    limit: int | None,
+    dry_run: bool,
+    connection: KafkaConnection | None = None,
+    source_connection: KafkaConnection | None = None,
 ) -> list[Redriven]:
-    """`servers`: the dead-letter topic's cluster; `source_servers`: the source's, where records go back to."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=source_servers, acks="all", max_request_size=MAX_REQUEST_BYTES)
-    sources = SourceRecords(source_servers)
-    await consumer.start()
-    await producer.start()
+    """`servers`, `connection`: the dead-letter topic's cluster; `source_servers`, `source_connection`: the
+    source's, where records go back to."""
+    options = await client_options(servers, connection)
+    source_options = await client_options(source_servers, source_connection)
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
+    await connect(consumer, servers, options)
+    producer = AIOKafkaProducer(**source_options, acks="all", max_request_size=MAX_REQUEST_BYTES)
+    try:
+        await connect(producer, source_servers, source_options)
+    except BaseException:
+        await consumer.stop()
+        raise
+    sources = SourceRecords(source_servers, source_options)
     done: list[Redriven] = []
     try:
         found = consumer.partitions_for_topic(dead_letter_topic) or set()

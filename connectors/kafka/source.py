@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
 from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
 from streamfn.errors import ConfigError
@@ -18,11 +20,6 @@ if TYPE_CHECKING:
     from streamfn.connectors.kafka.destination import KafkaTopic
 
 SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
-
-
-def join_servers(servers: str | list[str] | None) -> str | None:
-    """Bootstrap servers as one comma-separated string, as Kafka clients and Lambda's events take them."""
-    return ",".join(servers) if isinstance(servers, list) else servers
 
 
 class KafkaSource(TopicFormat):
@@ -50,6 +47,9 @@ class KafkaSource(TopicFormat):
     """Lambda-style handlers with a schema registry: JSON delivers each value decoded (as base64 JSON text),
     SOURCE the original bytes without the registry's header; each record carries key/valueSchemaMetadata."""
     bootstrap_servers: str | list[str] | None = None
+    connection: KafkaConnection | None = None
+    """TLS and SASL settings (and possibly the servers), shared with the pipeline's other Kafka parts; else the
+    STREAMFN_KAFKA_* environment variables. Lambda's SourceAccessConfigurations are accepted instead."""
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     """How long the group waits for a silent (crashed) worker before moving its partitions."""
 
@@ -64,6 +64,28 @@ class KafkaSource(TopicFormat):
             # Lambda takes Unix seconds; a millisecond value would start thousands of years ahead.
             raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lambda_access(cls, values: Any) -> Any:
+        """Lambda's SelfManagedEventSource (the servers) and SourceAccessConfigurations (authentication and
+        encryption from Secrets Manager) as the API and CloudFormation spell them; a connection's servers."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        if "SelfManagedEventSource" in values:
+            source = values.pop("SelfManagedEventSource")
+            endpoints = source.get("Endpoints") if isinstance(source, dict) else None
+            servers = endpoints.get("KAFKA_BOOTSTRAP_SERVERS") if isinstance(endpoints, dict) else None
+            if not isinstance(servers, list) or not servers:
+                raise ValueError("SelfManagedEventSource needs Endpoints.KAFKA_BOOTSTRAP_SERVERS, a list of host:port")
+            values["bootstrap_servers"] = servers
+        if "SourceAccessConfigurations" in values:
+            if values.get("connection") is not None:
+                raise ValueError("give connection= or SourceAccessConfigurations, not both")
+            entries = values.pop("SourceAccessConfigurations")
+            values["connection"] = from_source_access_configurations(entries)
+        return with_connection_servers(values)
 
     @model_validator(mode="before")
     @classmethod
@@ -116,17 +138,17 @@ class KafkaSource(TopicFormat):
         servers = self.servers(default_servers)
         if servers is None:
             raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
-        return KafkaReader(self, servers=servers, group_id=group_id)
+        return KafkaReader(self, servers=servers, group_id=group_id, connection=self.connection)
 
     def changelog(self, *, group_id: str, default_servers: str | None) -> KafkaChangelog:
         """The group's state changelog: compacted topics on the source's cluster, one per source topic."""
         servers = self.servers(default_servers)
         if servers is None:
             raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
-        return KafkaChangelog(servers, group_id, self.topics)
+        return KafkaChangelog(servers, group_id, self.topics, self.connection)
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
         servers = self.servers(default_servers)
         if servers is None:
             raise ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)")
-        return await group_status(servers, group_id, self.topics)
+        return await group_status(servers, group_id, self.topics, self.connection)

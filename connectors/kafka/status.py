@@ -14,6 +14,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 
+from streamfn.connectors.kafka.connect import connect
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.record import Partition
 from streamfn.source import GroupStatus, PartitionStatus
@@ -22,12 +24,15 @@ NO_OFFSET = -1
 """OffsetFetch's answer for a partition the group has committed nothing for."""
 
 
-async def group_status(servers: str, group_id: str, topics: Sequence[str]) -> GroupStatus:
+async def group_status(
+    servers: str, group_id: str, topics: Sequence[str], connection: KafkaConnection | None = None
+) -> GroupStatus:
     with unreachable(f"consumer group {group_id!r}", servers):
-        ranges = await offset_ranges(servers, topics)
-        admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id="streamfn-status")
+        ranges = await offset_ranges(servers, topics, connection)
+        options = await client_options(servers, connection)
+        admin = AIOKafkaAdminClient(**options, client_id="streamfn-status")
         try:
-            await admin.start()
+            await connect(admin, servers, options)
             responses = await admin.describe_consumer_groups([group_id])
             committed = await admin.list_consumer_group_offsets(group_id, partitions=list(ranges)) if ranges else {}
         finally:
@@ -38,7 +43,7 @@ async def group_status(servers: str, group_id: str, topics: Sequence[str]) -> Gr
         found = committed.get(tp)
         offset = None if found is None or found.offset == NO_OFFSET else found.offset
         partitions.append(PartitionStatus(Partition(tp.topic, tp.partition), offset, beginning, end))
-    return GroupStatus(group_id, servers, state, members, tuple(partitions))
+    return GroupStatus(group_id, servers, state, members, tuple(partitions), connection)
 
 
 def _described(responses: Sequence[Any], group_id: str) -> tuple[str, tuple[str, ...]]:
