@@ -1,0 +1,284 @@
+"""Fault injection: the same pipeline runs while things go wrong, and the outcome must be exact.
+
+Every test runs PIPELINE in worker processes (`streamfn run`, as users run it) over records {"n": i}; every
+POISON_EVERY-th record is poison (its handler always raises), the policy is bisection with 2 retries and a
+KafkaTopic on_failure. Whatever the fault, `Ledger.verify` then asserts: every good record handled at least once,
+every poison record dead-lettered (RetryAttemptsExhausted, after 1 + 2 invocations of it alone) and nothing else,
+so lost = 0; the committed offsets at the log ends, and in every sample taken during the run never past a record
+not yet handled or dead-lettered. Duplicates are counted, and the figures of each fault are printed at the end of
+the test session (conftest's terminal summary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SESSION_MS, create_topic, launch_pipeline, produce_values, read_handled, wait_for
+from faults import Figures, Ledger, Moto, Proxy, Tansu
+from test_sink_http import Receiver
+
+from streamfn.embedded import free_port
+
+pytestmark = pytest.mark.faults
+
+POISON_EVERY = 37
+
+PIPELINE = f"""
+import os, time
+from streamfn import App, Backoff
+from streamfn.connectors.http import Http
+from streamfn.connectors.kafka import KafkaSource, KafkaTopic
+from streamfn.sink import SinkRetry
+
+app = App("faults")
+OUT, SLEEP, URL = os.environ["OUT"], float(os.environ.get("SLEEP", "0")), os.environ.get("HTTP_URL")
+
+@app.function(
+    source=KafkaSource(topics=[os.environ["TOPIC"]], consumer_group_id=os.environ["GROUP"],
+                       session_timeout_ms={SESSION_MS}),
+    batch_size=20,
+    maximum_batching_window_in_seconds=0.1,
+    bisect_batch_on_function_error=True,
+    maximum_retry_attempts=2,
+    backoff=Backoff(initial_seconds=0.01, max_seconds=0.05),
+    on_failure=KafkaTopic(os.environ["DLQ"], bootstrap_servers=os.environ.get("DLQ_SERVERS")),
+    outputs=[Http(URL, retry=SinkRetry(max_attempts=40, initial_seconds=0.1, max_seconds=0.5))] if URL else [],
+)
+def handler(records):
+    poison = [r.value["n"] for r in records if r.value["n"] % {POISON_EVERY} == {POISON_EVERY} - 1]
+    if poison:
+        raise ValueError(f"poison {{poison[0]}}")
+    time.sleep(SLEEP)
+    with open(OUT, "a") as out:  # one write per batch: a kill -9 cannot leave half of it
+        out.write("".join(f"{{r.partition}} {{r.offset}}\\n" for r in records))
+    return [{{"p": r.partition, "o": r.offset}} for r in records]
+"""
+
+
+def poison(n: int) -> bool:
+    return n % POISON_EVERY == POISON_EVERY - 1
+
+
+class Workers:
+    """The pipeline's worker processes of one test, each started with the same environment."""
+
+    def __init__(self, directory: Path, servers: str, **env: str) -> None:
+        self.directory = directory
+        self.servers = servers
+        self.env = env
+        self.out = directory / "handled.txt"
+        self.running: list[subprocess.Popen[str]] = []
+
+    def start(self) -> subprocess.Popen[str]:
+        worker = launch_pipeline(self.directory, PIPELINE, self.servers, OUT=str(self.out), **self.env)
+        self.running.append(worker)
+        return worker
+
+    def handled(self) -> list[tuple[int, int]]:
+        return read_handled(self.out)
+
+    async def stop(self, worker: subprocess.Popen[str], how: signal.Signals) -> int | None:
+        """Signal `worker` and wait for it to exit (without blocking the loop); its exit code."""
+        self.running.remove(worker)
+        worker.send_signal(how)
+        await wait_for(lambda: worker.poll() is not None, 40, f"worker {worker.pid} to exit after {how.name}")
+        return worker.returncode
+
+    async def stop_all(self) -> list[int | None]:
+        """SIGTERM every running worker: each finishes, commits and exits 0."""
+        return [await self.stop(worker, signal.SIGTERM) for worker in list(self.running)]
+
+    def kill_all(self) -> None:
+        for worker in self.running:
+            worker.kill()
+            worker.wait()
+        self.running.clear()
+
+    def logs(self) -> str:
+        return "\n".join(log.read_text()[-3000:] for log in sorted(self.directory.glob("worker-*.log")))
+
+
+@pytest.fixture
+async def ledgers() -> AsyncIterator[list[Ledger]]:
+    made: list[Ledger] = []
+    yield made
+    for ledger in made:
+        await ledger.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
+    made: list[Workers] = []
+
+    def make(servers: str, **env: str) -> Workers:
+        made.append(Workers(tmp_path, servers, **env))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.kill_all()  # a test that failed half way leaves no worker behind
+
+
+def report(figures: Figures, record_property: Callable[[str, Any], None]) -> None:
+    print("\n" + figures.line())
+    record_property("fault_figures", figures.line())
+
+
+async def drain(workers: Workers, ledger: Ledger, ends: dict[int, int]) -> None:
+    """Wait until the group committed every partition's end, then stop the workers gracefully (exit 0 each)."""
+    await wait_for(lambda: bool(ledger.samples) and ledger.samples[-1].committed == ends, 45, "the final commits")
+    running = len(workers.running)
+    assert await workers.stop_all() == [0] * running, workers.logs()
+
+
+async def test_broker_killed_and_restarted_on_durable_storage_mid_run(
+    tmp_path: Path, name: Any, ledgers: list[Ledger], workers: Callable[..., Workers], record_property: Any
+) -> None:
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    with Moto(tmp_path) as s3, Tansu(tmp_path, s3=s3) as broker:
+        await create_topic(broker.address, topic, 4)
+        await produce_values(broker.address, topic, 800)
+        pipeline = workers(broker.address, TOPIC=topic, GROUP=group, DLQ=dlq, SLEEP="0.1")
+        ledger = Ledger(broker.address, topic, group, 4, poison, pipeline.handled)
+        ledgers.append(ledger)
+        pipeline.start()
+        watching = asyncio.create_task(ledger.watch())
+        # down for less than the session timeout, then for longer than it
+        for how, at, down in ((signal.SIGKILL, 200, 3.0), (signal.SIGTERM, 700, 7.0)):
+            await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
+            await broker.restart(how, down)
+            await produce_values(broker.address, topic, 400, start=400 + 400 * broker.restarts)  # records flow on
+        await drain(pipeline, ledger, {p: 400 for p in range(4)})
+        watching.cancel()
+        figures = await ledger.verify("broker restart (s3)", broker.restarts, broker.address, dlq)
+    report(figures, record_property)
+
+
+async def test_sink_that_fails_then_recovers(
+    broker: str, name: Any, ledgers: list[Ledger], workers: Callable[..., Workers], record_property: Any
+) -> None:
+    """An Http sink whose receiver answers 503 for a while, later refuses connections for a while: every output
+    arrives, nothing is dead-lettered but the poison records (the outages are within the sink's retries)."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 4)
+    await produce_values(broker, topic, 1200)
+    receiver = Receiver()
+    await receiver.start()
+    try:
+
+        def delivered() -> list[tuple[int, int]]:
+            return [(item["p"], item["o"]) for request in receiver.accepted for item in request.json()]
+
+        pipeline = workers(broker, TOPIC=topic, GROUP=group, DLQ=dlq, SLEEP="0.05", HTTP_URL=receiver.url)
+        ledger = Ledger(broker, topic, group, 4, poison, delivered)
+        ledgers.append(ledger)
+        pipeline.start()
+        watching = asyncio.create_task(ledger.watch())
+        await wait_for(lambda: len(delivered()) >= 200, 30, "200 outputs delivered")
+        receiver.status = 503
+        await asyncio.sleep(3)
+        refused = sum(r.status == 503 for r in receiver.requests)
+        receiver.status = 200
+        await wait_for(lambda: len(delivered()) >= 600, 30, "600 outputs delivered")
+        await receiver.stop()  # connections refused
+        await asyncio.sleep(3)
+        await receiver.start()
+        await drain(pipeline, ledger, {p: 300 for p in range(4)})
+        watching.cancel()
+        figures = await ledger.verify(
+            "sink fails then recovers (Http)", 2, broker, dlq, f"{refused} requests answered 503, then 3 s refused"
+        )
+    finally:
+        await receiver.stop()
+    assert refused > 0
+    report(figures, record_property)
+
+
+async def test_destination_that_refuses_writes_for_a_while(
+    tmp_path: Path, broker: str, name: Any, ledgers: list[Ledger], workers: Callable[..., Workers], record_property: Any
+) -> None:
+    """The dead-letter cluster is reached through a proxy that twice drops every connection and refuses new ones
+    for a few seconds: partitions wait (never committing past an undelivered dead letter), then every dead letter
+    arrives."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 4)
+    await produce_values(broker, topic, 1200)
+    relay_port = free_port()  # the dead-letter broker tells clients to connect here: through the proxy
+    with Tansu(tmp_path, advertised_port=relay_port) as dead_letters:
+        proxy = Proxy(dead_letters.port, port=relay_port)
+        await proxy.accept()
+        relayed = f"127.0.0.1:{relay_port}"
+        pipeline = workers(broker, TOPIC=topic, GROUP=group, DLQ=dlq, DLQ_SERVERS=relayed, SLEEP="0.05")
+        ledger = Ledger(broker, topic, group, 4, poison, pipeline.handled)
+        ledgers.append(ledger)
+        pipeline.start()
+        watching = asyncio.create_task(ledger.watch())
+        for at in (200, 600):
+            await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
+            await proxy.refuse()
+            await asyncio.sleep(4)
+            await proxy.accept()
+        await drain(pipeline, ledger, {p: 300 for p in range(4)})
+        watching.cancel()
+        windows = list(proxy.refused)
+        figures = await ledger.verify("destination refuses writes", len(windows), relayed, dlq)
+        await proxy.refuse()
+    # the refusals hit deliveries: dead letters sent while refused, which waited and were delivered afterwards
+    held = sum(any(start <= letter.timestamp / 1000 <= end for start, end in windows) for letter in ledger.letters)
+    assert held > 0
+    figures.detail = f"{held} dead letters sent while refused, delivered after"
+    report(figures, record_property)
+
+
+async def test_rebalance_storm_of_three_workers(
+    tmp_path: Path, broker: str, name: Any, ledgers: list[Ledger], workers: Callable[..., Workers], record_property: Any
+) -> None:
+    """Workers of one group join and leave (SIGTERM or kill -9, at random) every 2-4 s while records flow; up to
+    three at a time. The seed is in the figures, to replay a run."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    seed = int(time.time())
+    rng = random.Random(seed)
+    await create_topic(broker, topic, 6)
+    pipeline = workers(broker, TOPIC=topic, GROUP=group, DLQ=dlq, SLEEP="0.05")
+    ledger = Ledger(broker, topic, group, 6, poison, pipeline.handled)
+    ledgers.append(ledger)
+    produced = 0
+
+    async def keep_producing(seconds: float) -> None:
+        nonlocal produced
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await produce_values(broker, topic, 60, partitions=6, start=produced)
+            produced += 60
+            await asyncio.sleep(0.25)
+
+    producing = asyncio.create_task(keep_producing(20))
+    watching = asyncio.create_task(ledger.watch())
+    events: Counter[str] = Counter()
+    pipeline.start()
+    while not producing.done():
+        await asyncio.sleep(rng.uniform(2, 4))
+        if not pipeline.running or (len(pipeline.running) < 3 and rng.random() < 0.5):
+            pipeline.start()
+            events["joins"] += 1
+        else:
+            how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+            code = await pipeline.stop(rng.choice(pipeline.running), how)
+            assert code == (0 if how is signal.SIGTERM else -9), pipeline.logs()
+            events[how.name] += 1
+    if not pipeline.running:
+        pipeline.start()
+    await drain(pipeline, ledger, {p: produced // 6 for p in range(6)})
+    watching.cancel()
+    detail = f"seed {seed}: " + ", ".join(f"{n} {what}" for what, n in sorted(events.items()))
+    figures = await ledger.verify("rebalance storm (3 workers)", sum(events.values()), broker, dlq, detail)
+    report(figures, record_property)
