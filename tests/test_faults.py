@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SESSION_MS, create_topic, launch_pipeline, produce_values, read_handled, wait_for
+from conftest import (
+    SESSION_MS,
+    create_topic,
+    launch_pipeline,
+    produce_values,
+    read_handled,
+    wait_for,
+)
 from faults import Figures, Ledger, Moto, Proxy, Tansu
 from test_sink_http import Receiver
 
@@ -157,7 +164,7 @@ async def test_broker_killed_and_restarted_on_durable_storage_mid_run(
             await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
             await broker.restart(how, down)
             await produce_values(broker.address, topic, 400, start=400 + 400 * broker.restarts)  # records flow on
-        await drain(pipeline, ledger, {p: 400 for p in range(4)})
+        await drain(pipeline, ledger, {p: 100 * (2 + broker.restarts) for p in range(4)})
         watching.cancel()
         figures = await ledger.verify("broker restart (s3)", broker.restarts, broker.address, dlq)
     report(figures, record_property)
