@@ -152,6 +152,8 @@ class Proxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self.refused: list[tuple[float, float]] = []
         """(from, until) of each refusal, wall-clock seconds."""
+        self.connections = 0
+        """Connections relayed so far."""
 
     async def accept(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
@@ -173,6 +175,7 @@ class Proxy:
         except OSError:
             client_out.close()
             return
+        self.connections += 1
         pipes = [asyncio.create_task(_pipe(client_in, broker_out)), asyncio.create_task(_pipe(broker_in, client_out))]
         self._pipes.update(pipes)
         try:

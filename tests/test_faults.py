@@ -20,20 +20,26 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from conftest import (
     SESSION_MS,
+    committed,
     create_topic,
     launch_pipeline,
     produce_values,
     read_handled,
+    source,
     wait_for,
 )
 from faults import Figures, Ledger, Moto, Proxy, Tansu
 from test_sink_http import Receiver
 
+from streamfn import App, Backoff, Record
+from streamfn.connectors.table import Table
 from streamfn.embedded import free_port
+from streamfn.worker import Worker
 
 pytestmark = pytest.mark.faults
 
@@ -289,3 +295,70 @@ async def test_rebalance_storm_of_three_workers(
     detail = f"seed {seed}: " + ", ".join(f"{n} {what}" for what, n in sorted(events.items()))
     figures = await ledger.verify("rebalance storm (3 workers)", sum(events.values()), broker, dlq, detail)
     report(figures, record_property)
+
+
+async def test_sink_database_down_while_partitions_are_assigned(
+    broker: str, name: Any, postgresql: str, caplog: pytest.LogCaptureFixture, record_property: Any
+) -> None:
+    """exactly_once asks the Table where its outputs stopped when partitions are assigned; with the database
+    refusing connections at that moment, the partitions wait for it (the question is retried) and then run from
+    there. Before, the assignment callback failed, aiokafka logged and dropped the error, and the partitions stayed
+    assigned to a worker that never processed them: wedged, silently, until some later rebalance."""
+    topic, group, table = name("t"), name("g"), name("rows").replace("-", "_")
+    await create_topic(broker, topic, 4)
+    await produce_values(broker, topic, 400)
+    proxy = Proxy(urlparse(postgresql).port or 5432)
+    await proxy.accept()
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    handled: list[tuple[int, int]] = []
+    app = App("db-down")
+
+    @app.function(
+        source=source(topic, group),
+        batch_size=20,
+        maximum_batching_window_in_seconds=0.1,
+        backoff=Backoff(initial_seconds=0.1, max_seconds=0.5),
+        outputs=[Table(url, table, key="id")],
+        processing_guarantee="exactly_once",
+    )
+    def handler(records: list[Record]) -> list[dict[str, Any]]:
+        handled.extend((r.partition, r.offset) for r in records)
+        return [{"id": r.value["n"], "partition": r.partition, "offset": r.offset} for r in records]
+
+    worker = Worker(app, broker)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        # the Table is open (connected) before the group's first join, which takes half the session timeout (3 s):
+        # the database refuses connections meanwhile
+        await wait_for(lambda: proxy.connections > 0, 20, "the Table to connect")
+        await asyncio.sleep(0.5)
+        assert "Setting newly assigned partitions" not in caplog.text
+        await proxy.refuse()
+        await wait_for(lambda: "Setting newly assigned partitions" in caplog.text, 20, "the group's assignment")
+        await asyncio.sleep(2)
+        assert handled == []  # nothing runs before the database says where the outputs stopped
+        assert "function handler: reading the outputs' stored offsets of " in caplog.text  # and says so
+        await proxy.accept()
+        await wait_for(lambda: len(set(handled)) >= 400, 30, "every record handled once the database is back")
+    finally:
+        worker.stop()
+        await running
+        await proxy.refuse()
+    rows = await asyncpg_rows(postgresql, f'SELECT id, partition, "offset" FROM {table} ORDER BY id')
+    assert rows == [(n, n % 4, n // 4) for n in range(400)]
+    assert len(handled) == 400  # nothing was replayed
+    assert await committed(broker, group, topic) == {p: 100 for p in range(4)}
+    record_property(
+        "fault_figures",
+        f"sink database down at assignment: records 400, faults injected 1, lost 0, duplicates {len(handled) - 400}",
+    )
+
+
+async def asyncpg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
