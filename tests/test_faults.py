@@ -166,7 +166,7 @@ async def test_broker_killed_and_restarted_on_durable_storage_mid_run(
         pipeline.start()
         watching = asyncio.create_task(ledger.watch())
         # down for less than the session timeout, then for longer than it
-        for how, at, down in ((signal.SIGKILL, 200, 3.0), (signal.SIGTERM, 700, 7.0)):
+        for how, at, down in ((signal.SIGKILL, 200, 2.0), (signal.SIGTERM, 700, 7.0)):
             await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
             await broker.restart(how, down)
             await produce_values(broker.address, topic, 400, start=400 + 400 * broker.restarts)  # records flow on
@@ -274,7 +274,7 @@ async def test_rebalance_storm_of_three_workers(
             produced += 60
             await asyncio.sleep(0.25)
 
-    producing = asyncio.create_task(keep_producing(20))
+    producing = asyncio.create_task(keep_producing(16))
     watching = asyncio.create_task(ledger.watch())
     events: Counter[str] = Counter()
     pipeline.start()
