@@ -362,3 +362,48 @@ async def asyncpg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in await connection.fetch(sql)]
     finally:
         await connection.close()
+
+
+async def test_bootstrap_servers_refusing_while_a_latest_start_is_resolved(
+    broker: str, name: Any, caplog: pytest.LogCaptureFixture, record_property: Any
+) -> None:
+    """A new group starting at LATEST reads the log ends with a client of its own, through the bootstrap servers.
+    With them refusing connections at the first assignment (a load balancer's hiccup), the start is resolved again
+    until they answer. Before, the assignment callback failed, aiokafka logged and dropped the error, and the
+    partitions stayed assigned and never processed: wedged, silently."""
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 4)
+    proxy = Proxy(int(broker.rsplit(":", 1)[1]))  # only bootstraps through it: the broker advertises itself
+    await proxy.accept()
+    handled: list[tuple[int, int]] = []
+    app = App("bootstrap-down")
+
+    @app.function(source=source(topic, group, starting_position="LATEST"), maximum_batching_window_in_seconds=0.1)
+    def handler(records: list[Record]) -> None:
+        handled.extend((r.partition, r.offset) for r in records)
+
+    worker = Worker(app, f"127.0.0.1:{proxy.port}")
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        await wait_for(lambda: proxy.connections > 0, 20, "the consumer to bootstrap")
+        await asyncio.sleep(0.5)
+        assert "Setting newly assigned partitions" not in caplog.text  # the join takes half the session timeout
+        await proxy.refuse()
+        await wait_for(lambda: "Setting newly assigned partitions" in caplog.text, 20, "the group's assignment")
+        await asyncio.sleep(2)
+        assert "resolving the starting position (LATEST) of " in caplog.text  # retried, and says so
+        await proxy.accept()
+        await wait_for(lambda: "no committed offsets; starting at" in caplog.text, 20, "the start to be resolved")
+        await produce_values(broker, topic, 40)
+        await wait_for(lambda: len(handled) >= 40, 20, "the records produced after the start")
+        await asyncio.sleep(0.5)
+    finally:
+        worker.stop()
+        await running
+        await proxy.refuse()
+    assert sorted(handled) == [(p, o) for p in range(4) for o in range(10)]
+    assert await committed(broker, group, topic) == {p: 10 for p in range(4)}
+    record_property(
+        "fault_figures",
+        f"bootstrap refused at a LATEST start: records 40, faults injected 1, lost 0, duplicates {len(handled) - 40}",
+    )

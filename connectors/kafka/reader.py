@@ -7,6 +7,7 @@ group (as Lambda's does) and a partition moving before its first record cannot s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ FETCH_MAX_WAIT_MS = 50
 the request in flight (for partitions with nothing new) returns, so this bounds its stall; aiokafka's 500 ms
 default cost a third of the throughput when partitions are paused and resumed often."""
 MAX_FETCH_BYTES = 16 * 1024 * 1024
+START_RETRY_SECONDS = 1.0
+"""Between attempts to resolve a new group's starting positions (a cluster that does not answer)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -57,6 +60,7 @@ class KafkaReader:
         self.group_id = group_id
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
+        self._stopping = False
         self.description = f"topics {', '.join(source.topics)} on {servers}"
         self.value_codec, self.key_codec = source.codecs()
         self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
@@ -113,6 +117,7 @@ class KafkaReader:
         return self._event(partition, records, decoded)
 
     async def stop(self) -> None:
+        self._stopping = True  # an assignment still resolving its starting positions gives up
         await self._consumer.stop()
         await close_codecs(self.value_codec, self.key_codec)
 
@@ -124,7 +129,7 @@ class KafkaReader:
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if not fresh:
             return offsets
-        starts = await self._start_offsets(fresh)
+        starts = await self._resolved_start_offsets(fresh)
         for tp, offset in starts.items():
             self._consumer.seek(tp, offset)
         await self._consumer.commit(starts)
@@ -135,6 +140,28 @@ class KafkaReader:
             self.source.starting_position,
         )
         return offsets | starts
+
+    async def _resolved_start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The starting positions, asked until the cluster answers. This runs in the assignment callback, whose
+        errors aiokafka logs and drops: the partitions would stay assigned here and never be processed."""
+        attempt = 0
+        while True:
+            try:
+                return await self._start_offsets(partitions)
+            except Exception as error:
+                if self._stopping:
+                    raise
+                attempt += 1
+                log.warning(
+                    "group %s: resolving the starting position (%s) of %s failed (attempt %d): %r; retrying in %g s",
+                    self.group_id,
+                    self.source.starting_position,
+                    ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)),
+                    attempt,
+                    error,
+                    START_RETRY_SECONDS,
+                )
+                await asyncio.sleep(START_RETRY_SECONDS)
 
     async def _start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         position = self.source.starting_position
