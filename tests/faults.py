@@ -268,6 +268,7 @@ class Ledger:
     letters: list[Any] = field(default_factory=list)
     """The dead letters, as `verify` read them."""
     _consumer: AIOKafkaConsumer | None = None
+    _watching: asyncio.Task[None] | None = None
 
     async def sample(self) -> None:
         """Read the committed offsets, then what was handled: whatever the commit covers was handled before the
@@ -282,14 +283,27 @@ class Ledger:
         at = time.time()
         self.samples.append(Sample(at, {p: o for p, o in read.items() if o is not None}, frozenset(self.handled())))
 
-    async def watch(self, every: float = 0.5) -> None:
-        """Sample until cancelled; a sample that fails (the broker is down) is skipped."""
-        while True:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.sample(), 5)
-            await asyncio.sleep(every)
+    def watch(self, every: float = 0.5) -> None:
+        """Sample every `every` seconds until `verify` (or `close`); a sample that fails (the broker is down) is
+        skipped."""
+
+        async def sampling() -> None:
+            while True:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.sample(), 5)
+                await asyncio.sleep(every)
+
+        self._watching = asyncio.create_task(sampling())
+
+    async def _stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
 
     async def close(self) -> None:
+        await self._stop_watching()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -298,6 +312,7 @@ class Ledger:
         """Assert the exact outcome and return the figures: every good record handled, every poison record
         dead-lettered as the policy says, nothing else dead-lettered, the commit at the log end and never, in any
         sample, past a record not handled (or dead-lettered) by then."""
+        await self._stop_watching()
         log = await read_log(self.servers, self.topic)
         values = {(r.partition, r.offset): orjson.loads(r.value)["n"] for r in log}
         poison = {o for o, n in values.items() if self.poison(n)}

@@ -1,12 +1,15 @@
 """Fault injection: the same pipeline runs while things go wrong, and the outcome must be exact.
 
-Every test runs PIPELINE in worker processes (`streamfn run`, as users run it) over records {"n": i}; every
+The fault tests run PIPELINE in worker processes (`streamfn run`, as users run it) over records {"n": i}; every
 POISON_EVERY-th record is poison (its handler always raises), the policy is bisection with 2 retries and a
 KafkaTopic on_failure. Whatever the fault, `Ledger.verify` then asserts: every good record handled at least once,
 every poison record dead-lettered (RetryAttemptsExhausted, after 1 + 2 invocations of it alone) and nothing else,
 so lost = 0; the committed offsets at the log ends, and in every sample taken during the run never past a record
 not yet handled or dead-lettered. Duplicates are counted, and the figures of each fault are printed at the end of
-the test session (conftest's terminal summary).
+the test session (conftest's terminal summary). Kill -9 at random moments is in the storm (and in
+test_processes.py).
+
+The last two tests run a worker in-process: regression tests for wedges this suite found in the assignment path.
 """
 
 from __future__ import annotations
@@ -165,14 +168,13 @@ async def test_broker_killed_and_restarted_on_durable_storage_mid_run(
         ledger = Ledger(broker.address, topic, group, 4, poison, pipeline.handled)
         ledgers.append(ledger)
         pipeline.start()
-        watching = asyncio.create_task(ledger.watch())
+        ledger.watch()
         # down for less than the session timeout, then for longer than it
         for how, at, down in ((signal.SIGKILL, 100, 2.0), (signal.SIGTERM, 350, 7.0)):
             await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
             await broker.restart(how, down)
             await produce_values(broker.address, topic, 200, start=200 + 200 * broker.restarts)  # records flow on
         await drain(pipeline, ledger, {p: 50 * (2 + broker.restarts) for p in range(4)})
-        watching.cancel()
         figures = await ledger.verify("broker restart (s3)", broker.restarts, broker.address, dlq)
     report(figures, record_property)
 
@@ -196,7 +198,7 @@ async def test_sink_that_fails_then_recovers(
         ledger = Ledger(broker, topic, group, 4, poison, delivered)
         ledgers.append(ledger)
         pipeline.start()
-        watching = asyncio.create_task(ledger.watch())
+        ledger.watch()
         await wait_for(lambda: len(delivered()) >= 150, 30, "150 outputs delivered")
         receiver.status = 503
         await asyncio.sleep(3)
@@ -207,7 +209,6 @@ async def test_sink_that_fails_then_recovers(
         await asyncio.sleep(3)
         await receiver.start()
         await drain(pipeline, ledger, {p: 200 for p in range(4)})
-        watching.cancel()
         figures = await ledger.verify(
             "sink fails then recovers (Http)", 2, broker, dlq, f"{refused} requests answered 503, then 3 s refused"
         )
@@ -231,21 +232,22 @@ async def test_destination_that_refuses_writes_for_a_while(
         proxy = Proxy(dead_letters.port, port=relay_port)
         await proxy.accept()
         relayed = f"127.0.0.1:{relay_port}"
-        pipeline = workers(broker, TOPIC=topic, GROUP=group, DLQ=dlq, DLQ_SERVERS=relayed, SLEEP="0.05")
-        ledger = Ledger(broker, topic, group, 4, poison, pipeline.handled)
-        ledgers.append(ledger)
-        pipeline.start()
-        watching = asyncio.create_task(ledger.watch())
-        for at in (150, 450):
-            await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
+        try:
+            pipeline = workers(broker, TOPIC=topic, GROUP=group, DLQ=dlq, DLQ_SERVERS=relayed, SLEEP="0.05")
+            ledger = Ledger(broker, topic, group, 4, poison, pipeline.handled)
+            ledgers.append(ledger)
+            pipeline.start()
+            ledger.watch()
+            for at in (150, 450):
+                await wait_for(lambda at=at: len(pipeline.handled()) >= at, 40, f"{at} records handled")  # type: ignore[misc]
+                await proxy.refuse()
+                await asyncio.sleep(4)
+                await proxy.accept()
+            await drain(pipeline, ledger, {p: 200 for p in range(4)})
+            windows = list(proxy.refused)
+            figures = await ledger.verify("destination refuses writes", len(windows), relayed, dlq)
+        finally:
             await proxy.refuse()
-            await asyncio.sleep(4)
-            await proxy.accept()
-        await drain(pipeline, ledger, {p: 200 for p in range(4)})
-        watching.cancel()
-        windows = list(proxy.refused)
-        figures = await ledger.verify("destination refuses writes", len(windows), relayed, dlq)
-        await proxy.refuse()
     # the refusals hit deliveries: dead letters sent while refused, which waited and were delivered afterwards
     held = sum(any(start <= letter.timestamp / 1000 <= end for start, end in windows) for letter in ledger.letters)
     assert held > 0
@@ -256,8 +258,9 @@ async def test_destination_that_refuses_writes_for_a_while(
 async def test_rebalance_storm_of_three_workers(
     tmp_path: Path, broker: str, name: Any, ledgers: list[Ledger], workers: Callable[..., Workers], record_property: Any
 ) -> None:
-    """Workers of one group join and leave (SIGTERM and kill -9 in turn) at random moments 2-4 s apart while
-    records flow; up to three at a time. The seed is in the figures, to replay a run."""
+    """Workers of one group join and leave while records flow, up to three at a time: join, join, leave, join,
+    leave, leave, at random moments 2-3 s apart, the leaves by SIGTERM and kill -9 in turn (in a random order) and
+    of a random worker. The seed is in the figures, to replay a run."""
     topic, group, dlq = name("t"), name("g"), name("dlq")
     seed = int(time.time())
     rng = random.Random(seed)
@@ -266,23 +269,23 @@ async def test_rebalance_storm_of_three_workers(
     ledger = Ledger(broker, topic, group, 6, poison, pipeline.handled)
     ledgers.append(ledger)
     produced = 0
+    storm_over = asyncio.Event()
 
-    async def keep_producing(seconds: float) -> None:
+    async def keep_producing() -> None:
         nonlocal produced
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while not storm_over.is_set():
             await produce_values(broker, topic, 60, partitions=6, start=produced)
             produced += 60
             await asyncio.sleep(0.25)
 
-    producing = asyncio.create_task(keep_producing(14))
-    watching = asyncio.create_task(ledger.watch())
+    producing = asyncio.create_task(keep_producing())
+    ledger.watch()
     events: Counter[str] = Counter()
-    leaves = itertools.cycle(rng.sample([signal.SIGTERM, signal.SIGKILL], 2))  # both kinds, in a random order
+    leaves = itertools.cycle(rng.sample([signal.SIGTERM, signal.SIGKILL], 2))
     pipeline.start()
-    while not producing.done():
-        await asyncio.sleep(rng.uniform(2, 4))
-        if not pipeline.running or (len(pipeline.running) < 3 and rng.random() < 0.5):
+    for event in ("join", "join", "leave", "join", "leave", "leave"):  # 1, 2, 3, 2, 3, 2, 1 workers
+        await asyncio.sleep(rng.uniform(2, 3))
+        if event == "join":
             pipeline.start()
             events["joins"] += 1
         else:
@@ -290,10 +293,9 @@ async def test_rebalance_storm_of_three_workers(
             code = await pipeline.stop(rng.choice(pipeline.running), how)
             assert code == (0 if how is signal.SIGTERM else -9), pipeline.logs()
             events[how.name] += 1
-    if not pipeline.running:
-        pipeline.start()
+    storm_over.set()
+    await producing
     await drain(pipeline, ledger, {p: produced // 6 for p in range(6)})
-    watching.cancel()
     detail = f"seed {seed}: " + ", ".join(f"{n} {what}" for what, n in sorted(events.items()))
     figures = await ledger.verify("rebalance storm (3 workers)", sum(events.values()), broker, dlq, detail)
     report(figures, record_property)
