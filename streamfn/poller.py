@@ -186,7 +186,7 @@ class Poller:
     async def assigned(self, offsets: dict[Partition, int]) -> None:
         self.ever_assigned = True
         self.last_fetch = time.monotonic()
-        stored = await self._runner.stored_positions(list(offsets))
+        stored = await self._stored_positions(list(offsets))
         for partition, committed in offsets.items():
             self.checkpoint.track(partition, committed)
             resume = stored.get(partition, committed)
@@ -209,6 +209,29 @@ class Poller:
                 checkpoint=self.checkpoint,
             )
         log.info("function %s: partitions assigned: %s", self.function.name, _names(set(offsets)))
+
+    async def _stored_positions(self, partitions: list[Partition]) -> dict[Partition, int]:
+        """exactly_once: where the sinks' stored outputs stop, asked until they answer. The source's group client
+        logs and drops an error of the assignment callback, which would leave the partitions assigned to this
+        worker and never processed; a sink that is down holds them instead, as it holds their writes."""
+        attempt = 0
+        while True:
+            try:
+                return await self._runner.stored_positions(partitions)
+            except Exception as error:
+                if self._stopping.is_set():
+                    raise
+                attempt += 1
+                delay = self._runner.delay(attempt)
+                log.error(
+                    "function %s: reading the outputs' stored offsets of %s failed (attempt %d): %r; retry in %.2f s",
+                    self.function.name,
+                    _names(set(partitions)),
+                    attempt,
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     async def revoked(self, partitions: set[Partition]) -> None:
         await self._release(partitions)

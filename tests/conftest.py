@@ -287,3 +287,21 @@ def moto_endpoint() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+# --- the fault-injection suite's figures ----------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures each fault test recorded (`record_property("fault_figures", ...)`), shown without `-s`."""
+    lines = [
+        value
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        for key, value in getattr(report, "user_properties", [])
+        if key == "fault_figures"
+    ]
+    if lines:
+        terminalreporter.section("fault-injection figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -36,6 +36,8 @@ TOPIC_CREATION_WAIT_SECONDS = 2.0
 """How long start waits for the metadata of a source topic that did not exist (brokers that create topics on
 first use answer within milliseconds) before saying that it was not created."""
 METADATA_CHECK_SECONDS = 0.05
+START_RETRY_SECONDS = 1.0
+"""Between attempts to resolve a new group's starting positions (a cluster that does not answer)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -68,6 +70,7 @@ class KafkaReader:
         """How to reach `servers` (TLS, SASL); a KafkaTopic on the source's cluster uses it too."""
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
+        self._stopping = False
         self.description = f"topics {', '.join(source.topics)} on {servers}"
         self.value_codec, self.key_codec = source.codecs()
         self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
@@ -165,6 +168,7 @@ class KafkaReader:
         return self._event(partition, records, decoded)
 
     async def stop(self) -> None:
+        self._stopping = True  # an assignment still resolving its starting positions gives up
         if hasattr(self, "_consumer"):  # else connect() never succeeded: no consumer is open
             await self._consumer.stop()
         await close_codecs(self.value_codec, self.key_codec)
@@ -177,7 +181,7 @@ class KafkaReader:
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if not fresh:
             return offsets
-        starts = await self._start_offsets(fresh)
+        starts = await self._resolved_start_offsets(fresh)
         for tp, offset in starts.items():
             self._consumer.seek(tp, offset)
         await self._consumer.commit(starts)
@@ -188,6 +192,28 @@ class KafkaReader:
             self.source.starting_position,
         )
         return offsets | starts
+
+    async def _resolved_start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The starting positions, asked until the cluster answers. This runs in the assignment callback, whose
+        errors aiokafka logs and drops: the partitions would stay assigned here and never be processed."""
+        attempt = 0
+        while True:
+            try:
+                return await self._start_offsets(partitions)
+            except Exception as error:
+                if self._stopping:
+                    raise
+                attempt += 1
+                log.warning(
+                    "group %s: resolving the starting position (%s) of %s failed (attempt %d): %r; retrying in %g s",
+                    self.group_id,
+                    self.source.starting_position,
+                    ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)),
+                    attempt,
+                    error,
+                    START_RETRY_SECONDS,
+                )
+                await asyncio.sleep(START_RETRY_SECONDS)
 
     async def _start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         position = self.source.starting_position
