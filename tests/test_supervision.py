@@ -47,8 +47,8 @@ async def test_an_engine_task_that_dies_stops_the_worker_loudly_after_committing
     await create_topic(broker, topic, 2)
     await produce_values(broker, topic, 20, partitions=2)
     namespace: dict[str, Any] = {}
+    monkeypatch.setattr(Lane, "_complete", Lane._complete)  # restored after the test: BROKEN_LANE patches it too
     exec(BROKEN_LANE, namespace)
-    monkeypatch.setattr(Lane, "_complete", namespace["_complete"])
     app = App("engine")
 
     @app.function(source=source(topic, group), batch_size=1)
