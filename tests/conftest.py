@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -255,14 +256,29 @@ def postgresql() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# --- servers the tests start ---------------------------------------------------------------------------------------
+
+
+def wait_listening(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 30.0) -> None:
+    """Until `process` (a server the test started) accepts connections on `port`; raise if it exits or is late."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:g} s")
+
+
 # --- AWS (moto in server mode) --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's server on a free port for the session, started only when a test asks for it: its endpoint URL."""
-    import socket
-
     from streamfn.embedded import free_port
 
     port = free_port()
@@ -272,17 +288,7 @@ def moto_endpoint() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with code {process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not listen within 30 s") from None
-                time.sleep(0.1)
+        wait_listening(port, process, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

