@@ -34,8 +34,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from streamfn.avro import AvroCodec
-from streamfn.sink import encode
+from streamfn.formats.avro import AvroCodec
+from streamfn.outputs.sink import encode
 
 BATCH = 100
 """Outputs per `AvroCodec.encode` call, as one batch of a handler's outputs."""

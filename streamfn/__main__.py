@@ -1,3 +1,3 @@
-from streamfn.cli import main
+from streamfn.cli.main import main
 
 main()

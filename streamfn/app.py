@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 from pydantic.alias_generators import to_snake
 
-from streamfn.aggregate import Aggregation, aggregation_of
 from streamfn.config import FunctionConfig
+from streamfn.engine.handler import HandlerStyle, handler_style
 from streamfn.errors import ConfigError
-from streamfn.handler import HandlerStyle, handler_style
-from streamfn.sink import Sink
+from streamfn.outputs.sink import Sink
 from streamfn.source import Source
+from streamfn.state.aggregate import Aggregation, aggregation_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -145,7 +145,7 @@ class FunctionConfig(StrictModel):
     @field_validator("filter_criteria")
     @classmethod
     def _filters(cls, value: Any) -> Any:
-        from streamfn.filters import compile_criteria  # the filters module imports this one
+        from streamfn.filters.criteria import compile_criteria  # the filters module imports this one
 
         return compile_criteria(value)
 

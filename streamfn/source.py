@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from streamfn.changelog import Changelog
-from streamfn.failure import Destination
-from streamfn.formats import Codec
+from streamfn.failures.model import Destination
+from streamfn.formats.codec import Codec
 from streamfn.record import Partition, Record, SourceRecord
+from streamfn.state.changelog import Changelog
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "test",

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from streamfn import App, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.live import progress_line, progress_table, show_progress, snapshot
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
+from streamfn.observability.live import progress_line, progress_table, show_progress, snapshot
 
 RECORDS, PARTITIONS = 40, 4
 BAD = {3, 13, 23, 33}

@@ -16,10 +16,10 @@ from conftest import Out, committed, create_topic, produce, run_worker, source, 
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.health import Health
-from streamfn.live import progress_line, snapshot
-from streamfn.sink import Emitted, SinkContext, SinkRetry
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
+from streamfn.observability.health import Health
+from streamfn.observability.live import progress_line, snapshot
+from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 NOT_JSON = repr(orjson.JSONDecodeError("invalid literal, expected 'null'", "not json", 0))
 """How the log shows the json codec's error for b"not json"."""

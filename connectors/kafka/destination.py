@@ -25,9 +25,9 @@ from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.errors import ConfigError
-from streamfn.failure import FailedRecord, FailureOrigin
-from streamfn.formats import Codec, close_codecs, open_codecs
-from streamfn.sink import Emitted, SinkContext, SinkRetry
+from streamfn.failures.model import FailedRecord, FailureOrigin
+from streamfn.formats.codec import Codec, close_codecs, open_codecs
+from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 """aiokafka's default max_request_size, and Kafka's default max.message.bytes (1 MiB, give or take 12 bytes)."""

@@ -18,7 +18,7 @@ from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.offsets import log_ends
-from streamfn.formats import close_codecs, open_codecs
+from streamfn.formats.codec import close_codecs, open_codecs
 from streamfn.record import Partition, Record, SourceRecord
 from streamfn.source import AssignmentListener
 

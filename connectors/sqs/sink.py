@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from streamfn.config import StrictModel, http_url
 from streamfn.connectors.sqs.message import GROUP_ID
 from streamfn.connectors.sqs.writer import SqsWriter
-from streamfn.sink import SinkContext, SinkRetry
+from streamfn.outputs.sink import SinkContext, SinkRetry
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0

@@ -18,7 +18,7 @@ from streamfn.connectors.table.database import POSTGRESQL_SCHEMES, SQLITE_PREFIX
 from streamfn.connectors.table.schema import TableName, identifier_problem
 from streamfn.connectors.table.writer import Offsets, TableWriter
 from streamfn.errors import ConfigError
-from streamfn.sink import SinkContext, SinkRetry
+from streamfn.outputs.sink import SinkContext, SinkRetry
 
 
 class Table(StrictModel):
