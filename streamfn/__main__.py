@@ -1,3 +1,3 @@
-from streamfn.cli.main import main
+from streamfn.cli import main
 
 main()

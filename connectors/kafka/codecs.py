@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-from streamfn.config import StrictModel
+from streamfn.errors import StrictModel
 from streamfn.formats.codec import Codec, Format, make_codec
 
 

@@ -21,10 +21,9 @@ from typing import Any
 from pydantic import Field
 
 from streamfn.app import App, StreamFunction
-from streamfn.config import StrictModel
 from streamfn.context import function_arn
 from streamfn.engine.runner import FunctionRunner
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, StrictModel
 from streamfn.failures.model import FailureOrigin, LambdaEvent
 from streamfn.formats.codec import PlainFormat, plain_codec
 from streamfn.observability.stats import FunctionStats

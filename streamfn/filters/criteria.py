@@ -24,8 +24,7 @@ from typing import Any, Final
 import orjson
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 
-from streamfn.config import StrictModel
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, StrictModel
 from streamfn.filters.patterns import MISSING, Check, PatternError, any_of, compile_pattern, parse_pattern
 from streamfn.record import TIMESTAMP_TYPES, SourceRecord
 

@@ -24,8 +24,8 @@ import httpx
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from streamfn.config import StrictModel, http_url
-from streamfn.errors import ConfigError
+from streamfn.config import http_url
+from streamfn.errors import ConfigError, StrictModel
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 """The registry's media type (Confluent's REST API), sent as Content-Type and Accept."""

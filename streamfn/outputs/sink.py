@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, Field
 
-from streamfn.config import StrictModel
+from streamfn.errors import StrictModel
 from streamfn.record import Partition, SourceRecord
 
 TRACE_HEADERS = ("traceparent", "tracestate")

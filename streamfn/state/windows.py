@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from pydantic import Field, model_validator
 
-from streamfn.config import StrictModel
+from streamfn.errors import StrictModel
 
 
 class Window(NamedTuple):
