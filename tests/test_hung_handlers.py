@@ -14,10 +14,10 @@ import pytest
 from conftest import Out, committed, create_topic, produce, produce_values, run_worker, source
 
 from streamfn import App, Backoff, Record
+from streamfn.cli.health import Health
 from streamfn.engine import threads
 from streamfn.engine.supervision import EngineFailure
 from streamfn.engine.worker import Worker
-from streamfn.observability.health import Health
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 

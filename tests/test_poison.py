@@ -15,10 +15,10 @@ import pytest
 from conftest import Out, committed, create_topic, produce, run_worker, source, wait_for
 
 from streamfn import App, Backoff, Record
+from streamfn.cli.health import Health
+from streamfn.cli.live import progress_line, snapshot
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.engine.worker import Worker
-from streamfn.observability.health import Health
-from streamfn.observability.live import progress_line, snapshot
 from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 NOT_JSON = repr(orjson.JSONDecodeError("invalid literal, expected 'null'", "not json", 0))

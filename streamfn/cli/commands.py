@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from streamfn.app import App
+from streamfn.cli.health import DEFAULT_STUCK_AFTER_SECONDS
+from streamfn.cli.live import show_progress
 from streamfn.cli.loader import load_app
 from streamfn.cli.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
 from streamfn.cli.status import report as status_report
@@ -32,8 +34,6 @@ from streamfn.engine.poller import CONNECT_TIMEOUT_SECONDS
 from streamfn.engine.supervision import ENGINE_FAILURE_EXIT, EngineFailure
 from streamfn.engine.worker import FunctionSummary, Worker
 from streamfn.errors import ConfigError, Unreachable
-from streamfn.observability.health import DEFAULT_STUCK_AFTER_SECONDS
-from streamfn.observability.live import show_progress
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
 # Off a terminal (logs, pipes) rich would assume 80 columns and cut names short.

@@ -11,10 +11,10 @@ from typing import cast, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from streamfn.cli.health import Health
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError
 from streamfn.observability.endpoint import Endpoint, Route
-from streamfn.observability.health import Health
 from streamfn.observability.logs import LogFormat
 from streamfn.observability.logs import configure as configure_logging
 from streamfn.observability.telemetry import PROMETHEUS_PORT, Exporters, MetricsExporter, TracesExporter, exporters

@@ -15,7 +15,6 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 import orjson
@@ -23,17 +22,8 @@ from pydantic import BaseModel
 
 from streamfn.context import LambdaContext, new_request_id
 from streamfn.engine import threads, watchdog
-from streamfn.errors import ConfigError
 from streamfn.failures.model import BatchItemFailures, StopProcessing
-
-
-class HandlerStyle(Enum):
-    LAMBDA = "lambda"
-    """handler(event, context): the event is Lambda's JSON for the source."""
-    NATIVE = "native"
-    """handler(records): a list of decoded Record objects."""
-    AGGREGATE = "aggregate"
-    """fold(accumulator, record) of `@app.aggregate`: called per record, in the event loop."""
+from streamfn.style import HandlerStyle, handler_style
 
 
 class InvocationTimeout(Exception):
@@ -61,22 +51,6 @@ class MarshalError(Exception):
 class UnreportedItemFailures(Exception):
     """A native handler raised or returned BatchItemFailures, but the function does not report item failures:
     the invocation failed as a whole (never a success)."""
-
-
-def handler_style(function: Callable[..., Any]) -> HandlerStyle:
-    positional = [
-        p
-        for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) == 2:
-        return HandlerStyle.LAMBDA
-    if len(positional) == 1:
-        return HandlerStyle.NATIVE
-    raise ConfigError(
-        f"handler takes {len(positional)} required positional parameters; allowed: 2 (event, context) for a "
-        "Lambda-style handler or 1 (records) for a native handler"
-    )
 
 
 def _collecting(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,16 +15,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from streamfn.app import StreamFunction
 from streamfn.engine.batch import Batch, PartitionBuffer
-from streamfn.engine.runner import Invoked
+from streamfn.engine.runner import FunctionRunner, Invoked
 from streamfn.engine.supervision import spawn
 from streamfn.engine.threads import LaneThreads, use
 from streamfn.observability.logs import bind
-
-if TYPE_CHECKING:
-    from streamfn.engine.partition import PartitionWorker
+from streamfn.record import Partition
 
 log = logging.getLogger("streamfn.lane")
 
@@ -32,8 +31,28 @@ IDLE_CHECK_SECONDS = 1.0
 """How often a stateful lane without records checks whether its partition's windows are due to close."""
 
 
+class LaneOwner(Protocol):
+    """What a lane needs of the partition worker that owns it (streamfn.engine.partition.PartitionWorker), so the
+    lane does not import the module that creates it."""
+
+    function: StreamFunction
+    partition: Partition
+    runner: FunctionRunner
+    stopping: bool
+    last_arrival: float
+    predecoded: dict[int, Any] | None
+
+    def hold(self, lane: int) -> None: ...
+
+    def release(self, lane: int) -> None: ...
+
+    def applied(self) -> int | None: ...
+
+    def lane_done(self) -> None: ...
+
+
 class Lane:
-    def __init__(self, owner: PartitionWorker, index: int) -> None:
+    def __init__(self, owner: LaneOwner, index: int) -> None:
         self._owner = owner
         self.index = index
         config = owner.function.config

@@ -15,12 +15,12 @@ from typing import Any
 
 from streamfn.app import StreamFunction
 from streamfn.engine.checkpoint import Checkpoint
-from streamfn.engine.handler import HandlerStyle
 from streamfn.engine.lane import Lane
 from streamfn.engine.runner import FunctionRunner
 from streamfn.formats.codec import is_plain
 from streamfn.record import Partition, SourceRecord
 from streamfn.source import SourceReader
+from streamfn.style import HandlerStyle
 
 
 class PartitionWorker:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 from streamfn.app import StreamFunction
 from streamfn.config import PAYLOAD_LIMIT_BYTES, FunctionConfig
 from streamfn.engine.batch import event_size, raw_size
-from streamfn.engine.handler import HandlerStyle, InvocationTimeout, Invoker
+from streamfn.engine.handler import InvocationTimeout, Invoker
 from streamfn.failures.log import FailureLog
 from streamfn.failures.model import (
     BatchItemFailures,
@@ -45,8 +45,9 @@ from streamfn.outputs.sink import Emitted, SinkContext
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 from streamfn.state.aggregate import Aggregator
 from streamfn.state.changelog import Changelog
-from streamfn.state.store import StateStore
+from streamfn.state.store import Busy, StateStore
 from streamfn.state.tumbling import LambdaWindows
+from streamfn.style import HandlerStyle
 
 log = logging.getLogger("streamfn.runner")
 
@@ -55,16 +56,6 @@ FAILED_OUTCOMES = ("partial", "error", "timeout")
 
 Invocation = tuple[Sequence[SourceRecord], list[Emitted]]
 """The records of one successful invocation and the outputs it emitted."""
-
-
-class Busy(Protocol):
-    """The lane a batch runs in: told when work that should finish within the grace period is under way."""
-
-    busy: int
-    """Invocations and sink writes under way: on revoke or shutdown, they may finish within the timeout."""
-
-    @property
-    def stopping(self) -> bool: ...
 
 
 @dataclass(eq=False, slots=True)

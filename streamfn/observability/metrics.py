@@ -13,7 +13,7 @@ Attributes: `function`, and `topic` and `partition` for per-partition series.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.util.types import AttributeValue
@@ -21,9 +21,36 @@ from opentelemetry.util.types import AttributeValue
 from streamfn.observability.stats import FunctionStats
 from streamfn.record import Partition
 
-if TYPE_CHECKING:
-    from streamfn.engine.poller import Poller
-    from streamfn.engine.watchdog import LoopWatchdog
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class InFlight(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+
+
+class Polled(Protocol):
+    """What the gauges read of a function's poller (streamfn.engine.poller.Poller): its function's name, its
+    partitions' records in flight and their lags. A protocol, so the engine imports metrics and not the reverse."""
+
+    @property
+    def function(self) -> Named: ...
+
+    @property
+    def workers(self) -> Mapping[Partition, InFlight]: ...
+
+    def lag(self) -> dict[Partition, int]: ...
+
+
+class Blocked(Protocol):
+    """What the blocked-loop counter reads of the loop watchdog (streamfn.engine.watchdog.LoopWatchdog)."""
+
+    @property
+    def blocked(self) -> Mapping[str, int]: ...
+
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 RECORDS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -103,7 +130,7 @@ class Instruments:
     def function(self, name: str) -> FunctionInstruments:
         return FunctionInstruments(self, name)
 
-    def observe(self, stats: Mapping[str, FunctionStats], pollers: Sequence[Poller]) -> None:
+    def observe(self, stats: Mapping[str, FunctionStats], pollers: Sequence[Polled]) -> None:
         """Report the functions' counts, lags and records in flight whenever a reader collects."""
         for name, (field, description) in COUNTERS.items():
             self.meter.create_observable_counter(
@@ -135,7 +162,7 @@ class Instruments:
             description="Records fetched and not done yet (buffered, or in a batch being invoked or written).",
         )
 
-    def observe_loop(self, watchdog: LoopWatchdog) -> None:
+    def observe_loop(self, watchdog: Blocked) -> None:
         """Report how often the event loop was found blocked, by the function whose async handler blocked it."""
 
         def observe(_: CallbackOptions) -> Iterable[Observation]:
@@ -172,12 +199,12 @@ def _polling_errors(stats: Mapping[str, FunctionStats]) -> Callable[[CallbackOpt
     return observe
 
 
-def _in_flight(poller: Poller) -> dict[Partition, int]:
+def _in_flight(poller: Polled) -> dict[Partition, int]:
     return {partition: worker.in_flight for partition, worker in list(poller.workers.items())}
 
 
 def _per_partition(
-    pollers: Sequence[Poller], values: Callable[[Poller], dict[Partition, int]]
+    pollers: Sequence[Polled], values: Callable[[Polled], dict[Partition, int]]
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(_: CallbackOptions) -> Iterable[Observation]:
         return [
@@ -190,7 +217,7 @@ def _per_partition(
 
 
 def _per_function(
-    pollers: Sequence[Poller], combine: Callable[[Iterable[int]], int]
+    pollers: Sequence[Polled], combine: Callable[[Iterable[int]], int]
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(_: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -17,8 +17,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, use_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from streamfn.outputs.sink import TRACE_HEADERS
 from streamfn.record import Partition, SourceRecord
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""W3C trace context headers, carried from an invocation's input to its outputs."""
 
 MAX_LINKS = 128
 """OpenTelemetry's default limit of links per span: a batch of 10,000 traced records links to its first 128."""

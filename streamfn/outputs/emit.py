@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from streamfn.engine.handler import HandlerStyle
 from streamfn.failures.model import BatchItemFailures
-from streamfn.outputs.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, Output, Provenance, encode
+from streamfn.observability.tracing import TRACE_HEADERS
+from streamfn.outputs.sink import SOURCE_HEADER_PREFIX, Emitted, Output, Provenance, encode
 from streamfn.record import Partition, SourceRecord
+from streamfn.style import HandlerStyle
 
 _SINGLE = (str, bytes, bytearray, Mapping, BaseModel, Output)
 

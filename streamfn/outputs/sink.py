@@ -24,8 +24,6 @@ from pydantic import BaseModel, Field
 from streamfn.errors import StrictModel
 from streamfn.record import Partition, SourceRecord
 
-TRACE_HEADERS = ("traceparent", "tracestate")
-"""W3C trace context headers, carried from an invocation's input to its outputs."""
 SOURCE_HEADER_PREFIX = "streamfn.source."
 """The provenance headers of an output (and of a dead letter)."""
 

@@ -34,11 +34,10 @@ from streamfn.failures.model import Condition, FailedRecord
 from streamfn.outputs.emit import emitted_at
 from streamfn.outputs.sink import Output
 from streamfn.record import Partition, Record, SourceRecord
-from streamfn.state.store import PartitionState, StateStore, WriteOutputs
+from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Hopping, Tumbling, Window, WindowSpec, epoch_ms, iso
 
 if TYPE_CHECKING:
-    from streamfn.engine.runner import Busy
     from streamfn.observability.stats import FunctionStats
 
 log = logging.getLogger("streamfn.aggregate")

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,12 +28,20 @@ from streamfn.outputs.sink import Emitted, encode_json
 from streamfn.record import Partition
 from streamfn.state.changelog import Changelog, ChangelogEntry
 
-if TYPE_CHECKING:
-    from streamfn.engine.runner import Busy
-
 log = logging.getLogger("streamfn.state")
 
-WriteOutputs = Callable[[list[Emitted], "Busy"], Awaitable[Exception | None]]
+
+class Busy(Protocol):
+    """The lane a batch runs in: told when work that should finish within the grace period is under way."""
+
+    busy: int
+    """Invocations and sink writes under way: on revoke or shutdown, they may finish within the timeout."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+WriteOutputs = Callable[[list[Emitted], Busy], Awaitable[Exception | None]]
 """Writes a stateful function's results to its sinks (with their retries): None, or the error that outlasted them."""
 
 META_KEY = b"\x00meta"

@@ -32,16 +32,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamfn.engine.handler import HandlerStyle
 from streamfn.failures.model import Condition, FailedRecord, FailedWindow, LambdaEvent
 from streamfn.outputs.emit import emitted_at, items
 from streamfn.outputs.sink import encode_json
 from streamfn.record import Partition, SourceRecord
-from streamfn.state.store import PartitionState, StateStore, WriteOutputs
+from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Tumbling, Window
+from streamfn.style import HandlerStyle
 
 if TYPE_CHECKING:
-    from streamfn.engine.runner import Busy
     from streamfn.observability.stats import FunctionStats
 
 log = logging.getLogger("streamfn.tumbling")
