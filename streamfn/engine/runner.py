@@ -18,7 +18,14 @@ from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_random_exponential,
+)
 
 from streamfn.app import StreamFunction
 from streamfn.config import PAYLOAD_LIMIT_BYTES, FunctionConfig
@@ -45,6 +52,7 @@ from streamfn.outputs.sink import Emitted, SinkContext
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 from streamfn.state.aggregate import Aggregator
 from streamfn.state.changelog import Changelog
+from streamfn.state.stateful import Stateful
 from streamfn.state.store import Busy, StateStore
 from streamfn.state.tumbling import LambdaWindows
 from streamfn.style import HandlerStyle
@@ -121,8 +129,9 @@ class FunctionRunner:
         """What the function's lanes hold now (read by the health probes and the live view)."""
         self.stateful = self._stateful(changelog)
         """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
+        self._payload_limited = self.stateful is None or self.stateful.payload_limited
 
-    def _stateful(self, changelog: Changelog | None) -> Aggregator | LambdaWindows | None:
+    def _stateful(self, changelog: Changelog | None) -> Stateful | None:
         function, config = self.function, self.function.config
         if not function.stateful:
             return None
@@ -212,7 +221,7 @@ class FunctionRunner:
         failed for good. Nothing is written yet.
 
         `predecoded`: values already decoded (by the filters), by offset; taken out as they are used."""
-        if len(records) == 1 and not isinstance(self.stateful, Aggregator):  # only a record alone can be too large
+        if len(records) == 1 and self._payload_limited:  # only a record alone can be too large
             size = event_size(raw_size(records[0]))
             if size > PAYLOAD_LIMIT_BYTES:
                 error = PayloadSizeExceeded(f"the record makes a {size}-byte payload, above {PAYLOAD_LIMIT_BYTES}")
@@ -226,16 +235,12 @@ class FunctionRunner:
             failed = {f.record.offset for f in failures}
             invocable = [r for r in records if r.offset not in failed]
         invocations: list[Invocation] = []
-        stateful = self.stateful
-        if isinstance(stateful, Aggregator):
-            failures += stateful.fold(partition, invocable, decoded)
+        invoke = partial(self._invoke, partition, decoded, lane, invocations)
+        if self.stateful is not None:  # an aggregation folds; tumbling windows run the policy segment by segment
+            segment = partial(self._recovery.run, partition, invoke=invoke)
+            failures += await self.stateful.run(partition, invocable, decoded, segment, lane)
         elif invocable:
-            invoke = partial(self._invoke, partition, decoded, lane, invocations)
-            if stateful is None:
-                failures += await self._recovery.run(partition, invocable, invoke)
-            else:  # tumbling windows
-                segment = partial(self._recovery.run, partition, invoke=invoke)
-                failures += await stateful.run(partition, invocable, segment, lane)
+            failures += await self._recovery.run(partition, invocable, invoke)
         return Invoked(partition, records, invocations, failures)
 
     async def complete(self, invoked: Invoked, lane: Busy) -> None:
@@ -308,7 +313,7 @@ class FunctionRunner:
             raise StopProcessing
         if not self._native:
             payload: Any = self.origin.event(partition, records, decoded)  # decoded: only for schema formats
-            if isinstance(self.stateful, LambdaWindows):
+            if self.stateful is not None:
                 payload |= self.stateful.fields(partition)
         elif len(records) == len(decoded):  # the whole batch: the decoded records, in offset order
             payload = decoded
@@ -331,7 +336,7 @@ class FunctionRunner:
         try:
             with current:  # the handler's own spans are the invocation's children
                 response = await self._invoker.invoke(payload, request_id)
-            if isinstance(self.stateful, LambdaWindows):
+            if self.stateful is not None:
                 response = await self.stateful.accepted(partition, records, response, lane)
             outcome = _outcome(response)
         except BatchItemFailures as reported:  # a native handler's partial failure, raised
@@ -487,34 +492,39 @@ class FunctionRunner:
         retries failed too (their last error): for what must happen before the partition moves on (dead letters, a
         window's final invocation). While it fails, the partition shows as held at `held` (partition, offset), if
         given. Stopping ends it uncommitted."""
-        attempt = 0
         hold: Hold | None = None
+
+        async def attempt() -> None:
+            if lane.stopping:
+                raise StopProcessing  # a BaseException: not retried, the batch stays uncommitted
+            await action()
+
+        def failed(state: RetryCallState) -> None:
+            nonlocal hold
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.error(
+                "function %s: %s failed (attempt %d of %s): %r; retrying in %.2f s",
+                self.function.name,
+                what,
+                state.attempt_number,
+                "unlimited" if limit is None else limit + 1,
+                error,
+                state.upcoming_sleep,
+            )
+            if held is not None:
+                hold = hold or Hold(*held, "")
+                hold.reason, hold.rounds = f"{what}: {error!r}", state.attempt_number
+                self.holds.add(hold)
+
+        retrying = self._retrying.copy(
+            stop=stop_never if limit is None else stop_after_attempt(limit + 1),
+            retry=retry_if_exception_type(Exception),
+            before_sleep=failed,
+            retry_error_callback=_last_error,
+        )
         try:
-            while True:
-                if lane.stopping:
-                    raise StopProcessing
-                try:
-                    await action()
-                    return None
-                except Exception as error:
-                    attempt += 1
-                    if limit is not None and attempt > limit:
-                        return error
-                    delay = self.delay(attempt)
-                    log.error(
-                        "function %s: %s failed (attempt %d of %s): %r; retrying in %.2f s",
-                        self.function.name,
-                        what,
-                        attempt,
-                        "unlimited" if limit is None else limit + 1,
-                        error,
-                        delay,
-                    )
-                    if held is not None:
-                        hold = hold or Hold(*held, "")
-                        hold.reason, hold.rounds = f"{what}: {error!r}", attempt
-                        self.holds.add(hold)
-                await asyncio.sleep(delay)
+            result: Exception | None = await retrying(attempt)
+            return result
         finally:
             if hold is not None:
                 self.holds.discard(hold)
@@ -524,6 +534,12 @@ class FunctionRunner:
         state = RetryCallState(self._retrying, None, (), {})
         state.attempt_number = attempt
         return self._retrying.wait(state)
+
+
+def _last_error(state: RetryCallState) -> Exception | None:
+    """What `until_done` returns once its attempts are used up: the last attempt's error."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    return error if isinstance(error, Exception) else None
 
 
 def drop_policy(config: FunctionConfig) -> str | None:

@@ -34,6 +34,7 @@ from streamfn.failures.model import Condition, FailedRecord
 from streamfn.outputs.emit import emitted_at
 from streamfn.outputs.sink import Output
 from streamfn.record import Partition, Record, SourceRecord
+from streamfn.state.stateful import RunSegment
 from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Hopping, Tumbling, Window, WindowSpec, epoch_ms, iso
 
@@ -149,6 +150,27 @@ class Aggregator:
         for partition in partitions:
             self._open.pop(partition, None)
         self.store.drop(partitions)
+
+    payload_limited = False
+
+    async def run(
+        self,
+        partition: Partition,
+        records: Sequence[SourceRecord],
+        decoded: Sequence[Record],
+        run_segment: RunSegment,
+        lane: Busy,
+    ) -> list[FailedRecord]:
+        """Fold a batch (in the event loop, never through the failure policy: `run_segment` is not used)."""
+        return self.fold(partition, records, decoded)
+
+    def fields(self, partition: Partition) -> dict[str, Any]:
+        """Nothing: an aggregation's fold is called with a record, never with an event."""
+        return {}
+
+    async def accepted(self, partition: Partition, records: Sequence[SourceRecord], response: Any, lane: Busy) -> Any:
+        """The response as it is: an aggregation takes no state from a response."""
+        return response
 
     def fold(
         self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record]

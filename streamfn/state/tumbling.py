@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streamfn.failures.model import Condition, FailedRecord, FailedWindow, LambdaEvent
 from streamfn.outputs.emit import emitted_at, items
 from streamfn.outputs.sink import encode_json
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Record, SourceRecord
+from streamfn.state.stateful import RunSegment
 from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Tumbling, Window
 from streamfn.style import HandlerStyle
@@ -48,7 +49,6 @@ log = logging.getLogger("streamfn.tumbling")
 STATE_LIMIT_BYTES = 1024 * 1024
 """Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
 
-RunSegment = Callable[[Sequence[SourceRecord]], Awaitable[list[FailedRecord]]]
 Deliver = Callable[[Partition, list[FailedRecord], "Busy"], Awaitable[None]]
 """The runner's `_deliver`: failures to the destination (or dropped, under an explicit policy)."""
 
@@ -123,8 +123,15 @@ class LambdaWindows:
     def release(self, partitions: Sequence[Partition]) -> None:
         self.store.drop(partitions)
 
+    payload_limited = True
+
     async def run(
-        self, partition: Partition, records: Sequence[SourceRecord], run_segment: RunSegment, lane: Busy
+        self,
+        partition: Partition,
+        records: Sequence[SourceRecord],
+        decoded: Sequence[Record],
+        run_segment: RunSegment,
+        lane: Busy,
     ) -> list[FailedRecord]:
         """Invoke a batch window by window, with a final invocation wherever a window ends."""
         state = self.store[partition]
