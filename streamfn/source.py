@@ -131,7 +131,7 @@ class Source(Protocol):
 
     def changelog(self, *, group_id: str, default_servers: str | None) -> Changelog:
         """The durable log of a stateful function's state (windows, aggregations), partitioned like the source, so
-        whoever owns a source partition can rebuild its state (see streamfn.changelog)."""
+        whoever owns a source partition can rebuild its state (see streamfn.state.changelog)."""
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""

@@ -57,7 +57,8 @@ def changelog_topic(group_id: str, topic: str) -> str:
 
 
 class KafkaChangelog:
-    """The Changelog of streamfn.changelog over Kafka: one compacted changelog topic per source topic of a group."""
+    """The Changelog of streamfn.state.changelog over Kafka: one compacted changelog topic per source topic of a
+    group."""
 
     def __init__(
         self, servers: str, group_id: str, topics: Sequence[str], connection: KafkaConnection | None = None

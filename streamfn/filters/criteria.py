@@ -1,7 +1,7 @@
 """Lambda's event filtering for Kafka: `filter_criteria={"Filters": [{"Pattern": "<json>"}]}`.
 
 Up to 5 filters (Lambda's default quota), ORed: a record is handled when any pattern matches it, else it is
-filtered out. Patterns use EventBridge's syntax (streamfn.filter_patterns) on the record as Lambda's Kafka event
+filtered out. Patterns use EventBridge's syntax (streamfn.filters.patterns) on the record as Lambda's Kafka event
 shows it, with `value` (and `key`) readable as data:
 
     {"topic", "partition", "offset", "timestamp", "timestampType", "key", "value", "headers"}

@@ -92,7 +92,7 @@ DECODERS: dict[str, Callable[[bytes | None], Any]] = {"json": _json, "string": _
 
 def make_codec(name: str, *, side: Literal["value", "key"], schema: Any = None, registry: Any = None) -> Codec:
     """The codec of one side of a topic: `schema` an Avro schema (.avsc path or dict), `registry` a
-    SchemaRegistry (streamfn.registry) whose wire format the values are in."""
+    SchemaRegistry (streamfn.formats.registry) whose wire format the values are in."""
     if name != "avro":
         return plain_codec(name)
     from streamfn.formats.avro import AvroCodec  # fastavro (and httpx, for a registry) only when Avro is used

@@ -1,7 +1,7 @@
 """Windowed aggregations (`@app.aggregate`): records folded into per-key window accumulators, final results emitted
 to the outputs when event time passes a window's end.
 
-Per source partition: the accumulators live in the partition's durable state (streamfn.state), keyed by the
+Per source partition: the accumulators live in the partition's durable state (streamfn.state.store), keyed by the
 aggregation key and the window's start; the watermark is the largest event time seen minus `allowed_lateness`. A
 window whose end is at or below the watermark is closed: its result is written to every output, and only once
 every sink has acknowledged it is the window deleted from the state. A crash in between emits the same result

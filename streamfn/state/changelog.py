@@ -4,7 +4,7 @@ State lives in memory per partition; every change is also appended to a changelo
 a worker that is restarted (even after kill -9) or that takes a partition over in a rebalance rebuilds the state
 by reading the partition's changelog. Each entry says how far into the source partition its value reflects
 (`applied`), which is what makes the state exact without transactions: a source record replayed after a crash is
-folded into a key again only if that key's last entry does not already reflect it (see streamfn.state).
+folded into a key again only if that key's last entry does not already reflect it (see streamfn.state.store).
 
 Kafka implements it with a compacted topic (streamfn.connectors.kafka.changelog); other sources bring their own.
 """

@@ -14,7 +14,7 @@ state above 1 MB ends the window early: a final invocation with `isWindowTermina
 same window goes on with a fresh state.
 
 Unlike Lambda's, the state is durable: it is kept in the function's changelog with the offset it covers
-(streamfn.state), so a restarted or rebalanced worker continues the window where it was, and records already in
+(streamfn.state.store), so a restarted or rebalanced worker continues the window where it was, and records already in
 the state are not invoked again.
 
 Choices where AWS is silent (docs/behaviour.md): a record whose timestamp falls in an earlier window than the
