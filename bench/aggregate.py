@@ -59,9 +59,9 @@ from rich.table import Table as RichTable
 from streamfn import App, Record
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 from streamfn.connectors.table import Table
-from streamfn.sink import Sink
-from streamfn.windows import Tumbling
-from streamfn.worker import FunctionSummary, Worker
+from streamfn.engine.worker import FunctionSummary, Worker
+from streamfn.outputs.sink import Sink
+from streamfn.state.windows import Tumbling
 
 PARTITIONS = 4
 USERS = 1000

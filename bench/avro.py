@@ -10,7 +10,7 @@ What it measures
     json + model    the same, then Order.model_validate (a `value_model=Order`)
     avro            AvroCodec.decode: fastavro.schemaless_reader with the schema parsed once
     avro + model    the same, then Order.model_validate
-    json encode     streamfn.sink.encode of each dict (orjson.dumps)
+    json encode     streamfn.outputs.sink.encode of each dict (orjson.dumps)
     avro encode     AvroCodec.encode of batches of 100 (fastavro.schemaless_writer per record)
 
 Run from the repository root:  python bench/avro.py [--records N] [--repeats N]
@@ -34,8 +34,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from streamfn.avro import AvroCodec
-from streamfn.sink import encode
+from streamfn.formats.avro import AvroCodec
+from streamfn.outputs.sink import encode
 
 BATCH = 100
 """Outputs per `AvroCodec.encode` call, as one batch of a handler's outputs."""

@@ -32,7 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
 
-from streamfn.filters import compile_criteria
+from streamfn.filters.criteria import compile_criteria
 
 KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 Keep: TypeAlias = Callable[[Sequence[KafkaRecord], Sequence[dict[str, Any]]], int]

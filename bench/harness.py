@@ -31,9 +31,9 @@ from rich.table import Table
 
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
-from streamfn.embedded import EmbeddedBroker
-from streamfn.telemetry import Telemetry
-from streamfn.worker import FunctionSummary, Worker
+from streamfn.connectors.kafka.embedded import EmbeddedBroker
+from streamfn.engine.worker import FunctionSummary, Worker
+from streamfn.observability.telemetry import Telemetry
 
 SESSION_TIMEOUT_MS = 6000  # Tansu holds a group join for session_timeout/2: keep it short
 PRODUCE_CHUNK = 10_000  # send futures gathered per chunk while pre-filling

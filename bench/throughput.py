@@ -70,8 +70,8 @@ from rich.table import Table
 from streamfn import Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.context import LambdaContext
-from streamfn.stats import Counts
-from streamfn.telemetry import Telemetry
+from streamfn.observability.stats import Counts
+from streamfn.observability.telemetry import Telemetry
 
 PARTITIONS = 4
 FETCH_MAX_BYTES = 16 * 1024 * 1024  # as streamfn's KafkaReader

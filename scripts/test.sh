@@ -7,6 +7,9 @@ python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 ruff check .
 ruff format --check .
 mypy
+# The import contracts in pyproject.toml ([tool.importlinter]): no cycles, the dependency direction, no client
+# library in the engine.
+lint-imports
 # The Table sink's tests start a throwaway PostgreSQL server (tests/conftest.py); install one where there is none.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql

@@ -1,14 +1,14 @@
 """streamfn: AWS Lambda's event source mapping for any Kafka, as a Python framework."""
 
 from streamfn.app import App
-from streamfn.chain import Function
 from streamfn.config import Backoff
+from streamfn.engine.chain import Function
 from streamfn.errors import ConfigError
-from streamfn.failure import BatchItemFailures
+from streamfn.failures.model import BatchItemFailures
+from streamfn.outputs.sink import Output, SinkRetry
 from streamfn.record import Partition, Record
 from streamfn.secrets import Secret
-from streamfn.sink import Output, SinkRetry
-from streamfn.windows import Hopping, Tumbling
+from streamfn.state.windows import Hopping, Tumbling
 
 __all__ = [
     "App",

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 from pydantic.alias_generators import to_snake
 
-from streamfn.aggregate import Aggregation, aggregation_of
 from streamfn.config import FunctionConfig
 from streamfn.errors import ConfigError
-from streamfn.handler import HandlerStyle, handler_style
-from streamfn.sink import Sink
+from streamfn.outputs.sink import Sink
 from streamfn.source import Source
+from streamfn.state.aggregate import Aggregation, aggregation_of
+from streamfn.style import HandlerStyle, handler_style
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,14 +7,14 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from annotated_types import Ge, Gt, Le, Lt
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic.alias_generators import to_pascal
 
-from streamfn.errors import ConfigError
+from streamfn.errors import StrictModel
+from streamfn.filters.criteria import compile_criteria
 
 INFINITE_RETRIES_WITH_DESTINATION = 10
 """Lambda: "When you configure both infinite retries and an on-failure destination, Lambda automatically applies
@@ -41,42 +41,6 @@ def http_url(value: str) -> str:
 
 def _aws_alias(name: str) -> AliasChoices:
     return AliasChoices(name, to_pascal(name))
-
-
-class StrictModel(BaseModel):
-    """Unknown parameters are errors (a typo must not silently fall back to a default)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-    owner: ClassVar[str | None] = None
-    """How errors name what was being configured; None for the function's own parameters."""
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as error:
-            cls = type(self)
-            raise ConfigError.from_validation(
-                error, owner=cls.owner, known_fields=cls.model_fields, allowed=cls.allowed
-            ) from None
-
-    @classmethod
-    def allowed(cls, name: str) -> str | None:
-        """The range a numeric parameter accepts, from its declared bounds (by field name or alias)."""
-        field = cls.model_fields.get(name) or next(
-            (f for n, f in cls.model_fields.items() if to_pascal(n) == name), None
-        )
-        if field is None:
-            return None
-        parts = [
-            f"{'>' if isinstance(m, Gt) else '>='} {m.gt if isinstance(m, Gt) else m.ge}"
-            for m in field.metadata
-            if isinstance(m, Ge | Gt)
-        ] + [
-            f"{'<' if isinstance(m, Lt) else '<='} {m.lt if isinstance(m, Lt) else m.le}"
-            for m in field.metadata
-            if isinstance(m, Le | Lt)
-        ]
-        return " and ".join(parts) or None
 
 
 class Backoff(StrictModel):
@@ -120,7 +84,7 @@ class FunctionConfig(StrictModel):
     """Native handlers: a pydantic model each value is validated into; a value that fails goes to on_failure as a
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
     on_failure: Any = Field(None, validation_alias=AliasChoices("on_failure", "OnFailure", "DestinationConfig"))
-    """A destination (streamfn.failure.Destination) for records that still fail, e.g. KafkaTopic("dlq"), or as
+    """A destination (streamfn.failures.model.Destination) for records that still fail, e.g. KafkaTopic("dlq"), or as
     Lambda names one: "kafka://dlq", or DestinationConfig={"OnFailure": {"Destination": "kafka://dlq"}} as
     CloudFormation spells it (the source resolves the URI: a topic on its cluster, see app.py)."""
     enabled: bool = Field(True, validation_alias=_aws_alias("enabled"))
@@ -145,8 +109,6 @@ class FunctionConfig(StrictModel):
     @field_validator("filter_criteria")
     @classmethod
     def _filters(cls, value: Any) -> Any:
-        from streamfn.filters import compile_criteria  # the filters module imports this one
-
         return compile_criteria(value)
 
     @field_validator("on_failure")

@@ -31,7 +31,7 @@ class LambdaContext:
     """One per invocation, like Lambda's: its request id and a deadline from the function's timeout.
 
     `logger` writes through the worker's log handlers, which add the invocation's function, partition, offsets and
-    request id to each line (streamfn/logs.py)."""
+    request id to each line (streamfn/observability/logs.py)."""
 
     function_version = "$LATEST"
     memory_limit_in_mb = 128

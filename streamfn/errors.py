@@ -1,11 +1,15 @@
-"""Errors users see. A ConfigError is printed as one line by the CLI (exit code 2, no traceback)."""
+"""Errors users see, and StrictModel, the base of every configuration model, which turns its validation errors
+into them. A ConfigError is printed as one line by the CLI (exit code 2, no traceback)."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_pascal
 
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 SECRET_WORDS = ("password", "secret", "token", "_pem", "auth")
@@ -65,3 +69,39 @@ class ConfigError(Exception):
                 shown = "<hidden>" if any(word in field.lower() for word in SECRET_WORDS) else repr(item["input"])
                 problems.append(f"{prefix}{field}={shown} is invalid: {rule}")
         return cls("; ".join(problems))
+
+
+class StrictModel(BaseModel):
+    """Unknown parameters are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    owner: ClassVar[str | None] = None
+    """How errors name what was being configured; None for the function's own parameters."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            cls = type(self)
+            raise ConfigError.from_validation(
+                error, owner=cls.owner, known_fields=cls.model_fields, allowed=cls.allowed
+            ) from None
+
+    @classmethod
+    def allowed(cls, name: str) -> str | None:
+        """The range a numeric parameter accepts, from its declared bounds (by field name or alias)."""
+        field = cls.model_fields.get(name) or next(
+            (f for n, f in cls.model_fields.items() if to_pascal(n) == name), None
+        )
+        if field is None:
+            return None
+        parts = [
+            f"{'>' if isinstance(m, Gt) else '>='} {m.gt if isinstance(m, Gt) else m.ge}"
+            for m in field.metadata
+            if isinstance(m, Ge | Gt)
+        ] + [
+            f"{'<' if isinstance(m, Lt) else '<='} {m.lt if isinstance(m, Lt) else m.le}"
+            for m in field.metadata
+            if isinstance(m, Le | Lt)
+        ]
+        return " and ".join(parts) or None

@@ -19,8 +19,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, model_validator
 
-from streamfn.config import StrictModel
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, StrictModel
 
 
 class Secret(StrictModel):

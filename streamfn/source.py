@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from streamfn.changelog import Changelog
-from streamfn.failure import Destination
-from streamfn.formats import Codec
+from streamfn.failures.model import Destination
+from streamfn.formats.codec import Codec
 from streamfn.record import Partition, Record, SourceRecord
+from streamfn.state.changelog import Changelog
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +131,7 @@ class Source(Protocol):
 
     def changelog(self, *, group_id: str, default_servers: str | None) -> Changelog:
         """The durable log of a stateful function's state (windows, aggregations), partitioned like the source, so
-        whoever owns a source partition can rebuild its state (see streamfn.changelog)."""
+        whoever owns a source partition can rebuild its state (see streamfn.state.changelog)."""
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""

@@ -24,8 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
-from streamfn.embedded import EmbeddedBroker
-from streamfn.worker import FunctionSummary, Worker
+from streamfn.connectors.kafka.embedded import EmbeddedBroker
+from streamfn.engine.worker import FunctionSummary, Worker
 
 SESSION_MS = 6000  # Tansu makes every group join wait half the session timeout
 _names = itertools.count()
@@ -229,7 +229,7 @@ def postgresql() -> Iterator[str]:
     import shutil
     import tempfile
 
-    from streamfn.embedded import free_port
+    from streamfn.connectors.kafka.embedded import free_port
 
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
@@ -279,7 +279,7 @@ def wait_listening(port: int, process: subprocess.Popen[Any], what: str, timeout
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's server on a free port for the session, started only when a test asks for it: its endpoint URL."""
-    from streamfn.embedded import free_port
+    from streamfn.connectors.kafka.embedded import free_port
 
     port = free_port()
     process = subprocess.Popen(

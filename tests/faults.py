@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from conftest import wait_listening
 
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "test",

@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from streamfn.avro import schema_json
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
+from streamfn.formats.avro import schema_json
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

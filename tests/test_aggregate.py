@@ -39,7 +39,7 @@ from streamfn import App, Record
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 from streamfn.connectors.table import Table
 from streamfn.errors import ConfigError
-from streamfn.windows import Hopping, Tumbling
+from streamfn.state.windows import Hopping, Tumbling
 
 MINUTE = 60_000
 BASE = 1_700_000_040_000 - 1_700_000_040_000 % MINUTE
@@ -239,7 +239,7 @@ import os, time
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
 from streamfn.connectors.table import Table
-from streamfn.windows import Tumbling
+from streamfn.state.windows import Tumbling
 
 app = App("clicks")
 SLEEP = float(os.environ.get("SLEEP", "0"))

@@ -18,9 +18,9 @@ import pytest
 from pydantic import BaseModel
 from registry_server import Certificates, RegistryServer, make_certificates
 
-from streamfn.avro import AvroCodec, load_schema
 from streamfn.errors import ConfigError
-from streamfn.registry import (
+from streamfn.formats.avro import AvroCodec, load_schema
+from streamfn.formats.registry import (
     RegistryClient,
     RegistryError,
     RegistryUnavailable,
@@ -28,7 +28,7 @@ from streamfn.registry import (
     SchemaRegistry,
     SchemaRejected,
 )
-from streamfn.sink import RejectedOutput
+from streamfn.outputs.sink import RejectedOutput
 
 ORDER_V1: dict[str, Any] = {
     "type": "record",

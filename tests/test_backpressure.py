@@ -10,8 +10,8 @@ from conftest import committed, create_topic, produce_values, source
 
 from streamfn import App, Record, SinkRetry
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.embedded import free_port
-from streamfn.worker import Worker
+from streamfn.connectors.kafka.embedded import free_port
+from streamfn.engine.worker import Worker
 
 
 async def test_slow_handler_pauses_its_partition_and_memory_stays_bounded(broker: str, name: Any) -> None:

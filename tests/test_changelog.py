@@ -17,10 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from conftest import create_topic, source
 
-from streamfn.changelog import ChangelogEntry
 from streamfn.connectors.kafka.changelog import MAX_TOPIC_NAME, KafkaChangelog, changelog_topic
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
+from streamfn.state.changelog import ChangelogEntry
 
 
 @asynccontextmanager

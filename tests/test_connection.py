@@ -20,7 +20,6 @@ from conftest import run_cli, start_cli, write_pipeline
 from pydantic import SecretStr
 from tls import KEY_PASSWORD, TlsCluster, tls_cluster
 
-from streamfn.changelog import ChangelogEntry
 from streamfn.connectors.kafka import KafkaSource
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
@@ -28,6 +27,7 @@ from streamfn.connectors.kafka.msk import MskIamTokenProvider
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
 from streamfn.secrets import Secret
+from streamfn.state.changelog import ChangelogEntry
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +468,7 @@ from streamfn import App
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 from streamfn.connectors.kafka.connection import KafkaConnection
 from streamfn.secrets import Secret
-from streamfn.sink import SinkRetry
+from streamfn.outputs.sink import SinkRetry
 
 cluster = KafkaConnection(
     ssl_cafile=os.environ["CA"],

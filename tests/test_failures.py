@@ -30,9 +30,9 @@ from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.letter import PROVENANCE, dead_letter
-from streamfn.failure import BatchItemFailures, Condition, FailedRecord, FailureOrigin
+from streamfn.engine.worker import Worker
+from streamfn.failures.model import BatchItemFailures, Condition, FailedRecord, FailureOrigin
 from streamfn.record import Partition
-from streamfn.worker import Worker
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 
@@ -354,7 +354,7 @@ async def test_records_past_their_maximum_age_go_to_the_destination_and_fresh_on
 async def test_unwritable_destination_holds_the_commit_until_it_recovers(
     broker: str, name: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from streamfn.embedded import EmbeddedBroker, free_port
+    from streamfn.connectors.kafka.embedded import EmbeddedBroker, free_port
 
     topic, group, dlq = name("t"), name("g"), name("dlq")
     await create_topic(broker, topic, 1)
@@ -376,7 +376,7 @@ async def test_unwritable_destination_holds_the_commit_until_it_recovers(
             raise ValueError("poison batch")
         handled.extend(r.offset for r in records)
 
-    from streamfn.worker import Worker
+    from streamfn.engine.worker import Worker
 
     worker = Worker(app, broker)
     task = asyncio.create_task(worker.run(handle_signals=False))

@@ -41,9 +41,9 @@ from faults import Figures, Ledger, Moto, Proxy, Tansu
 from test_sink_http import Receiver
 
 from streamfn import App, Backoff, Record
+from streamfn.connectors.kafka.embedded import free_port
 from streamfn.connectors.table import Table
-from streamfn.embedded import free_port
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
 
 pytestmark = pytest.mark.faults
 
@@ -54,7 +54,7 @@ import os, time
 from streamfn import App, Backoff
 from streamfn.connectors.http import Http
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
-from streamfn.sink import SinkRetry
+from streamfn.outputs.sink import SinkRetry
 
 app = App("faults")
 OUT, SLEEP, URL = os.environ["OUT"], float(os.environ.get("SLEEP", "0")), os.environ.get("HTTP_URL")

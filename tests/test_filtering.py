@@ -11,7 +11,7 @@ from typing import Any
 from conftest import Out, committed, create_topic, produce, run_cli, run_worker, source, wait_for
 
 from streamfn import App, Record
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
 
 KINDS = ("click", "view", "view", "purchase")
 

@@ -15,7 +15,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from streamfn.errors import ConfigError
-from streamfn.filters import FilterCriteria, RecordFilter, compile_criteria
+from streamfn.filters.criteria import FilterCriteria, RecordFilter, compile_criteria
 
 
 def record(

@@ -16,8 +16,8 @@ from registry_server import RegistryServer
 
 from streamfn import App, Record
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.formats import make_codec
-from streamfn.registry import SchemaRegistry
+from streamfn.formats.codec import make_codec
+from streamfn.formats.registry import SchemaRegistry
 
 
 class Order(BaseModel):

@@ -17,9 +17,9 @@ from conftest import committed, create_topic, produce_values, read_topic, run_cl
 
 from streamfn import App, Backoff, BatchItemFailures, Record
 from streamfn.connectors.kafka import KafkaTopic
+from streamfn.engine.handler import Invoker, RuntimeExit
 from streamfn.errors import ConfigError
-from streamfn.failure import error_type
-from streamfn.handler import Invoker, RuntimeExit
+from streamfn.failures.model import error_type
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 

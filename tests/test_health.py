@@ -12,9 +12,9 @@ import orjson
 from conftest import Out, committed, create_topic, produce, produce_values, source
 
 from streamfn import App, Record
-from streamfn.endpoint import Endpoint
-from streamfn.health import Health
-from streamfn.worker import Worker
+from streamfn.cli.health import Health
+from streamfn.engine.worker import Worker
+from streamfn.observability.endpoint import Endpoint
 
 STUCK_AFTER = 2.0
 

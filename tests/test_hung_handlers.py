@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from conftest import Out, committed, create_topic, produce, produce_values, run_worker, source
 
-from streamfn import App, Backoff, Record, threads
-from streamfn.health import Health
-from streamfn.supervision import EngineFailure
-from streamfn.worker import Worker
+from streamfn import App, Backoff, Record
+from streamfn.cli.health import Health
+from streamfn.engine import threads
+from streamfn.engine.supervision import EngineFailure
+from streamfn.engine.worker import Worker
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 

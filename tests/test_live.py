@@ -14,9 +14,9 @@ from conftest import create_topic, produce_values, source, wait_for
 from rich.console import Console
 
 from streamfn import App, Record
+from streamfn.cli.live import progress_line, progress_table, show_progress, snapshot
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.live import progress_line, progress_table, show_progress, snapshot
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
 
 RECORDS, PARTITIONS = 40, 4
 BAD = {3, 13, 23, 33}

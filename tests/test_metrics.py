@@ -21,11 +21,11 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamfn import App, BatchItemFailures, Record
+from streamfn.cli.operations import prometheus_metrics
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.endpoint import Endpoint
-from streamfn.operations import prometheus_metrics
-from streamfn.telemetry import Telemetry, exporters
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
+from streamfn.observability.endpoint import Endpoint
+from streamfn.observability.telemetry import Telemetry, exporters
 
 SKIPPED = {2, 7, 12, 17}
 """Records no filter matches: 2 per partition."""

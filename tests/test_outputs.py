@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from streamfn import App, Backoff, Function, Output, Record, SinkRetry
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -11,7 +11,7 @@ from typing import Any
 from conftest import Out, committed, create_topic, produce, run_worker, source
 
 from streamfn import App, Record
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
 
 
 def keyed(count: int, keys: int, partitions: int) -> list[Out]:

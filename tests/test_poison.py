@@ -15,11 +15,11 @@ import pytest
 from conftest import Out, committed, create_topic, produce, run_worker, source, wait_for
 
 from streamfn import App, Backoff, Record
+from streamfn.cli.health import Health
+from streamfn.cli.live import progress_line, snapshot
 from streamfn.connectors.kafka import KafkaTopic
-from streamfn.health import Health
-from streamfn.live import progress_line, snapshot
-from streamfn.sink import Emitted, SinkContext, SinkRetry
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
+from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 NOT_JSON = repr(orjson.JSONDecodeError("invalid literal, expected 'null'", "not json", 0))
 """How the log shows the json codec's error for b"not json"."""

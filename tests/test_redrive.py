@@ -29,9 +29,9 @@ from streamfn.connectors.kafka import KafkaTopic
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.redrive import redrive
-from streamfn.failure import Condition, FailedRecord, FailureOrigin
+from streamfn.failures.model import Condition, FailedRecord, FailureOrigin
+from streamfn.formats.registry import SchemaRegistry
 from streamfn.record import Partition
-from streamfn.registry import SchemaRegistry
 
 PIPELINE = """
 import os

@@ -113,7 +113,7 @@ async def test_slow_sync_handler_does_not_starve_heartbeats(
         time.sleep(8)  # session timeout is 6 s
         handled.extend((r.partition, r.offset) for r in records)
 
-    from streamfn.worker import Worker
+    from streamfn.engine.worker import Worker
 
     worker = Worker(app, broker)
     task = asyncio.create_task(worker.run(handle_signals=False))

@@ -22,7 +22,7 @@ from streamfn import App, Record
 from streamfn.connectors.http import Http, HttpDeliveryError
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.errors import ConfigError
-from streamfn.sink import Emitted, Provenance, RejectedOutput, SinkContext, SinkRetry, SinkWriter
+from streamfn.outputs.sink import Emitted, Provenance, RejectedOutput, SinkContext, SinkRetry, SinkWriter
 
 REFUSAL = b'{"error": "refused: field \\"n\\" is invalid"}'
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

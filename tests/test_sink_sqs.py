@@ -21,10 +21,10 @@ from pydantic import BaseModel
 
 from streamfn import App, Output, Record
 from streamfn.connectors.kafka import KafkaTopic
+from streamfn.connectors.kafka.embedded import free_port
 from streamfn.connectors.sqs import SqsDeliveryError, SqsQueue
-from streamfn.embedded import free_port
 from streamfn.errors import ConfigError
-from streamfn.sink import Emitted, Provenance, RejectedOutput, SinkContext, SinkRetry, SinkWriter
+from streamfn.outputs.sink import Emitted, Provenance, RejectedOutput, SinkContext, SinkRetry, SinkWriter
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

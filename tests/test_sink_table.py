@@ -41,8 +41,8 @@ from streamfn import App, Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.connectors.table import Table
 from streamfn.errors import ConfigError
+from streamfn.outputs.sink import Emitted, OffsetStoringWriter, Provenance, RejectedOutput, SinkContext
 from streamfn.record import Partition
-from streamfn.sink import Emitted, OffsetStoringWriter, Provenance, RejectedOutput, SinkContext
 
 _tables = itertools.count()
 
@@ -633,7 +633,7 @@ import asyncio, os
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
 from streamfn.connectors.table import Table
-from streamfn.sink import SinkRetry
+from streamfn.outputs.sink import SinkRetry
 
 app = App("table-proc")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import SESSION_MS, committed, create_topic, produce_values, run_cli, start_cli, wait_for, write_pipeline
 
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
 
 PIPELINE = """
 from streamfn import App

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streamfn.changelog import ChangelogEntry
-from streamfn.state import META_KEY, PartitionState
+from streamfn.state.changelog import ChangelogEntry
+from streamfn.state.store import META_KEY, PartitionState
 
 
 def test_a_restored_state_skips_what_its_last_checkpoints_already_hold() -> None:

@@ -21,8 +21,8 @@ from conftest import (
     write_pipeline,
 )
 
-from streamfn.embedded import free_port
-from streamfn.loader import load_app
+from streamfn.cli.loader import load_app
+from streamfn.connectors.kafka.embedded import free_port
 
 PIPELINE = f"""
 import os

@@ -12,13 +12,13 @@ import pytest
 from conftest import committed, create_topic, produce_values, run_cli, run_worker, source, write_pipeline
 
 from streamfn import App, Record
-from streamfn.lane import Lane
-from streamfn.supervision import ENGINE_FAILURE_EXIT, EngineFailure
+from streamfn.engine.lane import Lane
+from streamfn.engine.supervision import ENGINE_FAILURE_EXIT, EngineFailure
 
 BROKEN_LANE = """
 import asyncio
 
-from streamfn.lane import Lane
+from streamfn.engine.lane import Lane
 
 completed = {}
 original = Lane._complete

@@ -26,9 +26,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from streamfn import App, Function, Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.context import LambdaContext
-from streamfn.logs import ContextFields, JsonFormatter
-from streamfn.telemetry import Telemetry
-from streamfn.worker import Worker
+from streamfn.engine.worker import Worker
+from streamfn.observability.logs import ContextFields, JsonFormatter
+from streamfn.observability.telemetry import Telemetry
 
 
 def traceparent(span: trace.Span) -> list[tuple[str, bytes]]:

@@ -40,10 +40,10 @@ from conftest import (
 from conftest import write_pipeline as write_file
 
 from streamfn import App, Backoff
-from streamfn.changelog import APPLIED_HEADER
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.connectors.kafka.changelog import changelog_topic
-from streamfn.state import META_KEY
+from streamfn.state.changelog import APPLIED_HEADER
+from streamfn.state.store import META_KEY
 
 FAST = Backoff(initial_seconds=0.01, max_seconds=0.05)
 MINUTE = 60_000

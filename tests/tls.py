@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from streamfn.embedded import free_port
+from streamfn.connectors.kafka.embedded import free_port
 
 KEY_PASSWORD = "key-password-7f3a91"
 

@@ -13,9 +13,10 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from streamfn.config import StrictModel, http_url
+from streamfn.config import http_url
 from streamfn.connectors.http.writer import RESERVED_HEADERS, HttpWriter
-from streamfn.sink import SinkContext, SinkRetry
+from streamfn.errors import StrictModel
+from streamfn.outputs.sink import SinkContext, SinkRetry
 
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")

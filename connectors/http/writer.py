@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from streamfn.sink import TRACE_HEADERS, Delivered, Emitted, RejectedOutput, encode_json
+from streamfn.observability.tracing import TRACE_HEADERS
+from streamfn.outputs.sink import Delivered, Emitted, RejectedOutput, encode_json
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 REMEMBERED_CHUNKS = 4096

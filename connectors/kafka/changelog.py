@@ -21,12 +21,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from streamfn.changelog import APPLIED_HEADER, ChangelogEntry
 from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.producer import DELIVERY_TIMEOUT_MS, MAX_REQUEST_BYTES
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
+from streamfn.state.changelog import APPLIED_HEADER, ChangelogEntry
 
 MAX_TOPIC_NAME = 249
 """Kafka's limit on a topic name's length."""
@@ -57,7 +57,8 @@ def changelog_topic(group_id: str, topic: str) -> str:
 
 
 class KafkaChangelog:
-    """The Changelog of streamfn.changelog over Kafka: one compacted changelog topic per source topic of a group."""
+    """The Changelog of streamfn.state.changelog over Kafka: one compacted changelog topic per source topic of a
+    group."""
 
     def __init__(
         self, servers: str, group_id: str, topics: Sequence[str], connection: KafkaConnection | None = None

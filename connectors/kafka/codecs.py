@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import model_validator
 
-from streamfn.config import StrictModel
-from streamfn.formats import Codec, Format, make_codec
+from streamfn.errors import StrictModel
+from streamfn.formats.codec import Codec, Format, make_codec
 
 
 class TopicFormat(StrictModel):
@@ -31,7 +31,7 @@ class TopicFormat(StrictModel):
         """Avro sides have a schema or a registry, schema files load (a ConfigError naming the file), and a
         registry is a SchemaRegistry: at declaration, not when the worker starts."""
         if self.schema_registry is not None:
-            from streamfn.registry import SchemaRegistry
+            from streamfn.formats.registry import SchemaRegistry
 
             if not isinstance(self.schema_registry, SchemaRegistry):
                 raise ValueError("schema_registry must be a SchemaRegistry(url, ...)")
@@ -44,7 +44,7 @@ class TopicFormat(StrictModel):
             if schema is None and self.schema_registry is None:
                 raise ValueError(f"{side}_format='avro' needs {side}_schema (an .avsc file) or schema_registry")
             if schema is not None:
-                from streamfn.avro import load_schema
+                from streamfn.formats.avro import load_schema
 
                 load_schema(schema)
         return self

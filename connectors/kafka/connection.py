@@ -26,8 +26,7 @@ from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from streamfn.config import StrictModel
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, StrictModel
 from streamfn.secrets import Secret, SecretReader, SecretValue
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

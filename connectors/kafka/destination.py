@@ -1,6 +1,6 @@
 """KafkaTopic: a topic as an on_failure destination (dead letters) and as an output (a queue between functions).
 
-As an output, each output is one record: the value encoded by `streamfn.sink.encode` (JSON unless it is already
+As an output, each output is one record: the value encoded by `streamfn.outputs.sink.encode` (JSON unless it is already
 str or bytes; None stays a tombstone), the output's key, and headers carrying its provenance and trace context.
 All records of a batch are sent, then awaited together (acks=all) before the batch counts as written.
 
@@ -25,9 +25,9 @@ from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
 from streamfn.errors import ConfigError
-from streamfn.failure import FailedRecord, FailureOrigin
-from streamfn.formats import Codec, close_codecs, open_codecs
-from streamfn.sink import Emitted, SinkContext, SinkRetry
+from streamfn.failures.model import FailedRecord, FailureOrigin
+from streamfn.formats.codec import Codec, close_codecs, open_codecs
+from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 """aiokafka's default max_request_size, and Kafka's default max.message.bytes (1 MiB, give or take 12 bytes)."""

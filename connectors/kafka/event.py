@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from streamfn.formats import Codec, is_plain
+from streamfn.formats.codec import Codec, is_plain
 from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
 
 EVENT_SOURCE = "SelfManagedKafka"

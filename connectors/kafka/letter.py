@@ -30,7 +30,7 @@ import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streamfn.context import new_request_id
-from streamfn.failure import Condition, FailedRecord, FailureOrigin, PartialFailure, error_type
+from streamfn.failures.model import Condition, FailedRecord, FailureOrigin, PartialFailure, error_type
 
 PROVENANCE = (
     "streamfn.source.topic",

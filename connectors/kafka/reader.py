@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -18,14 +18,33 @@ from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.offsets import log_ends
-from streamfn.formats import close_codecs, open_codecs
+from streamfn.formats.codec import Codec, close_codecs, open_codecs
 from streamfn.record import Partition, Record, SourceRecord
 from streamfn.source import AssignmentListener
 
-if TYPE_CHECKING:
-    from streamfn.connectors.kafka.source import KafkaSource
-
 log = logging.getLogger("streamfn.kafka")
+
+
+class ReaderSettings(Protocol):
+    """What a reader takes from the KafkaSource that creates it (streamfn.connectors.kafka.source)."""
+
+    @property
+    def topics(self) -> list[str]: ...
+
+    @property
+    def starting_position(self) -> Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]: ...
+
+    @property
+    def starting_position_timestamp(self) -> float | None: ...
+
+    @property
+    def event_record_format(self) -> Literal["JSON", "SOURCE"]: ...
+
+    @property
+    def session_timeout_ms(self) -> int: ...
+
+    def codecs(self) -> tuple[Codec, Codec | None]: ...
+
 
 FETCH_MAX_WAIT_MS = 50
 """How long a fetch may wait at the broker for data. A partition resumed after backpressure is fetched only once
@@ -61,7 +80,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class KafkaReader:
     def __init__(
-        self, source: KafkaSource, *, servers: str, group_id: str, connection: KafkaConnection | None = None
+        self, source: ReaderSettings, *, servers: str, group_id: str, connection: KafkaConnection | None = None
     ) -> None:
         self.source = source
         self.servers = servers

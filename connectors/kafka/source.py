@@ -106,7 +106,7 @@ class KafkaSource(TopicFormat):
                 "schema_registry=SchemaRegistry(url, basic_auth=(user, password), ca_file=..., cert_file=..., "
                 "key_file=...) instead"
             )
-        from streamfn.registry import SchemaRegistry
+        from streamfn.formats.registry import SchemaRegistry
 
         values["schema_registry"] = SchemaRegistry(config["SchemaRegistryURI"])
         if "EventRecordFormat" in config:

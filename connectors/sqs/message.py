@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamfn.sink import SOURCE_HEADER_PREFIX, TRACE_HEADERS, Emitted, RejectedOutput, encode
+from streamfn.observability.tracing import TRACE_HEADERS
+from streamfn.outputs.sink import SOURCE_HEADER_PREFIX, Emitted, RejectedOutput, encode
 
 MAX_MESSAGE_BYTES = 1_048_576
 """1 MiB: the most one message may carry, body and attributes (SQS's documented quota since 2025)."""

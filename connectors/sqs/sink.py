@@ -21,10 +21,11 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamfn.config import StrictModel, http_url
+from streamfn.config import http_url
 from streamfn.connectors.sqs.message import GROUP_ID
 from streamfn.connectors.sqs.writer import SqsWriter
-from streamfn.sink import SinkContext, SinkRetry
+from streamfn.errors import StrictModel
+from streamfn.outputs.sink import SinkContext, SinkRetry
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0

@@ -25,7 +25,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.sqs.message import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Message, message
-from streamfn.sink import Delivered, Emitted, RejectedOutput
+from streamfn.outputs.sink import Delivered, Emitted, RejectedOutput
 
 log = logging.getLogger("streamfn.sqs")
 

@@ -13,12 +13,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from streamfn.config import StrictModel
 from streamfn.connectors.table.database import POSTGRESQL_SCHEMES, SQLITE_PREFIX, connect
 from streamfn.connectors.table.schema import TableName, identifier_problem
 from streamfn.connectors.table.writer import Offsets, TableWriter
-from streamfn.errors import ConfigError
-from streamfn.sink import SinkContext, SinkRetry
+from streamfn.errors import ConfigError, StrictModel
+from streamfn.outputs.sink import SinkContext, SinkRetry
 
 
 class Table(StrictModel):

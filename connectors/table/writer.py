@@ -33,8 +33,8 @@ from streamfn.connectors.table.schema import (
     upsert,
 )
 from streamfn.errors import ConfigError
+from streamfn.outputs.sink import Emitted, RejectedOutput, plain
 from streamfn.record import Partition
-from streamfn.sink import Emitted, RejectedOutput, plain
 
 log = logging.getLogger("streamfn.table")
 

@@ -1,0 +1,383 @@
+"""The `streamfn` command: run, validate, produce, redrive and status.
+
+Every configuration problem ends the same way: one line on stderr naming the function, field, value and what is
+allowed, and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamfn.app import App
+from streamfn.cli.health import DEFAULT_STUCK_AFTER_SECONDS
+from streamfn.cli.live import show_progress
+from streamfn.cli.loader import load_app
+from streamfn.cli.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
+from streamfn.cli.status import report as status_report
+from streamfn.cli.status import status_table
+from streamfn.connectors.kafka import KafkaSource, KafkaTopic
+from streamfn.connectors.kafka.embedded import EmbeddedBroker
+from streamfn.connectors.kafka.produce import Produced, produce_lines
+from streamfn.connectors.kafka.redrive import redrive as redrive_dead_letters
+from streamfn.connectors.kafka.source import SERVERS_ENV
+from streamfn.engine.poller import CONNECT_TIMEOUT_SECONDS
+from streamfn.engine.supervision import ENGINE_FAILURE_EXIT, EngineFailure
+from streamfn.engine.worker import FunctionSummary, Worker
+from streamfn.errors import ConfigError, Unreachable
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
+# Off a terminal (logs, pipes) rich would assume 80 columns and cut names short.
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+CONFIG_ERROR_EXIT = 2
+UNREACHABLE_EXIT = 1
+
+Servers = Annotated[
+    str | None,
+    typer.Option("--bootstrap-servers", envvar=SERVERS_ENV, help="Kafka brokers for sources that name none."),
+]
+
+
+def _fail(error: ConfigError) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise typer.Exit(CONFIG_ERROR_EXIT)
+
+
+def _unreachable(error: Unreachable) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise typer.Exit(UNREACHABLE_EXIT)
+
+
+def _load(pipeline: Path) -> App:
+    try:
+        return load_app(pipeline)
+    except ConfigError as error:
+        _fail(error)
+
+
+def _needs_embedded(app: App, servers: str | None) -> bool:
+    return servers is None and any(
+        f.source is not None and getattr(f.source, "bootstrap_servers", None) is None for f in app.functions.values()
+    )
+
+
+@cli.command()
+def validate(pipeline: Path) -> None:
+    """Check a pipeline file without running it."""
+    app = _load(pipeline)
+    for function in app.functions.values():
+        fed = f"group {function.group_id}" if function.source is not None else "fed by Function(...) outputs"
+        disabled = "" if function.config.enabled else ", Enabled=False: not run"
+        out.print(f"function {function.name}: ok ({function.style.value} handler, {fed}{disabled})")
+
+
+@cli.command()
+def run(
+    pipeline: Path,
+    bootstrap_servers: Servers = None,
+    seed: Annotated[
+        list[str] | None,
+        typer.Option(help="TOPIC=FILE: produce FILE's lines to TOPIC before the functions start (repeatable)."),
+    ] = None,
+    key_field: Annotated[str | None, typer.Option(help="With --seed: the JSON field that keys each record.")] = None,
+    until_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop once every record is handled and committed and nothing arrived for SECONDS."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(envvar="STREAMFN_LOG_FORMAT", help="text, or json: one object per line with its fields.")
+    ] = "text",
+    metrics: Annotated[
+        str,
+        typer.Option(
+            envvar="OTEL_METRICS_EXPORTER",
+            help="Metrics exporters, comma-separated: none, console, otlp, prometheus.",
+        ),
+    ] = "none",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics (implies prometheus).")
+    ] = None,
+    traces: Annotated[
+        str, typer.Option(envvar="OTEL_TRACES_EXPORTER", help="Traces exporter: none, console or otlp.")
+    ] = "none",
+    health_port: Annotated[
+        int | None, typer.Option(help="Serve /ready and /live at http://HOST:PORT for orchestrators.")
+    ] = None,
+    stuck_after: Annotated[
+        float, typer.Option(min=1, help="/live fails when a partition's records wait this long (seconds).")
+    ] = DEFAULT_STUCK_AFTER_SECONDS,
+    progress_interval: Annotated[
+        float, typer.Option(min=0.1, help="Off a terminal: a progress line per function every SECONDS.")
+    ] = PROGRESS_INTERVAL_SECONDS,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="STREAMFN_CONNECT_TIMEOUT",
+            help="At start, keep trying to reach each source's brokers for SECONDS, then fail (exit code 1).",
+        ),
+    ] = CONNECT_TIMEOUT_SECONDS,
+) -> None:
+    """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
+    try:
+        reporting = operations(
+            log_level, log_format, metrics, metrics_port, traces, health_port, stuck_after, progress_interval
+        )
+    except ConfigError as error:
+        _fail(error)
+    app = _load(pipeline)
+    seeds = [_seed(spec) for spec in seed or []]
+    with ExitStack() as stack:
+        if _needs_embedded(app, bootstrap_servers):
+            try:
+                broker = stack.enter_context(EmbeddedBroker())
+            except ConfigError as error:
+                _fail(error)
+            bootstrap_servers = broker.address
+            out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
+        try:
+            summaries = asyncio.run(
+                _run(app, bootstrap_servers, seeds, key_field, until_idle, reporting, connect_timeout)
+            )
+        except ConfigError as error:
+            _fail(error)
+        except Unreachable as error:
+            _unreachable(error)
+        except EngineFailure as failure:  # logged at CRITICAL with its traceback; what was done is committed
+            _print_summary(failure.summary)
+            print(f"error: {failure}: what was handled is committed; exiting {ENGINE_FAILURE_EXIT}", file=sys.stderr)
+            raise typer.Exit(ENGINE_FAILURE_EXIT) from None
+    _print_summary(summaries)
+
+
+async def _run(
+    app: App,
+    servers: str | None,
+    seeds: list[tuple[str, Path]],
+    key_field: str | None,
+    until_idle: float | None,
+    reporting: Operations,
+    connect_timeout: float,
+) -> list[FunctionSummary]:
+    for topic, file in seeds:
+        assert servers is not None
+        with file.open("rb") as lines:
+            produced = await produce_lines(servers, topic, lines, key_field=key_field)
+        out.print(
+            f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
+        )
+    worker = Worker(app, servers, reporting.exporters.telemetry, connect_timeout=connect_timeout)
+    endpoints = reporting.endpoints(worker)
+    for endpoint in endpoints:
+        try:
+            endpoint.start()
+        except OSError as error:
+            raise ConfigError(f"port {endpoint.port} cannot be served: {error.strerror}") from None
+    live = out.is_terminal
+    progress = worker.supervisor.spawn(
+        show_progress(worker, console=out, live=live, interval=1.0 if live else reporting.progress_interval),
+        name="streamfn:progress",
+    )
+    try:
+        return await worker.run(until_idle=until_idle)
+    finally:
+        progress.cancel()
+        await asyncio.gather(progress, return_exceptions=True)
+        for endpoint in endpoints:
+            endpoint.stop()
+        reporting.exporters.shutdown()
+
+
+def _seed(spec: str) -> tuple[str, Path]:
+    topic, _, file = spec.partition("=")
+    if not topic or not file:
+        _fail(ConfigError(f"--seed {spec!r} is invalid: expected TOPIC=FILE"))
+    if not Path(file).is_file():
+        _fail(ConfigError(f"--seed {spec!r}: file {file!r} does not exist"))
+    return topic, Path(file)
+
+
+SUMMARY_COLUMNS = (
+    "function",
+    "group",
+    "polled",
+    "filtered out",
+    "invocations",
+    "failed invocations",
+    "handled",
+    "outputs",
+    "dead-lettered",
+    "dropped",
+    "committed",
+)
+
+
+WINDOW_COLUMNS = ("windows closed", "late")
+"""Shown when a function keeps windows (aggregations, tumbling windows)."""
+
+
+def _print_summary(summaries: list[FunctionSummary]) -> None:
+    table = Table(title="streamfn run summary")
+    windowed = any(s.stats.windows_closed or s.stats.late for s in summaries)
+    columns = SUMMARY_COLUMNS[:-1] + (WINDOW_COLUMNS if windowed else ()) + SUMMARY_COLUMNS[-1:]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("function", "group") else "right", no_wrap=True)
+    table.add_column("committed offsets", overflow="fold")
+    for s in summaries:
+        stats = s.stats
+        windows = (stats.windows_closed, stats.late) if windowed else ()
+        counts = (
+            stats.polled,
+            stats.filtered_out,
+            stats.batches + stats.failed_invocations,
+            stats.failed_invocations,
+            stats.handled,
+            stats.outputs,
+            stats.dead_lettered,
+            stats.dropped,
+            *windows,
+            s.committed_records,
+        )
+        offsets = ", ".join(f"{p}@{o}" for p, o in sorted(s.offsets.items())) or "-"
+        table.add_row(s.name, s.group_id or "-", *map(str, counts), offsets)
+    out.print(table)
+
+
+@cli.command()
+def redrive(
+    pipeline: Path,
+    function: Annotated[str, typer.Option("--function", help="The function whose dead letters to redrive.")],
+    bootstrap_servers: Servers = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Redrive at most N records.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be redriven; produce and commit nothing.")] = False,
+) -> None:
+    """Produce a function's dead letters back to their source topics (once: progress is committed)."""
+    app = _load(pipeline)
+    target = app.functions.get(function)
+    if target is None:
+        _fail(
+            ConfigError(f"--function {function!r} is not declared in {pipeline}; declared: {', '.join(app.functions)}")
+        )
+    if target.source is None:
+        _fail(
+            ConfigError(
+                f"function {function!r} has no source to redrive into: its dead letters hold other functions' "
+                "outputs; read them from its on_failure topic instead"
+            )
+        )
+    destination = target.config.on_failure
+    if not isinstance(destination, KafkaTopic):
+        _fail(ConfigError(f"function {function!r} has no on_failure=KafkaTopic(...) to redrive from"))
+    source_servers = target.source.servers(bootstrap_servers) if isinstance(target.source, KafkaSource) else None
+    servers = destination.servers(source_servers or bootstrap_servers)
+    if servers is None:
+        _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
+    group = f"{target.group_id}-redrive"
+    connection = destination.reached(target.source.connection if isinstance(target.source, KafkaSource) else None)
+    source_connection = target.source.connection if isinstance(target.source, KafkaSource) else None
+    redriven = asyncio.run(
+        redrive_dead_letters(
+            servers,
+            destination.topic,
+            group,
+            source_servers=source_servers or servers,
+            limit=limit,
+            dry_run=dry_run,
+            connection=connection,
+            source_connection=source_connection,
+        )
+    )
+    verb = "would redrive" if dry_run else "redrove"
+    lost = [item for item in redriven if item.origin == "lost"]
+    windows = [item for item in redriven if item.origin == "window"]
+    for item in redriven:
+        where = f"{item.topic}-{item.partition}@{item.offset} ({item.condition})"
+        if item.origin == "lost":
+            print(f"cannot redrive {where}: its letter has no payload and the source lost it", file=sys.stderr)
+        elif item.origin == "window":
+            out.print(f"skipped {where}: a tumbling window's final invocation; its records were handled")
+        else:
+            out.print(f"{verb} {where}{' from the source topic (payload dropped)' if item.origin == 'source' else ''}")
+    out.print(f"{verb} {len(redriven) - len(lost) - len(windows)} records from {destination.topic}")
+    if lost:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def produce(
+    topic: str,
+    file: Annotated[Path | None, typer.Argument(help="JSON or text lines; standard input if omitted.")] = None,
+    bootstrap_servers: Servers = None,
+    key_field: Annotated[str | None, typer.Option(help="The JSON field that keys each record.")] = None,
+) -> None:
+    """Produce each line of FILE (or standard input) as one record to TOPIC."""
+    if bootstrap_servers is None:
+        _fail(ConfigError(f"produce needs --bootstrap-servers or {SERVERS_ENV}"))
+    try:
+        with ExitStack() as stack:
+            lines = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
+            produced = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field))
+    except FileNotFoundError:
+        _fail(ConfigError(f"file {str(file)!r} does not exist"))
+    except Unreachable as error:
+        _unreachable(error)
+    out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
+
+
+STATUS_TIMEOUT_SECONDS = 15.0
+
+
+@cli.command()
+def status(
+    pipeline: Path,
+    bootstrap_servers: Servers = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (keys documented in the README).")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Give up if the brokers have not answered everything within SECONDS.")
+    ] = STATUS_TIMEOUT_SECONDS,
+) -> None:
+    """Show each function's consumer group: members, committed offset, end and lag per partition, dead letters."""
+    app = _load(pipeline)
+    if _needs_embedded(app, bootstrap_servers):
+        _fail(ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # the Kafka client's own logs: failures end in one line below instead
+    try:
+        document = asyncio.run(asyncio.wait_for(status_report(app, bootstrap_servers), timeout))
+    except ConfigError as error:
+        _fail(error)
+    except Unreachable as error:
+        _unreachable(error)
+    except TimeoutError:
+        where = bootstrap_servers or "the sources' brokers"
+        print(f"error: no answer from Kafka at {where} within {timeout:g} s (--timeout)", file=sys.stderr)
+        raise typer.Exit(UNREACHABLE_EXIT) from None
+    finally:
+        logging.disable(disabled)
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        out.print(status_table(document))
+
+
+def _unkeyed(produced: Produced, key_field: str | None) -> str:
+    if not produced.unkeyed:
+        return ""
+    return f" ({produced.unkeyed} without a key: no {key_field!r} field)"
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Failures: the failure model (conditions, destinations, partial batch responses), recovery, and their logs."""

@@ -1,0 +1,1 @@
+"""Event filtering: Lambda's FilterCriteria, compiled once into checks on each record."""

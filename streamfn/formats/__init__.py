@@ -1,0 +1,1 @@
+"""Formats: codecs between bytes and handler values, Avro, and the schema registry client."""

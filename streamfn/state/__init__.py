@@ -1,0 +1,1 @@
+"""State of stateful functions: stores, the changelog interface, time windows, aggregations, tumbling windows."""

@@ -1,0 +1,190 @@
+"""Durable keyed state of stateful functions (aggregations, Lambda-style tumbling windows), per source partition.
+
+The state of a partition is a dict in memory. A batch's changes are staged when the batch completes (serialized
+then, so later batches cannot alter them), and written to the changelog just before the checkpoint commits the
+offsets they cover: the log is always at least as far as the committed offset, and a worker that takes the
+partition (after a restart, a kill -9 or a rebalance) rebuilds the exact state from it.
+
+Exactness without transactions: each changelog entry carries `applied`, the offset up to which its value
+reflects the source partition. A commit writes every changed key, then the partition's metadata entry last, all
+with the same `applied`, so after a restore:
+- a record below the metadata's `applied` (the `floor`) is already in every key it touched: skipped;
+- a record below a key's own `applied` (written by a checkpoint the crash cut short, before its metadata) is
+  already in that key: skipped for that key only;
+- anything else is folded again. So each record counts exactly once in every window, whatever the crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from streamfn.outputs.sink import Emitted, encode_json
+from streamfn.record import Partition
+from streamfn.state.changelog import Changelog, ChangelogEntry
+
+log = logging.getLogger("streamfn.state")
+
+
+class Busy(Protocol):
+    """The lane a batch runs in: told when work that should finish within the grace period is under way."""
+
+    busy: int
+    """Invocations and sink writes under way: on revoke or shutdown, they may finish within the timeout."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+WriteOutputs = Callable[[list[Emitted], Busy], Awaitable[Exception | None]]
+"""Writes a stateful function's results to its sinks (with their retries): None, or the error that outlasted them."""
+
+META_KEY = b"\x00meta"
+"""The partition's own entry (a watermark, an open Lambda window): written last at each checkpoint."""
+
+
+class PartitionState:
+    """One partition's keyed state: values (JSON-serializable) in memory, changes staged for the changelog."""
+
+    def __init__(self, entries: Iterable[ChangelogEntry] = ()) -> None:
+        self.values: dict[bytes, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.floor = 0
+        """Records before this offset are reflected in the whole state (the last complete checkpoint)."""
+        applied: dict[bytes, int] = {}
+        for entry in entries:
+            value = None if entry.value is None else orjson.loads(entry.value)
+            if entry.key == META_KEY:
+                self.meta, self.floor = value or {}, entry.applied
+                continue
+            if value is None:
+                self.values.pop(entry.key, None)
+            else:
+                self.values[entry.key] = value
+            applied[entry.key] = entry.applied
+        self._replayed = {key: offset for key, offset in applied.items() if offset > self.floor}
+        """Keys an interrupted checkpoint wrote past the floor, with how far each already reflects."""
+        self.replay_until = max(self._replayed.values(), default=self.floor)
+        self._dirty: dict[bytes, None] = {}
+        """Keys changed since the last stage, in the order they changed (a dict: deterministic, unlike a set)."""
+        self._staged: list[tuple[int, dict[bytes, bytes | None]]] = []
+
+    def seen(self, offset: int, key: bytes) -> bool:
+        """Whether the record at `offset` is already reflected in `key` (a record replayed after a restore)."""
+        if offset < self.floor:
+            return True
+        applied = self._replayed.get(key)
+        return applied is not None and offset < applied
+
+    def set(self, key: bytes, value: Any) -> None:
+        self.values[key] = value
+        self._dirty[key] = None
+
+    def delete(self, key: bytes) -> None:
+        if self.values.pop(key, None) is not None:
+            self._dirty[key] = None
+
+    def stage(self, applied: int) -> None:
+        """The state now reflects every record before `applied`: stage the changes for the next commit."""
+        changes: dict[bytes, bytes | None] = {
+            key: None if (value := self.values.get(key)) is None else encode_json(value) for key in self._dirty
+        }
+        changes[META_KEY] = encode_json(self.meta)
+        self._dirty.clear()
+        self._staged.append((applied, changes))
+        if applied >= self.replay_until:
+            self._replayed.clear()  # the replay is over: nothing past here was seen before
+
+    def take(self, upto: int) -> list[ChangelogEntry]:
+        """The staged entries covered by a commit at `upto`, latest value per key, the metadata entry last."""
+        ready = [staged for staged in self._staged if staged[0] <= upto]
+        if not ready:
+            return []
+        self._staged = self._staged[len(ready) :]
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        for applied, changes in ready:
+            for key, value in changes.items():
+                latest.pop(key, None)  # re-inserted: keys keep the order of their last change
+                latest[key] = (applied, value)
+        meta = latest.pop(META_KEY)
+        entries = [ChangelogEntry(key, value, applied) for key, (applied, value) in latest.items()]
+        entries.append(ChangelogEntry(META_KEY, meta[1], meta[0]))
+        return entries
+
+    def unstage(self, entries: list[ChangelogEntry]) -> None:
+        """Entries whose write failed: staged again, before anything staged since, to be written by the next commit."""
+        self._staged.insert(0, (entries[-1].applied, {e.key: e.value for e in entries}))
+
+
+class StateStore:
+    """The state of every partition a function owns, and its changelog."""
+
+    def __init__(self, function: str, changelog: Changelog) -> None:
+        self._function = function
+        self._changelog = changelog
+        self._partitions: dict[Partition, PartitionState] = {}
+        self._writing: dict[Partition, asyncio.Lock] = {}
+        """One changelog write per partition at a time, so a key's entries land in the order they were staged."""
+        self._started = False
+        self._starting = asyncio.Lock()
+
+    def __getitem__(self, partition: Partition) -> PartitionState:
+        return self._partitions[partition]
+
+    async def restore(self, partition: Partition) -> PartitionState:
+        """Rebuild `partition`'s state from its changelog (run by the partition's lane, off the rebalance path)."""
+        async with self._starting:
+            if not self._started:
+                await self._changelog.start()
+                self._started = True
+        began = time.monotonic()
+        entries = await self._changelog.restore(partition)
+        state = self._partitions[partition] = PartitionState(entries)
+        if entries:
+            log.info(
+                "function %s: %s: state restored from %d changelog entries in %.2f s (%d keys, up to offset %d)",
+                self._function,
+                partition,
+                len(entries),
+                time.monotonic() - began,
+                len(state.values),
+                state.floor,
+            )
+        return state
+
+    async def write(self, offsets: Mapping[Partition, int]) -> None:
+        """Write what commits at `offsets` cover to the changelog; raises if the log did not acknowledge it all
+        (the commit must then wait: it would pass state that is not durable)."""
+        results = await asyncio.gather(*(self._write(p, o) for p, o in offsets.items()), return_exceptions=True)
+        failed = [error for error in results if isinstance(error, BaseException)]
+        if failed:
+            raise failed[0]
+
+    async def _write(self, partition: Partition, upto: int) -> None:
+        state = self._partitions.get(partition)
+        if state is None:
+            return
+        async with self._writing.setdefault(partition, asyncio.Lock()):
+            entries = state.take(upto)
+            if not entries:
+                return
+            try:
+                await self._changelog.write(partition, entries)
+            except BaseException:
+                state.unstage(entries)  # written again, whole, with the next attempt (idempotent by key)
+                raise
+
+    def drop(self, partitions: Iterable[Partition]) -> None:
+        """Forget partitions this process no longer owns (their state lives on in the changelog)."""
+        for partition in partitions:
+            self._partitions.pop(partition, None)
+            self._writing.pop(partition, None)
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._changelog.stop()
