@@ -6,6 +6,7 @@ committed offsets (read independently) and the supervisor's combined summary wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,20 +140,34 @@ async def test_a_killed_worker_is_restarted_and_nothing_is_lost(broker: str, nam
     assert summary_row(stdout)[-1] == ", ".join(f"{topic}-{p}@500" for p in range(4))
 
 
+@contextlib.contextmanager
+def taken_port_before_a_free_one() -> Iterator[int]:
+    """A port this test listens on, whose next port was free a moment ago (other processes share the machine)."""
+    while True:
+        with socket.socket() as taken:
+            taken.bind(("0.0.0.0", 0))
+            taken.listen()
+            port: int = taken.getsockname()[1]
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("0.0.0.0", port + 1))
+                except OSError:
+                    continue
+            yield port
+            return
+
+
 async def test_a_worker_that_cannot_start_ends_the_supervisor_with_its_exit_code(
     broker: str, name: Any, tmp_path: Path
 ) -> None:
     topic, group = name("t"), name("g")
     await create_topic(broker, topic, 4)
-    with socket.socket() as taken:  # worker 0 serves --health-port, worker 1 the port after it
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port_before_a_free_one() as port:  # worker 0 serves --health-port, worker 1 the port after it
         supervisor = start(tmp_path, broker, topic, group, "--workers", "2", "--health-port", str(port))
         supervisor.communicate(timeout=40)
-    assert supervisor.returncode == 2
+    assert supervisor.returncode == 2, log_text(tmp_path)
     errors = [line for line in log_text(tmp_path).splitlines() if line.startswith("error:")]
-    assert errors == [f"error: port {port} cannot be served: Address already in use"]
+    assert errors == [f"error: port {port} cannot be served: Address already in use"], log_text(tmp_path)
     assert log_text(tmp_path).count("started (pid") == 2  # no restart
 
 
@@ -160,3 +176,32 @@ def test_workers_must_be_a_positive_number_or_auto(tmp_path: Path) -> None:
     result = run_cli("run", str(pipeline), "--workers", "0")
     assert result.returncode == 2
     assert result.stderr == "error: --workers '0' is not allowed; allowed: a number of processes >= 1, or auto\n"
+
+
+def test_embedded_broker_and_seed_once_until_idle(tmp_path: Path) -> None:
+    """Without --bootstrap-servers the supervisor starts the embedded broker and seeds it once; with --until-idle
+    each worker stops when caught up and idle, and the supervisor once all have."""
+    seed = tmp_path / "in.jsonl"
+    seed.write_text("".join(f'{{"n": {i}, "k": "k{i}"}}\n' for i in range(300)))
+    out = tmp_path / "handled.txt"
+    pipeline = write_pipeline(tmp_path, PIPELINE.replace('os.environ["GROUP"]', '"g"'))
+    result = run_cli(
+        "run",
+        str(pipeline),
+        "--workers",
+        "2",
+        "--seed",
+        f"seeded={seed}",
+        "--key-field",
+        "k",
+        "--until-idle",
+        "1",
+        extra_env={"TOPIC": "seeded", "OUT": str(out)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("embedded Kafka broker") == 1
+    assert result.stdout.count("seeded 300 records") == 1
+    records = handled(out)
+    assert len(records) == 300 and len({(p, o) for _, p, o in records}) == 300
+    row = summary_row(result.stdout)
+    assert row[2] == "300" and row[6] == "300" and row[-2] == "300", row
