@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -44,6 +45,9 @@ STABLE_SECONDS = 30.0
 QUICK_FAILURES = 5
 """Children that die this many times in a row, each within STABLE_SECONDS of its start: the supervisor gives up."""
 MAX_BACKOFF_SECONDS = 8.0
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when its parent dies."""
 
 _PARENT_ONLY = ("--workers", "--seed", "--key-field", "--metrics-port", "--health-port")
 """Options the supervisor acts on itself (ports: each child gets its own, see `child_args`)."""
@@ -184,8 +188,11 @@ class Supervisor:
             del self.children[index]
             if report.exists():
                 self.reports.append(json.loads(report.read_text()))
-            if self.stopping.is_set() or code == 0:
-                return code
+            if self.stopping.is_set():
+                # a child the signal reached before it installed its handlers ended before handling anything
+                return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
+            if code == 0:
+                return 0
             if code in CANNOT_START_EXITS:
                 raise GaveUp(code, None)
             quick_failures = quick_failures + 1 if time.monotonic() - started < STABLE_SECONDS else 1
@@ -217,10 +224,20 @@ class Supervisor:
             env=env,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only, which forwards it once
+            preexec_fn=_end_with_parent,
         )
         self.children[index] = child
+        if self.stopping.is_set():  # the signal came while it was being started
+            child.send_signal(signal.SIGTERM)
         log.info("worker %d started (pid %d)", index, child.pid)
         return child, report
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: on Linux, get SIGTERM when the supervisor dies (even by SIGKILL), so that no
+    worker is left running without it (the children are in their own sessions, out of reach of a terminal)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _prefix_lines(child: asyncio.subprocess.Process, index: int) -> None:

@@ -140,6 +140,21 @@ async def test_a_killed_worker_is_restarted_and_nothing_is_lost(broker: str, nam
     assert summary_row(stdout)[-1] == ", ".join(f"{topic}-{p}@500" for p in range(4))
 
 
+async def test_workers_stop_when_the_supervisor_is_killed(broker: str, name: Any, tmp_path: Path) -> None:
+    """The children are in their own sessions (a terminal's Ctrl-C reaches only the supervisor, which forwards it
+    once); a supervisor killed by SIGKILL must still not leave them running."""
+    topic, group = short_topic(), name("g")
+    await create_topic(broker, topic, 4)
+    supervisor = start(tmp_path, broker, topic, group, "--workers", "2")
+    await wait_for(lambda: both_assigned_two(tmp_path), 40, "both workers to own two partitions each")
+    children = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", log_text(tmp_path))]
+    assert len(children) == 2
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait(10)
+    await wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 30, "the workers to exit")
+    assert log_text(tmp_path).count("SIGTERM: finishing in-flight batches, committing, leaving the groups") == 2
+
+
 @contextlib.contextmanager
 def taken_port_before_a_free_one() -> Iterator[int]:
     """A port this test listens on, whose next port was free a moment ago (other processes share the machine)."""
