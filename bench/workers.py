@@ -1,7 +1,8 @@
 """Throughput of `streamfn run --workers 1` vs `--workers 2` (processes sharing the group), on the embedded broker.
 
 What it measures
-    One 4-partition topic per job is pre-filled ONCE with `--records` JSON records `{"id", "user", "amount", "ts"}`:
+    One 4-partition topic per job is pre-filled ONCE with JSON records (`--records` for cpu, `--agg-records` for
+    agg, which runs about 6x faster and needs more to time well) `{"id", "user", "amount", "ts"}`:
     record i is keyed by its user `u<i % 1000>` and goes to partition (i % 1000) % 4 (so each user's records stay in
     one partition), `ts` 10 ms after the previous one. Then, for each worker count, `streamfn run pipeline.py
     --workers N` (a real subprocess, as users run it) reads the whole topic from the beginning with a fresh consumer
@@ -24,7 +25,7 @@ How it times
     the group after the other one started is a rebalance inside the timed window, as it would be for users. The
     supervisor is then stopped with SIGTERM.
 
-Run from the repository root:  python bench/workers.py [--records N] [--spin-us US] [--repeats N]
+Run from the repository root:  python bench/workers.py [--records N] [--agg-records N] [--spin-us US] [--repeats N]
                                [--jobs cpu,agg] [-v]
 """
 
@@ -132,7 +133,7 @@ async def committed_total(reader: AIOKafkaConsumer, topic: str) -> int:
 
 
 async def run_workers(
-    args: argparse.Namespace, servers: str, directory: Path, topic: str, job: str, workers: int
+    args: argparse.Namespace, servers: str, directory: Path, topic: str, count: int, job: str, workers: int
 ) -> RunResult:
     group = harness.unique_name(job, workers)
     started_file = directory / f"{group}.started"
@@ -145,7 +146,7 @@ async def run_workers(
     await reader.start()
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        while await committed_total(reader, topic) < args.records:
+        while await committed_total(reader, topic) < count:
             if supervisor.returncode is not None:
                 raise RuntimeError(f"streamfn exited with {supervisor.returncode}; see {log.name}")
             if time.monotonic() > deadline:
@@ -158,7 +159,7 @@ async def run_workers(
         await asyncio.wait_for(supervisor.wait(), RUN_TIMEOUT_SECONDS)
         log.close()
     first = min(float(line) for line in started_file.read_text().split())
-    return RunResult(args.records, ended - first)
+    return RunResult(count, ended - first)
 
 
 def print_table(console: Console, results: dict[tuple[str, int], list[RunResult]]) -> None:
@@ -193,10 +194,12 @@ def print_table(console: Console, results: dict[tuple[str, int], list[RunResult]
 async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
     args.spin = spin_count(args.spin_us)
     topics = {}
+    counts = {"cpu": args.records, "agg": args.agg_records}
     for job in args.jobs:
         topics[job] = harness.unique_name(job)
-        seconds = await harness.prefill(servers, topics[job], PARTITIONS, records(args.records))
-        harness.print_line(console, job, f"topic {topics[job]}: {harness.prefilled(args.records, seconds)}")
+        count = counts[job]
+        seconds = await harness.prefill(servers, topics[job], PARTITIONS, records(count))
+        harness.print_line(console, job, f"topic {topics[job]}: {harness.prefilled(count, seconds)}")
     harness.print_config(
         console,
         servers,
@@ -206,7 +209,7 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
                 f"cpu: {args.spin:,} empty loop iterations per record (~{args.spin_us:g} µs here); "
                 "agg: count+sum per user, Tumbling(60), results to a KafkaTopic",
             ),
-            ("topics", f"{args.records:,} records, {PARTITIONS} partitions, {USERS} users; batch_size=100"),
+            ("topics", f"{PARTITIONS} partitions, {USERS} users; batch_size=100"),
         ],
     )
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as name:
@@ -216,7 +219,7 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
 
         async def run_one(key: tuple[str, int], run: int) -> RunResult:
             job, workers = key
-            return await run_workers(args, servers, directory, topics[job], job, workers)
+            return await run_workers(args, servers, directory, topics[job], counts[job], job, workers)
 
         def report(result: RunResult) -> str:
             return f"{result.rate:,.0f} records/s ({result.seconds:.2f} s)"
@@ -236,6 +239,9 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = harness.new_parser(__doc__)
     harness.add_records(parser, 100_000)
+    parser.add_argument(
+        "--agg-records", type=int, default=500_000, help="records of the agg job's topic (default 500000)"
+    )
     parser.add_argument("--spin-us", type=float, default=50.0, help="cpu job: µs of work per record (default 50)")
     parser.add_argument(
         "--jobs",
@@ -248,8 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if [j for j in args.jobs if j not in JOBS] or not args.jobs:
         parser.error(f"--jobs: choose from {', '.join(JOBS)}")
-    if min(args.records, args.repeats) < 1 or args.spin_us < 0:
-        parser.error("--records and --repeats must be >= 1, --spin-us >= 0")
+    if min(args.records, args.agg_records, args.repeats) < 1 or args.spin_us < 0:
+        parser.error("--records, --agg-records and --repeats must be >= 1, --spin-us >= 0")
     return args
 
 
