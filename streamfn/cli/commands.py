@@ -25,6 +25,7 @@ from streamfn.cli.loader import load_app
 from streamfn.cli.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
 from streamfn.cli.status import report as status_report
 from streamfn.cli.status import status_table
+from streamfn.cli.workers import supervise, worker_count, write_report
 from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 from streamfn.connectors.kafka.embedded import EmbeddedBroker
 from streamfn.connectors.kafka.produce import Produced, produce_lines
@@ -128,12 +129,16 @@ def run(
             help="At start, keep trying to reach each source's brokers for SECONDS, then fail (exit code 1).",
         ),
     ] = CONNECT_TIMEOUT_SECONDS,
+    workers: Annotated[
+        str, typer.Option(help="Run N worker processes sharing each function's group (auto: one per core).")
+    ] = "1",
 ) -> None:
     """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
     try:
         reporting = operations(
             log_level, log_format, metrics, metrics_port, traces, health_port, stuck_after, progress_interval
         )
+        processes = worker_count(workers)
     except ConfigError as error:
         _fail(error)
     app = _load(pipeline)
@@ -148,7 +153,7 @@ def run(
             out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
         try:
             summaries = asyncio.run(
-                _run(app, bootstrap_servers, seeds, key_field, until_idle, reporting, connect_timeout)
+                _run(app, bootstrap_servers, seeds, key_field, until_idle, reporting, connect_timeout, processes)
             )
         except ConfigError as error:
             _fail(error)
@@ -169,6 +174,7 @@ async def _run(
     until_idle: float | None,
     reporting: Operations,
     connect_timeout: float,
+    processes: int = 1,
 ) -> list[FunctionSummary]:
     for topic, file in seeds:
         assert servers is not None
@@ -177,6 +183,8 @@ async def _run(
         out.print(
             f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
         )
+    if processes > 1:  # this process only supervises the worker processes (streamfn/cli/workers.py)
+        return await supervise(processes, servers, reporting.metrics_port, reporting.health_port)
     worker = Worker(app, servers, reporting.exporters.telemetry, connect_timeout=connect_timeout)
     endpoints = reporting.endpoints(worker)
     for endpoint in endpoints:
@@ -228,6 +236,8 @@ WINDOW_COLUMNS = ("windows closed", "late")
 
 
 def _print_summary(summaries: list[FunctionSummary]) -> None:
+    if write_report(summaries):  # a worker process of `--workers N`: its supervisor prints the combined summary
+        return
     table = Table(title="streamfn run summary")
     windowed = any(s.stats.windows_closed or s.stats.late for s in summaries)
     columns = SUMMARY_COLUMNS[:-1] + (WINDOW_COLUMNS if windowed else ()) + SUMMARY_COLUMNS[-1:]
