@@ -276,15 +276,26 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each run as it finishes")
 
 
+def add_subset(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str]) -> None:
+    """A comma-separated subset of `choices` (default all); `checked_subset` refuses what is not among them."""
+    parser.add_argument(
+        flag,
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        default=list(choices),
+        help=f"comma-separated subset of {','.join(choices)} (default all)",
+    )
+
+
+def checked_subset(parser: argparse.ArgumentParser, flag: str, chosen: Sequence[str], choices: Sequence[str]) -> None:
+    unknown = [c for c in chosen if c not in choices]
+    if unknown or not chosen:
+        parser.error(f"{flag}: unknown {unknown}; choose from {', '.join(choices)}")
+
+
 def add_variant_options(parser: argparse.ArgumentParser, variants: Sequence[str]) -> None:
     """--value-bytes, --variants (a subset of `variants`), --run-timeout and --verbose, as the variant benches share."""
     parser.add_argument("--value-bytes", type=int, default=100, help="approximate JSON value size (default 100)")
-    parser.add_argument(
-        "--variants",
-        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
-        default=list(variants),
-        help=f"comma-separated subset of {','.join(variants)} (default all)",
-    )
+    add_subset(parser, "--variants", variants)
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds before a run is abandoned")
     add_verbose(parser)
 
@@ -294,9 +305,7 @@ def parse_variant_args(
 ) -> argparse.Namespace:
     """The arguments, with --variants checked against `variants`."""
     args = parser.parse_args(argv)
-    unknown = [v for v in args.variants if v not in variants]
-    if unknown or not args.variants:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(variants)}")
+    checked_subset(parser, "--variants", args.variants, variants)
     return args
 
 

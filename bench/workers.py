@@ -243,17 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--agg-records", type=int, default=500_000, help="records of the agg job's topic (default 500000)"
     )
     parser.add_argument("--spin-us", type=float, default=50.0, help="cpu job: µs of work per record (default 50)")
-    parser.add_argument(
-        "--jobs",
-        type=lambda text: [j.strip() for j in text.split(",") if j.strip()],
-        default=list(JOBS),
-        help=f"comma-separated subset of {','.join(JOBS)} (default all)",
-    )
+    harness.add_subset(parser, "--jobs", list(JOBS))
     harness.add_repeats(parser, "worker count")
     harness.add_verbose(parser)
     args = parser.parse_args(argv)
-    if [j for j in args.jobs if j not in JOBS] or not args.jobs:
-        parser.error(f"--jobs: choose from {', '.join(JOBS)}")
+    harness.checked_subset(parser, "--jobs", args.jobs, list(JOBS))
     if min(args.records, args.agg_records, args.repeats) < 1 or args.spin_us < 0:
         parser.error("--records, --agg-records and --repeats must be >= 1, --spin-us >= 0")
     return args
