@@ -36,6 +36,8 @@ class Checkpoint:
         self._owned: set[Partition] = set()
         self._done: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
+        self._reached: dict[Partition, int] = {}
+        """The last committed offset of every partition this process owned, kept after it is revoked (the summary)."""
         self._moved = asyncio.Event()
         self._lock = asyncio.Lock()
         self.committed_records = 0
@@ -45,6 +47,7 @@ class Checkpoint:
         """Start tracking a newly assigned partition from its committed offset."""
         self._owned.add(partition)
         self._done[partition] = self._committed[partition] = committed
+        self._reached[partition] = max(committed, self._reached.get(partition, committed))
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Stop committing for partitions this process no longer owns."""
@@ -66,6 +69,11 @@ class Checkpoint:
     def offsets(self) -> dict[Partition, int]:
         """The committed offset of each owned partition (for status and idle detection)."""
         return dict(self._committed)
+
+    def reached(self) -> dict[Partition, int]:
+        """The last committed offset of every partition owned during this run, including the final commits made
+        when partitions were revoked or the worker stopped."""
+        return dict(self._reached)
 
     def is_settled(self) -> bool:
         """Everything completed has been committed."""
@@ -101,7 +109,7 @@ class Checkpoint:
                     moved = offset - self._committed.get(partition, offset)
                     self.committed_records += moved
                     self._stats.at(partition).committed += moved
-                    self._committed[partition] = offset
+                    self._committed[partition] = self._reached[partition] = offset
             log.debug("function %s: committed %s", self._function, _describe(pending))
             return True
 

@@ -74,14 +74,12 @@ class Worker:
         if telemetry.instruments is not None:
             telemetry.instruments.observe(self.stats, self.pollers)
             telemetry.instruments.observe_loop(self.watchdog)
-        self._offsets: dict[str, dict[Partition, int]] = {}
         self._signals = 0
         self.supervisor = Supervisor(self.stop)
         """Told when an engine task dies: it stops the worker, and `run` then raises EngineFailure."""
 
     def stop(self) -> None:
         for poller in self.pollers:
-            self._offsets[poller.function.name] = poller.checkpoint.offsets()
             poller.stop()
 
     async def run(self, *, until_idle: float | None = None, handle_signals: bool = True) -> list[FunctionSummary]:
@@ -125,7 +123,7 @@ class Worker:
                 function.group_id,
                 self.stats[name].total(),
                 p.checkpoint.committed_records if (p := pollers.get(name)) else 0,
-                (self._offsets.get(name) or p.checkpoint.offsets()) if p else {},
+                p.checkpoint.reached() if p else {},
             )
             for name, function in self.app.functions.items()
         ]
