@@ -34,7 +34,7 @@ async def test_a_destination_shared_by_functions_on_two_clusters_gets_each_ones_
         app = App("two-clusters")
         for function, servers in clusters.items():
             await create_topic(servers, topic, 1)
-            await produce(servers, topic, [Out(function.encode(), partition=0)])
+            await produce(servers, topic, [Out(orjson.dumps({"from": function}), partition=0)])
             app.function(
                 source=source(topic, name("g"), bootstrap_servers=servers),
                 name=function,
@@ -53,5 +53,6 @@ async def test_a_destination_shared_by_functions_on_two_clusters_gets_each_ones_
         (letter,) = letters[function]
         body: dict[str, Any] = orjson.loads(letter.value)
         assert body["requestContext"]["functionArn"].endswith(f":function:{function}")
+        assert body["errorMessage"] == "never handled"
         assert body["KafkaBatchInfo"]["bootstrapServers"] == servers
         assert body["payload"]["bootstrapServers"] == servers
