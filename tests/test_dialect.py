@@ -8,11 +8,14 @@ engine follows them without knowing which source it is. No broker is needed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from streamfn import App
 from streamfn.config import FunctionConfig
@@ -21,7 +24,7 @@ from streamfn.connectors.kafka.dialect import KafkaDialect
 from streamfn.errors import ConfigError
 from streamfn.failures.model import FailedRecord, InvalidResponse, first_failed_index
 from streamfn.filters.criteria import RecordFields
-from streamfn.observability.metrics import LagMetric
+from streamfn.observability.metrics import Instruments, LagMetric
 from streamfn.record import Partition, Record, SourceRecord
 
 SEQUENCES = (
@@ -138,3 +141,41 @@ def test_a_partial_response_names_records_as_the_source_does() -> None:
     unknown = {"batchItemFailures": [{"itemIdentifier": str(SEQUENCES[0] + 1)}]}
     with pytest.raises(InvalidResponse):
         first_failed_index(unknown, partition, records, stream)
+
+
+class Polled:
+    """A poller as the gauges read it: a function of a source whose lag is named by `lag_metric`."""
+
+    def __init__(self, function: str, lag_metric: LagMetric, lags: dict[Partition, int]) -> None:
+        self.function = SimpleNamespace(name=function)
+        self.lag_metric = lag_metric
+        self.workers: dict[Partition, Any] = {}
+        self._lags = lags
+
+    def lag(self) -> dict[Partition, int]:
+        return self._lags
+
+
+def test_the_lag_metric_is_named_as_the_source_names_it() -> None:
+    reader = InMemoryMetricReader()
+    instruments = Instruments(MeterProvider(metric_readers=[reader]))
+    kafka = Polled("orders", KafkaDialect.lag_metric, {Partition("orders", 0): 7, Partition("orders", 1): 2})
+    stream = Polled("clicks", StreamDialect.lag_metric, {Partition("clicks", "shardId-000000000001"): 1500})
+    instruments.observe({}, [kafka, stream])
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = {
+        metric.name: (metric.unit, {tuple(p.attributes.values()): p.value for p in metric.data.data_points})
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if "lag" in metric.name.lower() or "age" in metric.name.lower()
+    }
+    assert found == {  # OpenTelemetry's SDK exports instrument names lowercased
+        "offsetlag": ("{event}", {("orders", "orders", 0): 7, ("orders", "orders", 1): 2}),
+        "maxoffsetlag": ("{event}", {("orders",): 7}),
+        "sumoffsetlag": ("{event}", {("orders",): 9}),
+        "iteratorage": ("ms", {("clicks", "clicks", "shardId-000000000001"): 1500}),
+        "maxiteratorage": ("ms", {("clicks",): 1500}),
+        "sumiteratorage": ("ms", {("clicks",): 1500}),
+    }
