@@ -155,6 +155,7 @@ def closing(records: int, ms_per_record: int) -> tuple[int, int]:
 def source(settings: Settings, group: str) -> KafkaSource:
     return KafkaSource(
         topics=[settings.topic],
+        bootstrap_servers=settings.servers,
         consumer_group_id=group,
         session_timeout_ms=harness.SESSION_TIMEOUT_MS,
         value_format="json",
@@ -278,7 +279,7 @@ async def run_variant(settings: Settings, variant: str, run: int, directory: Pat
             outputs=[Table(f"sqlite:///{database}", "batches", key=("partition", "first_offset"))],
             processing_guarantee="exactly_once" if variant == "eo" else "at_least_once",
         )(per_batch)
-    worker = Worker(app, default_servers=settings.servers)
+    worker = Worker(app)
     async with asyncio.timeout(settings.run_timeout):
         summary, end = await harness.run_until_committed(worker, settings.records)
     check(settings, variant, summary, database)

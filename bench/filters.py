@@ -32,6 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
 
+from streamfn.connectors.kafka.dialect import RECORD_FIELDS
 from streamfn.filters.criteria import compile_criteria
 
 KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -78,8 +79,10 @@ def make_records(count: int) -> list[KafkaRecord]:
 
 
 def variants() -> dict[str, tuple[str, Keep]]:
-    on_value = compile_criteria({"Filters": [{"Pattern": orjson.dumps(p).decode()} for p in ON_VALUE]})
-    with_metadata = compile_criteria({"Filters": [{"Pattern": orjson.dumps(p).decode()} for p in WITH_METADATA]})
+    on_value = compile_criteria({"Filters": [{"Pattern": orjson.dumps(p).decode()} for p in ON_VALUE]}, RECORD_FIELDS)
+    with_metadata = compile_criteria(
+        {"Filters": [{"Pattern": orjson.dumps(p).decode()} for p in WITH_METADATA]}, RECORD_FIELDS
+    )
     assert on_value is not None and with_metadata is not None
 
     def none(records: Sequence[KafkaRecord], decoded: Sequence[dict[str, Any]]) -> int:

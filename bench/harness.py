@@ -126,10 +126,14 @@ def streamfn_worker(
     `telemetry`: its metrics and traces (None: off, the default)."""
     app = App("bench")
     source = KafkaSource(
-        topics=[topic], consumer_group_id=group, session_timeout_ms=SESSION_TIMEOUT_MS, value_format="json"
+        topics=[topic],
+        bootstrap_servers=servers,
+        consumer_group_id=group,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        value_format="json",
     )
     app.function(source=source, timeout=HANDLER_TIMEOUT_SECONDS, **parameters)(handler)
-    return Worker(app, default_servers=servers, telemetry=telemetry)
+    return Worker(app, telemetry=telemetry)
 
 
 async def run_until_committed(worker: Worker, records: int) -> tuple[FunctionSummary, Mark]:

@@ -77,7 +77,7 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(topics)
-                config = _with_destination(FunctionConfig(**parameters), source)
+                config = _for_source(_with_destination(FunctionConfig(**parameters), source), source)
                 style = handler_style(handler)
                 if config.value_model is not None and style is not HandlerStyle.NATIVE:
                     raise ConfigError(
@@ -127,6 +127,7 @@ class App:
                 for sink in sinks:
                     sink.check(source.topics)
                 config = _with_destination(FunctionConfig(**_aggregate_parameters(parameters)), source)
+                config = _for_source(config, source)
                 default = "count" if config.on_failure is None else "on_failure"
                 late = default if late_records is None else late_records
                 if late == "on_failure" and config.on_failure is None:
@@ -201,6 +202,14 @@ def _with_destination(config: FunctionConfig, source: Source | None) -> Function
     if destination is not None:
         destination.check(source.topics if source is not None else ())
     return config
+
+
+def _for_source(config: FunctionConfig, source: Source | None) -> FunctionConfig:
+    """The config with the source's defaults and its filters compiled for its records (its dialect's rules)."""
+    if source is None:
+        return config.for_source({}, None)
+    dialect = source.dialect
+    return config.for_source(dialect.defaults, dialect.filter_fields)
 
 
 def _check_windows(config: FunctionConfig, style: HandlerStyle, source: Source | None) -> None:

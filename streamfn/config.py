@@ -7,14 +7,15 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic.alias_generators import to_pascal
 
-from streamfn.errors import StrictModel
-from streamfn.filters.criteria import compile_criteria
+from streamfn.errors import ConfigError, StrictModel
+from streamfn.filters.criteria import RecordFields, compile_criteria, criteria_of
 
 INFINITE_RETRIES_WITH_DESTINATION = 10
 """Lambda: "When you configure both infinite retries and an on-failure destination, Lambda automatically applies
@@ -57,8 +58,9 @@ class FunctionConfig(StrictModel):
 
     batch_size: int = Field(100, ge=1, le=10_000, validation_alias=_aws_alias("batch_size"))
     maximum_batching_window_in_seconds: float = Field(
-        0.5, ge=0, le=300, validation_alias=_aws_alias("maximum_batching_window_in_seconds")
+        0, ge=0, le=300, validation_alias=_aws_alias("maximum_batching_window_in_seconds")
     )
+    """Unless set, the source's default (its dialect's, `for_source`: Kafka 0.5 s, Kinesis and DynamoDB 0)."""
     timeout: float = Field(
         3.0,
         gt=0,
@@ -79,7 +81,8 @@ class FunctionConfig(StrictModel):
         default_factory=list, max_length=1, validation_alias=_aws_alias("function_response_types")
     )
     filter_criteria: Any = Field(None, validation_alias=_aws_alias("filter_criteria"))
-    """Lambda's FilterCriteria `{"Filters": [{"Pattern": "<json>"}]}`, compiled (streamfn.filters.RecordFilter)."""
+    """Lambda's FilterCriteria `{"Filters": [{"Pattern": "<json>"}]}`: checked here, compiled for the source's
+    records by `for_source` (streamfn.filters.criteria.RecordFilter)."""
     value_model: type[BaseModel] | None = None
     """Native handlers: a pydantic model each value is validated into; a value that fails goes to on_failure as a
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
@@ -109,7 +112,18 @@ class FunctionConfig(StrictModel):
     @field_validator("filter_criteria")
     @classmethod
     def _filters(cls, value: Any) -> Any:
-        return compile_criteria(value)
+        return criteria_of(value)
+
+    def for_source(self, defaults: Mapping[str, Any], fields: RecordFields | None) -> FunctionConfig:
+        """The parameters as they apply to a function of a source whose dialect has these `defaults` (for what the
+        user did not set) and whose records filter patterns see as `fields`; without a source (None), filter
+        criteria have nothing to apply to."""
+        update = {name: value for name, value in defaults.items() if name not in self.model_fields_set}
+        if self.filter_criteria is not None:
+            if fields is None:
+                raise ConfigError("filter_criteria applies to the records of a source: the function has none")
+            update["filter_criteria"] = compile_criteria(self.filter_criteria, fields)
+        return self.model_copy(update=update) if update else self
 
     @field_validator("on_failure")
     @classmethod
@@ -126,7 +140,7 @@ class FunctionConfig(StrictModel):
                     "other destinations (arn:...) are not served"
                 )
             return value
-        if value is not None and not callable(getattr(value, "deliver", None)):
+        if value is not None and not callable(getattr(value, "open_destination", None)):
             raise ValueError("must be a destination such as KafkaTopic('name') or 'kafka://name'")
         return value
 

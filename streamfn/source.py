@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamfn.dialect import Dialect
 from streamfn.failures.model import Destination
 from streamfn.formats.codec import Codec
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, SourceRecord
 from streamfn.state.changelog import Changelog
 
 
@@ -40,8 +41,8 @@ class GroupStatus:
     """A function's consumer group (checkpoint namespace): who is in it and how far behind each partition is."""
 
     group_id: str
-    servers: str
-    """Where the source is (Kafka: its bootstrap servers)."""
+    where: str
+    """Where the source is, as `status` shows it (Kafka: its bootstrap servers)."""
     state: str
     """The group's state as the source reports it (Kafka: Empty, Stable, PreparingRebalance, ...)."""
     members: tuple[str, ...]
@@ -49,8 +50,8 @@ class GroupStatus:
     partitions: tuple[PartitionStatus, ...]
     """Every partition of the source's streams that exist, in (topic, partition) order."""
     connection: Any = None
-    """How the source is reached beyond `servers` (Kafka: its KafkaConnection); a destination on the same
-    system that names no servers of its own is reached the same way."""
+    """Where the source is and how it is reached (as SourceReader.connection; Kafka: its KafkaConnection): a
+    destination on the same system that names no address of its own is reached the same way."""
 
     @property
     def total_lag(self) -> int:
@@ -76,11 +77,11 @@ class SourceReader(Protocol):
     """A running connection to a source for one function (for Kafka: one consumer in the function's group)."""
 
     description: str
-    servers: str
-    """Where the source is (Kafka: its bootstrap servers), as events and dead letters report it."""
+    """What it reads and where, for log lines (Kafka: "topics orders on host:9092")."""
     connection: Any
-    """How it is reached beyond `servers` (Kafka: a KafkaConnection: TLS, SASL), opaque to the engine; sinks and
-    destinations on the same system that name no servers of their own are reached the same way."""
+    """Where the source is and how it is reached (Kafka: a KafkaConnection with the bootstrap servers, TLS,
+    SASL), opaque to the engine: it hands it to the source's dialect (events, failure records), and to the sinks
+    and destinations, so that those on the same system that name no address of their own are reached the same way."""
     value_codec: Codec
     """How values are decoded for native handlers (and validated, for formats with a schema)."""
     key_codec: Codec | None
@@ -110,12 +111,6 @@ class SourceReader(Protocol):
     def end_offset(self, partition: Partition) -> int | None:
         """The partition's end (the offset the next new record will get) as last seen, or None if unknown."""
 
-    def lambda_event(
-        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
-    ) -> dict[str, Any]:
-        """The event a Lambda-style handler receives for this batch, in the source's documented Lambda shape
-        (`decoded`: the records as already decoded, for formats with a schema; see LambdaEvent)."""
-
     async def stop(self) -> None:
         """Leave the group and close; called after the final commit, and also after a failed or no connect."""
 
@@ -127,9 +122,14 @@ class Source(Protocol):
     def topics(self) -> Sequence[str]:
         """The streams it reads (Kafka topics)."""
 
-    def reader(self, *, group_id: str, default_servers: str | None) -> SourceReader: ...
+    @property
+    def dialect(self) -> Dialect:
+        """Lambda's rules for this kind of source: its event, partial responses, failure records, filters,
+        defaults and lag metric (see streamfn.dialect)."""
 
-    def changelog(self, *, group_id: str, default_servers: str | None) -> Changelog:
+    def reader(self, *, group_id: str) -> SourceReader: ...
+
+    def changelog(self, *, group_id: str) -> Changelog:
         """The durable log of a stateful function's state (windows, aggregations), partitioned like the source, so
         whoever owns a source partition can rebuild its state (see streamfn.state.changelog)."""
 

@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource
 from streamfn.connectors.kafka.embedded import EmbeddedBroker
+from streamfn.connectors.kafka.source import SERVERS_ENV
 from streamfn.engine.worker import FunctionSummary, Worker
 
 SESSION_MS = 6000  # Tansu makes every group join wait half the session timeout
@@ -33,8 +34,14 @@ _names = itertools.count()
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
+    """The session's broker; sources that name no servers find it in STREAMFN_BOOTSTRAP_SERVERS, as they do under
+    `streamfn run` (subprocesses get it only when a test passes `servers`: see start_cli)."""
     with EmbeddedBroker() as embedded:
-        yield embedded.address
+        os.environ[SERVERS_ENV] = embedded.address
+        try:
+            yield embedded.address
+        finally:
+            del os.environ[SERVERS_ENV]
 
 
 @pytest.fixture
@@ -113,8 +120,10 @@ async def committed(servers: str, group: str, topic: str, partitions: int = 4) -
 async def run_worker(
     app: App, servers: str, until: Callable[[], bool], *, timeout: float = 60, settle: float = 0.0
 ) -> list[FunctionSummary]:
-    """Run `app` in-process until `until()` holds (then `settle` seconds more), stop it gracefully, return."""
-    worker = Worker(app, servers)
+    """Run `app` in-process until `until()` holds (then `settle` seconds more), stop it gracefully, return.
+    `servers`: the broker of its sources that name none (the session's, in STREAMFN_BOOTSTRAP_SERVERS)."""
+    assert os.environ.get(SERVERS_ENV) == servers, "sources that name no servers use the session's broker"
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     deadline = time.monotonic() + timeout
     while not until():
@@ -144,9 +153,9 @@ def start_cli(
     *args: str, servers: str | None = None, extra_env: dict[str, str] | None = None, **popen: Any
 ) -> subprocess.Popen[str]:
     env = dict(os.environ, **(extra_env or {}))
-    env.pop("STREAMFN_BOOTSTRAP_SERVERS", None)
+    env.pop(SERVERS_ENV, None)
     if servers:
-        env["STREAMFN_BOOTSTRAP_SERVERS"] = servers
+        env[SERVERS_ENV] = servers
     return subprocess.Popen(
         [sys.executable, "-m", "streamfn", *args],
         env=env,

@@ -27,7 +27,7 @@ async def test_slow_handler_pauses_its_partition_and_memory_stays_bounded(broker
             await asyncio.sleep(0.05)  # partition 0 is slow; partition 1 is not
         handled[records[0].partition] += len(records)
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     reader = worker.pollers[0].reader
     peak, peak_bytes, paused_seen = 0, 0, False
@@ -71,7 +71,7 @@ async def test_a_sink_that_is_down_pauses_its_partition_and_commits_nothing_unwr
         handled += len(records)
         return [r.value for r in records]
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     reader = worker.pollers[0].reader
     peak, paused_seen, deadline = 0, False, time.monotonic() + 6

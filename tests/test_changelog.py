@@ -141,7 +141,7 @@ async def test_a_restarted_worker_restores_what_the_last_one_wrote(broker: str, 
     await create_topic(broker, topic, 3)
     async with started(broker, group, [topic]) as first:
         await first.write(Partition(topic, 2), entries(120))
-    changelog = source(topic, group).changelog(group_id=group, default_servers=broker)
+    changelog = source(topic, group).changelog(group_id=group)
     await changelog.start()  # the topic exists now
     try:
         assert await changelog.restore(Partition(topic, 2)) == entries(120)

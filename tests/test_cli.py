@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import committed, create_topic, read_topic, run_cli
+from conftest import committed, create_topic, produce_values, read_topic, run_cli, write_pipeline
 
 from streamfn.connectors.kafka.source import SERVERS_ENV
 
@@ -225,3 +225,33 @@ def test_compose_observability_stack_is_wired_together() -> None:
     # The UIs the header comment sends people to are published on those host ports.
     for service, port in ((jaeger, 16686), (prometheus, 9090)):
         assert f"{port}:{port}" in service["ports"] and f"http://localhost:{port}" in text
+
+
+async def test_run_bootstrap_servers_reach_the_sources_that_name_none(broker: str, name: Any, tmp_path: Path) -> None:
+    """`--bootstrap-servers` (no STREAMFN_BOOTSTRAP_SERVERS in the environment) is where a KafkaSource naming no
+    servers reads, and where its dead letters go: the run sets it for them; the engine carries no servers."""
+    topic, group, dlq = name("t"), name("g"), name("dlq")
+    await create_topic(broker, topic, 2)
+    await produce_values(broker, topic, 10, partitions=2)
+    pipeline = write_pipeline(
+        tmp_path,
+        "from streamfn import App\n"
+        "from streamfn.connectors.kafka import KafkaSource, KafkaTopic\n"
+        "app = App('flag')\n"
+        f"@app.function(source=KafkaSource(topics=[{topic!r}], consumer_group_id={group!r}, session_timeout_ms=6000),\n"
+        f"    batch_size=1, maximum_retry_attempts=0, on_failure=KafkaTopic({dlq!r}))\n"
+        "def handle(records):\n"
+        "    if any(r.value['n'] == 3 for r in records):\n"
+        "        raise ValueError('three')\n",
+    )
+    result = run_cli("run", str(pipeline), "--bootstrap-servers", broker, "--until-idle", "1", timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedded" not in result.stdout
+    assert await committed(broker, group, topic, 2) == {0: 5, 1: 5}
+    (letter,) = await read_topic(broker, dlq, 1, timeout=5)  # {"n": 3}: partition 1, offset 1
+    info = json.loads(letter.value)["KafkaBatchInfo"]
+    assert (info["bootstrapServers"], info["recordInfo"]["offset"], letter.headers[-4]) == (
+        broker,
+        1,
+        ("streamfn.source.partition", b"1"),
+    )

@@ -28,6 +28,7 @@ from conftest import (
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
+from streamfn.connectors.kafka.dialect import KafkaBatchInfo
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.letter import PROVENANCE, dead_letter
 from streamfn.engine.worker import Worker
@@ -378,7 +379,7 @@ async def test_unwritable_destination_holds_the_commit_until_it_recovers(
 
     from streamfn.engine.worker import Worker
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     while "writing 5 failed records" not in caplog.text:
         await asyncio.sleep(0.1)
@@ -560,7 +561,7 @@ async def test_a_worker_whose_functions_are_all_disabled_stops_at_once(
     @app.function(source=source(name("t"), name("g")), enabled=False)
     def off(records: list[Record]) -> None: ...
 
-    (summary,) = await asyncio.wait_for(Worker(app, broker).run(handle_signals=False), timeout=5)
+    (summary,) = await asyncio.wait_for(Worker(app).run(handle_signals=False), timeout=5)
     assert (summary.name, summary.committed_records, summary.offsets) == ("off", 0, {})
     assert "no function to run: every function with a source has Enabled=False" in caplog.text
 
@@ -668,7 +669,8 @@ def test_a_letter_too_large_even_without_its_payload_still_fits() -> None:
     """A huge error message, key and headers: the letter cuts the error text, then leaves the record's key and
     headers out (the record is in its source topic), and says what it dropped; it always fits."""
     record = ConsumerRecord("t", 0, 5, 0, 0, b"k" * 20_000, b"v", None, 20_000, 1, [("h", b"x" * 20_000)])
-    origin = FailureOrigin("f", "arn:aws:lambda:local:000000000000:function:f", "127.0.0.1:9092", KafkaEvent("b"))
+    arn = "arn:aws:lambda:local:000000000000:function:f"
+    origin = FailureOrigin("f", arn, KafkaEvent("b"), KafkaBatchInfo("127.0.0.1:9092"))
     error = ValueError("e" * 90_000)
     failure = FailedRecord(Partition("t", 0), record, Condition.RETRY_ATTEMPTS_EXHAUSTED, 1, error, 1)
     letter = dead_letter(origin, failure, 16 * 1024)

@@ -329,7 +329,7 @@ async def test_sink_database_down_while_partitions_are_assigned(
         handled.extend((r.partition, r.offset) for r in records)
         return [{"id": r.value["n"], "partition": r.partition, "offset": r.offset} for r in records]
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     running = asyncio.create_task(worker.run(handle_signals=False))
     try:
         # the Table is open (connected) before the group's first join, which takes half the session timeout (3 s):
@@ -382,11 +382,13 @@ async def test_bootstrap_servers_refusing_while_a_latest_start_is_resolved(
     handled: list[tuple[int, int]] = []
     app = App("bootstrap-down")
 
-    @app.function(source=source(topic, group, starting_position="LATEST"), maximum_batching_window_in_seconds=0.1)
+    through_proxy = source(topic, group, starting_position="LATEST", bootstrap_servers=f"127.0.0.1:{proxy.port}")
+
+    @app.function(source=through_proxy, maximum_batching_window_in_seconds=0.1)
     def handler(records: list[Record]) -> None:
         handled.extend((r.partition, r.offset) for r in records)
 
-    worker = Worker(app, f"127.0.0.1:{proxy.port}")
+    worker = Worker(app)
     running = asyncio.create_task(worker.run(handle_signals=False))
     try:
         await wait_for(lambda: proxy.connections > 0, 20, "the consumer to bootstrap")

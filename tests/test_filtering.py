@@ -129,7 +129,7 @@ async def test_the_commit_never_passes_a_matching_record_still_waiting(broker: s
         await release.wait()
 
     invoked: list[int] = []
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     await wait_for(lambda: invoked == [1], 30, "the first matching record invoked")
     await asyncio.sleep(1.5)  # time enough for a commit to happen, if one would

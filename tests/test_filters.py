@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from streamfn.connectors.kafka.dialect import RECORD_FIELDS
 from streamfn.errors import ConfigError
 from streamfn.filters.criteria import FilterCriteria, RecordFilter, compile_criteria
 
@@ -52,7 +53,7 @@ def encode(data: Any) -> bytes | None:
 
 
 def criteria(*patterns: dict[str, Any]) -> RecordFilter:
-    compiled = compile_criteria({"Filters": [{"Pattern": json.dumps(pattern)} for pattern in patterns]})
+    compiled = compile_criteria({"Filters": [{"Pattern": json.dumps(pattern)} for pattern in patterns]}, RECORD_FIELDS)
     assert compiled is not None
     return compiled
 
@@ -471,7 +472,7 @@ def test_a_decoded_value_is_used_instead_of_the_bytes() -> None:
 
 
 def test_a_pattern_may_be_a_dict_and_keys_snake_case() -> None:
-    compiled = compile_criteria({"filters": [{"pattern": {"value": {"Name": ["Alice"]}}}]})
+    compiled = compile_criteria({"filters": [{"pattern": {"value": {"Name": ["Alice"]}}}]}, RECORD_FIELDS)
     assert compiled is not None
     assert compiled.patterns == ('{"value":{"Name":["Alice"]}}',)
     assert compiled.matches(record({"Name": "Alice"}))
@@ -482,16 +483,16 @@ NO_FILTERS: dict[str, Any] = {"no criteria": None, "no filters": {"Filters": []}
 
 @pytest.mark.parametrize("case", list(NO_FILTERS))
 def test_no_filters_means_no_filtering(case: str) -> None:
-    assert compile_criteria(NO_FILTERS[case]) is None
+    assert compile_criteria(NO_FILTERS[case], RECORD_FIELDS) is None
 
 
 def test_compiled_criteria_validate_as_themselves() -> None:
     compiled = criteria({"topic": ["mytopic"]})
-    assert compile_criteria(compiled) is compiled
+    assert compile_criteria(compiled, RECORD_FIELDS) is compiled
 
 
 def test_a_pattern_of_4096_characters_is_allowed() -> None:
-    compiled = compile_criteria({"Filters": [{"Pattern": padded(4096)}]})
+    compiled = compile_criteria({"Filters": [{"Pattern": padded(4096)}]}, RECORD_FIELDS)
     assert compiled is not None
     assert compiled.matches(record(DEVICE))
 
@@ -680,7 +681,7 @@ def test_invalid_pattern_is_a_config_error_naming_the_filter_and_reason(case: st
     pattern, message = INVALID[case]
     text = pattern if isinstance(pattern, str) else json.dumps(pattern)
     with pytest.raises(ConfigError) as raised:
-        compile_criteria({"Filters": [{"Pattern": text}]})
+        compile_criteria({"Filters": [{"Pattern": text}]}, RECORD_FIELDS)
     assert str(raised.value) == message
 
 
@@ -722,5 +723,5 @@ CRITERIA_ERRORS: dict[str, tuple[Any, str]] = {
 def test_invalid_criteria_is_a_config_error(case: str) -> None:
     given, message = CRITERIA_ERRORS[case]
     with pytest.raises(ConfigError) as raised:
-        compile_criteria(given)
+        compile_criteria(given, RECORD_FIELDS)
     assert str(raised.value) == message

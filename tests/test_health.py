@@ -59,7 +59,7 @@ async def test_ready_after_assignment_and_not_live_while_a_partition_is_stuck(br
                 await release.wait()
             handled.append((r.partition, r.offset))
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     with Endpoint(0, Health(worker, stuck_after=STUCK_AFTER).routes(), host="127.0.0.1") as endpoint:
         assert (await get(endpoint.port, "/nope"))[0] == 404
         task = asyncio.create_task(worker.run(handle_signals=False))

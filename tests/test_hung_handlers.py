@@ -111,7 +111,7 @@ async def test_an_async_handler_blocking_the_loop_is_named(
             time.sleep(2.0)  # noqa: ASYNC251 (the point: it blocks the event loop)
         handled.append(records[0].offset)
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     health = Health(worker)
     task = asyncio.create_task(worker.run(handle_signals=False))
     try:

@@ -62,7 +62,7 @@ async def test_progress_shows_the_runs_exact_counts_live_and_as_log_lines(
     screen = Console(file=io.StringIO(), force_terminal=True, record=True, width=200)
     caplog.set_level(logging.INFO, logger="streamfn.progress")
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     lines = asyncio.create_task(show_progress(worker, console=Console(), live=False, interval=0.3))
     table = asyncio.create_task(show_progress(worker, console=screen, live=True, interval=0.3))
     run = asyncio.create_task(worker.run(handle_signals=False))

@@ -95,7 +95,7 @@ async def test_lambda_event_counts_per_function_and_partition_are_exact(broker: 
         if bad := [r for r in records if r.value["n"] == BAD]:
             raise BatchItemFailures(bad)
 
-    worker = Worker(app, broker, Telemetry(meter_provider=MeterProvider(metric_readers=[reader])))
+    worker = Worker(app, Telemetry(meter_provider=MeterProvider(metric_readers=[reader])))
     task = asyncio.create_task(worker.run(handle_signals=False))
     deadline = time.monotonic() + 60
     while not all(p.checkpoint.offsets() == {(topic, 0): 10, (topic, 1): 10} for p in worker.pollers):
@@ -167,7 +167,7 @@ async def test_the_prometheus_endpoint_serves_the_counts_under_lambdas_names(bro
         pass
 
     built = exporters(["prometheus"], "none")
-    worker = Worker(app, broker, built.telemetry)
+    worker = Worker(app, built.telemetry)
     endpoint = Endpoint(0, {"/metrics": prometheus_metrics}, host="127.0.0.1")
     endpoint.start()
     task = asyncio.create_task(worker.run(handle_signals=False))

@@ -72,7 +72,7 @@ async def test_a_slow_record_holds_the_commit_and_is_never_skipped(broker: str, 
             await release.wait()
         handled.extend(r.offset for r in batch)
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     await asyncio.wait_for(slow_started.wait(), 30)
     # Other lanes run on; records of the slow lane wait behind it (a lane is ordered). Wait until it settles.

@@ -45,7 +45,7 @@ async def test_an_undecodable_record_without_destination_or_policy_holds_its_par
         handled.extend((r.partition, r.offset) for r in records)
 
     caplog.set_level(logging.WARNING, "streamfn")
-    worker = Worker(app, broker)
+    worker = Worker(app)
     run = asyncio.create_task(worker.run(handle_signals=False))
     try:
         await wait_for(lambda: (0, 2) in handled, 30, "the record after the poison one invoked")
@@ -139,7 +139,7 @@ async def test_thousands_of_failures_at_once_log_a_few_lines_then_one_count(
     def poison(records: list[Record]) -> None:
         raise AssertionError("no record decodes")
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     run = asyncio.create_task(worker.run(handle_signals=False))
     await wait_for(lambda: worker.stats["poison"].total().dropped == 5000, 40, "5000 records dropped")
     worker.stop()

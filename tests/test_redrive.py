@@ -26,6 +26,7 @@ from registry_server import RegistryServer
 
 from streamfn import App, Backoff, Record
 from streamfn.connectors.kafka import KafkaTopic
+from streamfn.connectors.kafka.dialect import KafkaBatchInfo
 from streamfn.connectors.kafka.event import KafkaEvent
 from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.redrive import redrive
@@ -228,7 +229,8 @@ async def test_redrive_reads_a_record_whose_letter_dropped_its_payload_back_from
     assert "payloadDropped" in orjson.loads(letter.value)["streamfn"]
     # a letter pointing at an offset the source no longer holds (as after retention): reported, nothing produced
     gone = ConsumerRecord(topic, 0, 7, 0, 0, big.key, big.value, None, 3, len(big.value or b""), big.headers)
-    origin = FailureOrigin("handle", "arn:aws:lambda:local:000000000000:function:handle", broker, KafkaEvent(broker))
+    arn = "arn:aws:lambda:local:000000000000:function:handle"
+    origin = FailureOrigin("handle", arn, KafkaEvent(broker), KafkaBatchInfo(broker))
     failure = FailedRecord(Partition(topic, 0), gone, Condition.RETRY_ATTEMPTS_EXHAUSTED, 1, ValueError("x"), 1)
     lost = dead_letter(origin, failure, 16 * 1024)
     await produce(broker, dlq, [Out(lost.value, key=lost.key, partition=letter.partition, headers=lost.headers)])

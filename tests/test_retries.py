@@ -115,7 +115,7 @@ async def test_slow_sync_handler_does_not_starve_heartbeats(
 
     from streamfn.engine.worker import Worker
 
-    worker = Worker(app, broker)
+    worker = Worker(app)
     task = asyncio.create_task(worker.run(handle_signals=False))
     while len(handled) < 4:
         assert not task.done()

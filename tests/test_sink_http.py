@@ -151,7 +151,7 @@ async def _no_chain(handler: Callable[..., Any], value_format: str) -> Any:
     raise AssertionError("the Http sink never chains functions")
 
 
-CONTEXT = SinkContext("enrich", "127.0.0.1:9092", _no_chain)
+CONTEXT = SinkContext("enrich", _no_chain)
 
 
 @contextlib.asynccontextmanager

@@ -113,7 +113,7 @@ async def opened(queue: SqsQueue, function: str = "enrich") -> SinkWriter:
     async def no_chain(handler: Any, value_format: str) -> Any:
         raise AssertionError("not used by SqsQueue")
 
-    return await queue.open(SinkContext(function, "unused:9092", no_chain))
+    return await queue.open(SinkContext(function, no_chain))
 
 
 def sink(endpoint: str, url: str, **values: Any) -> SqsQueue:

@@ -51,7 +51,7 @@ def _no_chain(*args: Any) -> Any:
     raise AssertionError("a table never chains to another function")
 
 
-CONTEXT = SinkContext(function="load", servers="", chain=_no_chain)
+CONTEXT = SinkContext(function="load", chain=_no_chain)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -363,7 +363,7 @@ async def test_a_row_that_can_never_fit_rejects_the_write_and_nothing_of_it_is_w
 
 
 def exactly_once(group: str) -> SinkContext:
-    return SinkContext(function="load", servers="", chain=_no_chain, group=group, exactly_once=True)
+    return SinkContext(function="load", chain=_no_chain, group=group, exactly_once=True)
 
 
 def batch(partition: int, first: int, last: int, *values: Any) -> list[Emitted]:

@@ -82,7 +82,7 @@ async def test_a_chain_of_functions_is_one_trace_and_its_logs_name_the_invocatio
         context.logger.info("enriching %d records", len(event["records"][f"{topic}-0"]))
         return {"outputs": [{"n": i} for i in range(3)]}
 
-    worker = Worker(app, broker, Telemetry(tracer_provider=provider))
+    worker = Worker(app, Telemetry(tracer_provider=provider))
     task = asyncio.create_task(worker.run(handle_signals=False))
     deadline = time.monotonic() + 40
     try:

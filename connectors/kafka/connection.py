@@ -69,6 +69,8 @@ class KafkaConnection(StrictModel):
     """AWS_MSK_IAM: the cluster's region; else the AWS configuration chain's (AWS_REGION, profile)."""
     _resolved: asyncio.Task[dict[str, Any]] | None = PrivateAttr(None)
     """The resolution under way or done, in the event loop that started it (a test may run several loops)."""
+    _at: dict[str, KafkaConnection] = PrivateAttr(default_factory=dict)
+    """Its copies naming other servers (`at`)."""
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod
@@ -124,6 +126,17 @@ class KafkaConnection(StrictModel):
         if self.sasl_mechanism is not None:
             return "SASL_SSL"
         return "SSL" if any(getattr(self, name) is not None for name in _TLS_FIELDS) else "PLAINTEXT"
+
+    def at(self, servers: str) -> KafkaConnection:
+        """This connection to the cluster at `servers`: itself if it names them, else a copy that does (the
+        connection of a part that names only servers, or none). One copy per servers, so each resolves its secrets
+        once."""
+        if join_servers(self.bootstrap_servers) == servers:
+            return self
+        copy = self._at.get(servers)
+        if copy is None:
+            copy = self._at[servers] = self.model_copy(update={"bootstrap_servers": servers})
+        return copy
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> KafkaConnection:
@@ -275,6 +288,13 @@ def with_connection_servers(values: Any) -> Any:
     if own is not None and join_servers(own) != join_servers(connection.bootstrap_servers):
         raise ValueError("bootstrap_servers differs from connection.bootstrap_servers: give the servers once")
     return {**values, "connection": connection, "bootstrap_servers": connection.bootstrap_servers}
+
+
+def servers_of(connection: KafkaConnection) -> str:
+    """The bootstrap servers a source's connection names (one a source gives the engine always does)."""
+    servers = join_servers(connection.bootstrap_servers)
+    assert servers is not None, "a source's connection names its cluster (KafkaSource.reached)"
+    return servers
 
 
 def join_servers(servers: str | list[str] | None) -> str | None:

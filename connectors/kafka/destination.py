@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
@@ -49,7 +49,6 @@ class KafkaTopic(TopicFormat):
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=16 * 1024, le=2**31 - 1)
     """As a destination: the largest dead letter it writes (set it to the topic's max.message.bytes; the producer's
     max_request_size follows). A letter that would be larger leaves out its payload and says so."""
-    _producer: LazyProducer | None = PrivateAttr(None)
 
     def __init__(self, topic: str | None = None, /, **values: Any) -> None:
         super().__init__(**({"topic": topic} if topic is not None else {}), **values)
@@ -74,43 +73,60 @@ class KafkaTopic(TopicFormat):
         """Its own cluster if it names one, else its function's source cluster."""
         return join_servers(self.bootstrap_servers) or source_servers
 
+    def _cluster(self, source_connection: KafkaConnection | None) -> tuple[str | None, KafkaConnection | None]:
+        """Where it is written (its servers) and how it is reached, for a function whose source is reached
+        through `source_connection` (which names the source's cluster)."""
+        source_servers = join_servers(source_connection.bootstrap_servers) if source_connection is not None else None
+        return self.servers(source_servers), self.reached(source_connection)
+
     async def open(self, context: SinkContext) -> TopicWriter:
+        servers, connection = self._cluster(context.connection)
+        if servers is None:
+            raise ConfigError(f"{self} has no bootstrap servers to write to")
         value, key = self.codecs()
-        producer = LazyProducer(self.servers(context.servers) or context.servers, self.reached(context.connection))
-        writer = TopicWriter(self.topic, producer, value, key)
+        writer = TopicWriter(self.topic, LazyProducer(servers, connection), value, key)
         await writer.open()
         return writer
 
-    async def start(self, default_servers: str, default_connection: KafkaConnection | None = None) -> None:
-        if self._producer is None:  # one producer however many functions share this destination
-            servers = self.servers(default_servers) or default_servers
-            self._producer = LazyProducer(
-                servers, self.reached(default_connection), max_request_bytes=self.max_message_bytes
-            )
+    async def open_destination(self, source_connection: KafkaConnection | None = None) -> LetterWriter:
+        """One function's dead letters: a producer of its own (started on the first delivery), so that functions
+        sharing this declaration never share, or stop, each other's client."""
+        servers, connection = self._cluster(source_connection)
+        if servers is None:
+            raise ConfigError(f"{self} has no bootstrap servers to write dead letters to")
+        producer = LazyProducer(servers, connection, max_request_bytes=self.max_message_bytes)
+        return LetterWriter(self.topic, producer, self.max_message_bytes)
 
-    async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
-        assert self._producer is not None, "started before any delivery"
-        producer = await self._producer.get()
-        sent = []
-        for f in failures:
-            letter = dead_letter(origin, f, self.max_message_bytes)
-            sent.append(await producer.send(self.topic, letter.value, key=letter.key, headers=letter.headers))
-        for delivery in sent:
-            await delivery  # acknowledged by the broker (acks=all) before the source's offset may move
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()  # a function still sharing it starts it again on its next delivery
-
-    async def depth(self, default_servers: str | None, default_connection: KafkaConnection | None = None) -> int:
+    async def depth(self, source_connection: KafkaConnection | None = None) -> int:
         """Records in the topic now: over its partitions, the true end minus the beginning offset (0 if the topic
         does not exist yet: it is created by its first dead letter)."""
-        servers = self.servers(default_servers)
+        servers, connection = self._cluster(source_connection)
         if servers is None:
             raise ConfigError(f"{self} has no bootstrap servers to count its records on")
         with unreachable(f"topic {self.topic!r}", servers):
-            ranges = await offset_ranges(servers, [self.topic], self.reached(default_connection))
+            ranges = await offset_ranges(servers, [self.topic], connection)
         return sum(end - beginning for beginning, end in ranges.values())
+
+
+class LetterWriter:
+    """A KafkaTopic opened as one function's on_failure destination: one dead letter per failed record."""
+
+    def __init__(self, topic: str, producer: LazyProducer, max_message_bytes: int) -> None:
+        self._topic = topic
+        self._producer = producer
+        self._max_message_bytes = max_message_bytes
+
+    async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
+        producer = await self._producer.get()
+        sent = []
+        for f in failures:
+            letter = dead_letter(origin, f, self._max_message_bytes)
+            sent.append(await producer.send(self._topic, letter.value, key=letter.key, headers=letter.headers))
+        for delivery in sent:
+            await delivery  # acknowledged by the broker (acks=all) before the source's offset may move
+
+    async def close(self) -> None:
+        await self._producer.stop()
 
 
 class TopicWriter:

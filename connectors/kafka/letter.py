@@ -1,10 +1,10 @@
 """A dead letter as a KafkaTopic destination writes it, always writable, and what redrive reads back from it.
 
 The value is Lambda's on-failure record for Kafka-topic destinations (requestContext, responseContext, version,
-timestamp, KafkaBatchInfo, payload with the record in the Lambda event format) plus errorType, errorMessage and a
-truncated stackTrace. The key is the original key. The headers are the original ones, exactly, then the
-`streamfn.*` provenance block (PROVENANCE, always last), so letters can be filtered without parsing the value
-and redrive gives the record its headers back as they were.
+timestamp, the source's batch-info block: KafkaBatchInfo from the Kafka dialect, payload with the record in the
+Lambda event format) plus errorType, errorMessage and a truncated stackTrace. The key is the original key. The
+headers are the original ones, exactly, then the `streamfn.*` provenance block (PROVENANCE, always last), so
+letters can be filtered without parsing the value and redrive gives the record its headers back as they were.
 
 streamfn adds a `streamfn` object to the value only when needed:
 - `originalValue`: the base64 of the record's exact value when the payload's is not (a schema registry's record,
@@ -112,15 +112,10 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
         message["stackTrace"] = [_text(line) for line in traceback.format_exception(failure.error)[-STACK_LINES:]]
     message["version"] = "1.0"
     message["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    message["KafkaBatchInfo"] = {
-        "batchSize": 1,
-        "bootstrapServers": origin.servers,
-        "payloadSize": len(orjson.dumps(payload)),
-        "recordInfo": {"offset": record.offset, "timestamp": record.timestamp},
-    }
+    name, batch_info = origin.batch_info(failure, len(orjson.dumps(payload)))  # the source's: KafkaBatchInfo
+    message[name] = batch_info
     message["payload"] = payload
     if window is not None:  # its records were handled and committed with the state: nothing to restore
-        message["KafkaBatchInfo"]["windowInfo"] = {"firstOffset": window.first_offset, "lastOffset": window.last_offset}
         return message
     original = None if record.value is None else b64encode(record.value).decode("ascii")
     (item,) = payload["records"][str(failure.partition)]

@@ -15,11 +15,10 @@ from typing import Any, Literal, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streamfn.connectors.kafka.connect import connect
-from streamfn.connectors.kafka.connection import KafkaConnection, client_options
-from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.connectors.kafka.connection import KafkaConnection, client_options, servers_of
 from streamfn.connectors.kafka.offsets import log_ends
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, SourceRecord
 from streamfn.source import AssignmentListener
 
 log = logging.getLogger("streamfn.kafka")
@@ -36,9 +35,6 @@ class ReaderSettings(Protocol):
 
     @property
     def starting_position_timestamp(self) -> float | None: ...
-
-    @property
-    def event_record_format(self) -> Literal["JSON", "SOURCE"]: ...
 
     @property
     def session_timeout_ms(self) -> int: ...
@@ -79,20 +75,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaReader:
-    def __init__(
-        self, source: ReaderSettings, *, servers: str, group_id: str, connection: KafkaConnection | None = None
-    ) -> None:
+    def __init__(self, source: ReaderSettings, *, group_id: str, connection: KafkaConnection) -> None:
         self.source = source
-        self.servers = servers
-        self.group_id = group_id
         self.connection = connection
-        """How to reach `servers` (TLS, SASL); a KafkaTopic on the source's cluster uses it too."""
+        """The cluster (its bootstrap servers) and how to reach it (TLS, SASL); a KafkaTopic on the source's
+        cluster uses it too."""
+        self.servers = servers_of(connection)
+        self.group_id = group_id
         self.accepted: set[TopicPartition] = set()
         """Partitions the engine has a worker for; only their records are delivered."""
         self._stopping = False
-        self.description = f"topics {', '.join(source.topics)} on {servers}"
+        self.description = f"topics {', '.join(source.topics)} on {self.servers}"
         self.value_codec, self.key_codec = source.codecs()
-        self._event = KafkaEvent(servers, self.value_codec, self.key_codec, source.event_record_format)
         self._options: dict[str, Any] | None = None
         """The clients' settings, read (secrets included) by the first connect() and kept for its retries."""
         self._consumer: AIOKafkaConsumer
@@ -180,11 +174,6 @@ class KafkaReader:
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         await self._consumer.commit({TopicPartition(*p): o for p, o in offsets.items()})
-
-    def lambda_event(
-        self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()
-    ) -> dict[str, Any]:
-        return self._event(partition, records, decoded)
 
     async def stop(self) -> None:
         self._stopping = True  # an assignment still resolving its starting positions gives up

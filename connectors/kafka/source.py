@@ -10,7 +10,14 @@ from pydantic import AliasChoices, Field, model_validator
 from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
-from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
+from streamfn.connectors.kafka.connection import (
+    KafkaConnection,
+    default_connection,
+    join_servers,
+    servers_of,
+    with_connection_servers,
+)
+from streamfn.connectors.kafka.dialect import KafkaDialect
 from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
 from streamfn.errors import ConfigError
@@ -131,24 +138,31 @@ class KafkaSource(TopicFormat):
         return KafkaTopic(uri.removeprefix("kafka://"))
 
     def servers(self, default_servers: str | None) -> str | None:
-        """KafkaSource(bootstrap_servers=), else the run's --bootstrap-servers, else the environment."""
+        """KafkaSource(bootstrap_servers=), else `default_servers` (a command's --bootstrap-servers), else
+        STREAMFN_BOOTSTRAP_SERVERS (which `streamfn run` sets to its --bootstrap-servers or embedded broker)."""
         return join_servers(self.bootstrap_servers) or default_servers or os.environ.get(SERVERS_ENV) or None
 
-    def reader(self, *, group_id: str, default_servers: str | None) -> KafkaReader:
-        servers = self.servers(default_servers)
-        if servers is None:
-            raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
-        return KafkaReader(self, servers=servers, group_id=group_id, connection=self.connection)
+    @property
+    def dialect(self) -> KafkaDialect:
+        return KafkaDialect(self.event_record_format)
 
-    def changelog(self, *, group_id: str, default_servers: str | None) -> KafkaChangelog:
-        """The group's state changelog: compacted topics on the source's cluster, one per source topic."""
-        servers = self.servers(default_servers)
+    def reached(self) -> KafkaConnection:
+        """Where its cluster is (`servers`) and how it is reached: its connection, else STREAMFN_KAFKA_*'s."""
+        servers = self.servers(None)
         if servers is None:
             raise RuntimeError("no bootstrap servers: streamfn run starts an embedded broker in this case")
-        return KafkaChangelog(servers, group_id, self.topics, self.connection)
+        return (self.connection or default_connection()).at(servers)
+
+    def reader(self, *, group_id: str) -> KafkaReader:
+        return KafkaReader(self, group_id=group_id, connection=self.reached())
+
+    def changelog(self, *, group_id: str) -> KafkaChangelog:
+        """The group's state changelog: compacted topics on the source's cluster, one per source topic."""
+        connection = self.reached()
+        return KafkaChangelog(servers_of(connection), group_id, self.topics, connection)
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
         servers = self.servers(default_servers)
         if servers is None:
             raise ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)")
-        return await group_status(servers, group_id, self.topics, self.connection)
+        return await group_status(servers, group_id, self.topics, (self.connection or default_connection()).at(servers))

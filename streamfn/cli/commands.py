@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -151,6 +152,8 @@ def run(
                 _fail(error)
             bootstrap_servers = broker.address
             out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
+        if bootstrap_servers is not None:  # where sources that name no servers look for them (KafkaSource.servers)
+            os.environ[SERVERS_ENV] = bootstrap_servers
         try:
             summaries = asyncio.run(
                 _run(app, bootstrap_servers, seeds, key_field, until_idle, reporting, connect_timeout, processes)
@@ -185,7 +188,7 @@ async def _run(
         )
     if processes > 1:  # this process only supervises the worker processes (streamfn/cli/workers.py)
         return await supervise(processes, servers, reporting.metrics_port, reporting.health_port)
-    worker = Worker(app, servers, reporting.exporters.telemetry, connect_timeout=connect_timeout)
+    worker = Worker(app, reporting.exporters.telemetry, connect_timeout=connect_timeout)
     endpoints = reporting.endpoints(worker)
     for endpoint in endpoints:
         try:

@@ -24,9 +24,9 @@ async def report(app: App, servers: str | None) -> dict[str, Any]:
             group = await function.source.status(group_id=function.group_id, default_servers=servers)
         destination = function.config.on_failure
         # A dead-letter topic is on the function's source cluster unless it names its own.
-        default = group.servers if group is not None else servers
-        connection = group.connection if group is not None else None
-        depth = await destination.depth(default, connection) if isinstance(destination, Countable) and default else None
+        depth = None
+        if isinstance(destination, Countable) and group is not None:
+            depth = await destination.depth(group.connection)
         functions.append(function_status(function, group, depth))
     return {"app": app.name, "functions": functions}
 
@@ -41,7 +41,7 @@ def function_status(function: StreamFunction, group: GroupStatus | None, depth: 
         "function": function.name,
         "topics": list(function.source.topics) if function.source is not None else [],
         "group_id": group.group_id if group else None,
-        "servers": group.servers if group else None,
+        "servers": group.where if group else None,
         "state": group.state if group else None,
         "members": list(group.members) if group else [],
         "partitions": [

@@ -21,10 +21,9 @@ from typing import Any
 from pydantic import Field
 
 from streamfn.app import App, StreamFunction
-from streamfn.context import function_arn
+from streamfn.dialect import Dialect
 from streamfn.engine.runner import FunctionRunner
 from streamfn.errors import ConfigError, StrictModel
-from streamfn.failures.model import FailureOrigin, LambdaEvent
 from streamfn.formats.codec import PlainFormat, plain_codec
 from streamfn.observability.stats import FunctionStats
 from streamfn.observability.telemetry import Telemetry
@@ -144,24 +143,25 @@ class Chains:
         self._telemetry = telemetry
         self._runners: list[FunctionRunner] = []
 
-    def context(self, function: str, servers: str, event: LambdaEvent, connection: Any = None) -> SinkContext:
-        """The sink context of `function`: its chained functions share its servers, connection and Lambda event
-        shape."""
+    def context(self, function: str, dialect: Dialect, connection: Any) -> SinkContext:
+        """The sink context of `function`, whose source (or whose caller's) speaks `dialect` and is reached through
+        `connection`: its chained functions share them (the Lambda event shape, where dead letters say they came
+        from, the sinks' defaults)."""
 
         async def chain(handler: Callable[..., Any], value_format: str) -> RunChained:
             target = self._app.by_handler(handler)
             assert target is not None, "checked by Chains.check"
-            origin = FailureOrigin(target.name, function_arn(target.name), servers, event)
             runner = FunctionRunner(
                 target,
                 stats=self._stats[target.name],
-                origin=origin,
+                dialect=dialect,
+                connection=connection,
                 value_codec=plain_codec(value_format),
                 key_codec=None,
                 telemetry=self._telemetry.function(target.name),
             )
             self._runners.append(runner)
-            await runner.open(self.context(target.name, servers, event, connection))
+            await runner.open(self.context(target.name, dialect, connection))
 
             async def run(records: Sequence[SourceRecord]) -> None:
                 if records:
@@ -171,9 +171,7 @@ class Chains:
 
         declared = self._app.functions[function]
         exactly_once = declared.config.processing_guarantee == "exactly_once"
-        return SinkContext(
-            function, servers, chain, group=declared.group_id, exactly_once=exactly_once, connection=connection
-        )
+        return SinkContext(function, chain, group=declared.group_id, exactly_once=exactly_once, connection=connection)
 
     async def close(self) -> None:
         for runner in self._runners:

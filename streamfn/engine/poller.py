@@ -14,14 +14,12 @@ import time
 from contextlib import suppress
 
 from streamfn.app import StreamFunction
-from streamfn.context import function_arn
 from streamfn.engine.chain import Chains
 from streamfn.engine.checkpoint import Checkpoint
 from streamfn.engine.partition import PartitionWorker
 from streamfn.engine.runner import FunctionRunner
 from streamfn.engine.supervision import spawn
 from streamfn.errors import Refused, Unreachable
-from streamfn.failures.model import FailureOrigin
 from streamfn.formats.codec import is_plain
 from streamfn.observability.logs import bind
 from streamfn.observability.stats import FunctionStats
@@ -58,11 +56,15 @@ class Poller:
         self.workers: dict[Partition, PartitionWorker] = {}
         self.last_fetch = time.monotonic()
         self.ever_assigned = False
-        origin = FailureOrigin(function.name, function_arn(function.name), reader.servers, reader.lambda_event)
+        assert function.source is not None, "a poller reads a source"
+        dialect = self.dialect = function.source.dialect
+        self.lag_metric = dialect.lag_metric
+        """How the source names the lag (`lag()`) in metrics."""
         self._runner = FunctionRunner(
             function,
             stats=stats,
-            origin=origin,
+            dialect=dialect,
+            connection=reader.connection,
             value_codec=reader.value_codec,
             key_codec=reader.key_codec,
             changelog=changelog,
@@ -84,10 +86,7 @@ class Poller:
         """Poll until `stop()`, then finish in-flight batches, commit, and leave the group."""
         bind(function=self.function.name)  # this task's log lines (the poller's own task: never unbound)
         try:  # whatever fails, every client opened so far is closed
-            reader = self.reader
-            await self._runner.open(
-                self._chains.context(self.function.name, reader.servers, reader.lambda_event, reader.connection)
-            )
+            await self._runner.open(self._chains.context(self.function.name, self.dialect, self.reader.connection))
             if not await self._connect():
                 return
             await self.reader.start(self)
@@ -127,7 +126,7 @@ class Poller:
             except Refused:  # the cluster answered and refused our settings (TLS): waiting will not change that
                 raise
             except (Unreachable, TimeoutError) as error:
-                failure = str(error) if isinstance(error, Unreachable) else f"no answer from {self.reader.servers}"
+                failure = str(error) if isinstance(error, Unreachable) else f"no answer from {self.reader.description}"
             left = deadline - loop.time()
             if left <= 0:
                 raise Unreachable(

@@ -29,12 +29,15 @@ from tenacity import (
 
 from streamfn.app import StreamFunction
 from streamfn.config import PAYLOAD_LIMIT_BYTES, FunctionConfig
+from streamfn.context import function_arn
+from streamfn.dialect import Dialect
 from streamfn.engine.batch import event_size, raw_size
 from streamfn.engine.handler import InvocationTimeout, Invoker
 from streamfn.failures.log import FailureLog
 from streamfn.failures.model import (
     BatchItemFailures,
     Condition,
+    DestinationWriter,
     FailedRecord,
     FailureOrigin,
     PayloadSizeExceeded,
@@ -95,7 +98,8 @@ class FunctionRunner:
         function: StreamFunction,
         *,
         stats: FunctionStats,
-        origin: FailureOrigin,
+        dialect: Dialect,
+        connection: Any,
         value_codec: Codec,
         key_codec: Codec | None,
         changelog: Changelog | None = None,
@@ -103,7 +107,9 @@ class FunctionRunner:
     ) -> None:
         self.function = function
         self.stats = stats
-        self.origin = origin
+        event = dialect.lambda_event(connection, value_codec, key_codec)
+        self.origin = FailureOrigin(function.name, function_arn(function.name), event, dialect.batch_info(connection))
+        """What its dead letters say of where they came from (the source's event and batch-info block)."""
         self._native = function.style is not HandlerStyle.LAMBDA
         self._value_codec = value_codec
         self._key_codec = key_codec
@@ -118,11 +124,13 @@ class FunctionRunner:
         self._retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
         )
-        self._recovery = Recovery(function.name, function.config, self.delay, stats)
+        self._recovery = Recovery(function.name, function.config, self.delay, stats, dialect.failed_item)
         self._outputs = Outputs(function.name, function.outputs, telemetry.instruments)
         self._tracer = telemetry.tracer
         self._instruments = telemetry.instruments
         self._destination = function.config.on_failure
+        self._dead_letters: DestinationWriter | None = None
+        """The destination opened for this function (by `open`)."""
         self._drop_policy = drop_policy(function.config)
         self._failure_log = FailureLog(function.name)
         self.holds: set[Hold] = set()
@@ -165,7 +173,7 @@ class FunctionRunner:
     async def open(self, context: SinkContext) -> None:
         """Start the destination and open the sinks (before any batch runs)."""
         if self._destination is not None:
-            await self._destination.start(context.servers, context.connection)
+            self._dead_letters = await self._destination.open_destination(context.connection)
             if self.function.config.maximum_retry_attempts == -1:
                 log.info(
                     "function %s: infinite retries with an on_failure destination: capped at %d retries (as Lambda)",
@@ -179,8 +187,8 @@ class FunctionRunner:
         if self.stateful is not None:
             await self.stateful.store.stop()
         await self._outputs.close()
-        if self._destination is not None:
-            await self._destination.stop()
+        if self._dead_letters is not None:
+            await self._dead_letters.close()
         self._invoker.close()
 
     async def restore(self, partition: Partition) -> None:
@@ -465,11 +473,12 @@ class FunctionRunner:
             self._failure_log.left(failures, "dropped", f"no on_failure, policy {self._drop_policy}")
             self.stats.at(partition).dropped += len(failures)
             return
-        destination = self._destination
+        destination, writer = self._destination, self._dead_letters
+        assert writer is not None, "opened before any batch runs"
 
         async def deliver() -> None:
             try:
-                await destination.deliver(self.origin, failures)
+                await writer.deliver(self.origin, failures)
             except Exception:
                 self.stats.at(partition).delivery_errors += 1
                 raise

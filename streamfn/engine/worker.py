@@ -44,7 +44,6 @@ class Worker:
     def __init__(
         self,
         app: App,
-        default_servers: str | None,
         telemetry: Telemetry | None = None,
         *,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
@@ -56,10 +55,10 @@ class Worker:
         self.pollers = [
             Poller(
                 f,
-                f.source.reader(group_id=f.group_id, default_servers=default_servers),
+                f.source.reader(group_id=f.group_id),
                 self.stats[f.name],
                 self.chains,
-                f.source.changelog(group_id=f.group_id, default_servers=default_servers) if f.stateful else None,
+                f.source.changelog(group_id=f.group_id) if f.stateful else None,
                 telemetry.function(f.name),
                 connect_timeout,
             )

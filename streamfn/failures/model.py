@@ -1,6 +1,7 @@
 """The failure model: what a failed record is, where it goes, and how a partial batch response is read.
 
-Conditions and the response format are Lambda's (event source mapping for Kafka). A destination must have its
+Conditions and the response format are Lambda's; how a response names a record, the event and the failure record's
+batch-info block are the source's (its dialect's: streamfn.dialect). A destination must have its
 write acknowledged before `deliver` returns: the partition's checkpoint moves past a failed record only then,
 as Kafka Connect's errant-record reporter does.
 """
@@ -67,42 +68,64 @@ class LambdaEvent(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class BatchInfo(Protocol):
+    """Builds a failure record's batch-info block, the source's (Kafka: `KafkaBatchInfo`, with the cluster's
+    bootstrap servers), for a failure whose payload (the event of its record, or its window's) is `payload_size`
+    bytes of JSON. Returns the block's name and content."""
+
+    def __call__(self, failure: FailedRecord, payload_size: int) -> tuple[str, dict[str, Any]]: ...
+
+
+class FailedItem(Protocol):
+    """Reads one item of a partial batch response, as the source's records are named there: the position of the
+    record it names (Kafka: `{"itemIdentifier": {"partition": "<topic>-<n>", "offset": <int>}}`; streams: the
+    sequence number). Raises InvalidResponse for an item that does not name a record of `partition`."""
+
+    def __call__(self, item: Any, partition: Partition) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FailureOrigin:
     """What a destination says about where a dead letter came from."""
 
     function: str
     function_arn: str
-    servers: str
-    """Where the source is (Kafka: its bootstrap servers)."""
     event: LambdaEvent
     """The Lambda event these records would form, for the dead letter's payload."""
+    batch_info: BatchInfo
+    """The failure record's batch-info block (the source's: it says where the source is)."""
 
 
-class Destination(Protocol):
-    """Where records that still fail go (`on_failure=`): a dead-letter topic, queue or table."""
-
-    def check(self, source_topics: Sequence[str]) -> None:
-        """Raise ConfigError if this destination cannot serve a function reading `source_topics`."""
-
-    async def start(self, default_servers: str, default_connection: Any = None) -> None:
-        """Before the first delivery; `default_servers`, `default_connection`: how the function's source is
-        reached (SourceReader.servers, .connection)."""
+class DestinationWriter(Protocol):
+    """A destination opened for one function (its client: a producer, a queue client)."""
 
     async def deliver(self, origin: FailureOrigin, failures: Sequence[FailedRecord]) -> None:
         """Write every failure and return only once the destination has acknowledged them all."""
 
-    async def stop(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Destination(Protocol):
+    """Where records that still fail go (`on_failure=`): a dead-letter topic, queue or table. Configuration only,
+    shared by the functions that name it: each opens its own writer."""
+
+    def check(self, source_topics: Sequence[str]) -> None:
+        """Raise ConfigError if this destination cannot serve a function reading `source_topics`."""
+
+    async def open_destination(self, source_connection: Any = None) -> DestinationWriter:
+        """Open it for one function, before its first delivery. `source_connection`: how the function's source is
+        reached (SourceReader.connection, opaque), for a destination on the same system that names no address of
+        its own."""
 
 
 @runtime_checkable
 class Countable(Protocol):
     """A destination that can say how many dead letters it holds (`streamfn status`); optional for destinations."""
 
-    async def depth(self, default_servers: str | None, default_connection: Any = None) -> int:
+    async def depth(self, source_connection: Any = None) -> int:
         """Records in the destination now (Kafka: over every partition, the true end minus the beginning offset);
-        `default_servers`: the function's source servers. Raises streamfn.errors.Unreachable if it does not
-        answer."""
+        `source_connection`: how the function's source is reached, as for `open_destination`. Raises
+        streamfn.errors.Unreachable if it does not answer."""
 
 
 class StopProcessing(BaseException):
@@ -141,11 +164,13 @@ def error_type(error: BaseException) -> str:
     return getattr(error, "error_type", None) or type(error).__name__
 
 
-def first_failed_index(response: Any, partition: Partition, records: Sequence[SourceRecord]) -> int | None:
+def first_failed_index(
+    response: Any, partition: Partition, records: Sequence[SourceRecord], failed_item: FailedItem
+) -> int | None:
     """Index in `records` of the lowest failed record of a partial batch response, or None for success.
 
     Success: None, {}, [], "", or an empty/absent/null "batchItemFailures". Anything else that does not name a
-    record of this batch by `{"partition": "<topic>-<n>", "offset": <int>}` is an InvalidResponse.
+    record of this batch as the source's `failed_item` reads it is an InvalidResponse.
     """
     if isinstance(response, BatchItemFailures):
         offsets: list[Any] = response.offsets
@@ -161,7 +186,7 @@ def first_failed_index(response: Any, partition: Partition, records: Sequence[So
             return None
         if not isinstance(items, list):
             raise InvalidResponse("batchItemFailures is not a list")
-        offsets = [_offset(item, partition) for item in items]
+        offsets = [failed_item(item, partition) for item in items]
     by_offset = {r.offset: i for i, r in enumerate(records)}
     indexes = []
     for offset in offsets:
@@ -169,12 +194,3 @@ def first_failed_index(response: Any, partition: Partition, records: Sequence[So
             raise InvalidResponse(f"offset {offset!r} is not in the batch")
         indexes.append(by_offset[offset])
     return min(indexes)
-
-
-def _offset(item: Any, partition: Partition) -> Any:
-    identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
-    if not isinstance(identifier, dict) or not identifier:
-        raise InvalidResponse(f"itemIdentifier {identifier!r} is not an object with partition and offset")
-    if identifier.get("partition") != str(partition):
-        raise InvalidResponse(f"itemIdentifier partition {identifier.get('partition')!r} is not {partition}")
-    return identifier.get("offset")

@@ -21,7 +21,14 @@ from typing import Any
 
 from streamfn.config import FunctionConfig
 from streamfn.context import new_request_id
-from streamfn.failures.model import Condition, FailedRecord, InvalidResponse, PartialFailure, first_failed_index
+from streamfn.failures.model import (
+    Condition,
+    FailedItem,
+    FailedRecord,
+    InvalidResponse,
+    PartialFailure,
+    first_failed_index,
+)
 from streamfn.observability.stats import FunctionStats
 from streamfn.record import Partition, SourceRecord
 
@@ -36,10 +43,17 @@ class Recovery:
     """Runs one batch to the end under the function's failure policy; returns the records that failed for good."""
 
     def __init__(
-        self, function: str, config: FunctionConfig, backoff: Callable[[int], float], stats: FunctionStats
+        self,
+        function: str,
+        config: FunctionConfig,
+        backoff: Callable[[int], float],
+        stats: FunctionStats,
+        failed_item: FailedItem,
     ) -> None:
         self._function = function
         self._config = config
+        self._failed_item = failed_item
+        """How a partial batch response names a record (the source's dialect)."""
         self._backoff = backoff
         self._stats = stats
         self._max_age_ms = config.maximum_record_age_in_seconds * 1000
@@ -70,7 +84,11 @@ class Recovery:
                 last_request = new_request_id()
                 response = await invoke(records, inherited + invocations + 1, last_request)
                 invocations += 1
-                index = first_failed_index(response, partition, records) if self._config.reports_item_failures else None
+                index = (
+                    first_failed_index(response, partition, records, self._failed_item)
+                    if self._config.reports_item_failures
+                    else None
+                )
                 if index is None:
                     return
                 error: BaseException = PartialFailure(f"the function reported {records[index].offset} failed")

@@ -13,6 +13,7 @@ Attributes: `function`, and `topic` and `partition` for per-partition series.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -32,12 +33,30 @@ class InFlight(Protocol):
     def in_flight(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LagMetric:
+    """How far behind a source's partitions are, as Lambda names it for that source (its dialect's): a gauge per
+    partition, and the function's Max and Sum of it."""
+
+    name: str
+    """Kafka: OffsetLag (records past the committed offset)."""
+    unit: str
+    description: str
+    """Of the per-partition gauge."""
+    family: str
+    """Where Lambda documents it, for the Max and Sum gauges' descriptions (Kafka: Lambda's KafkaMetrics)."""
+
+
 class Polled(Protocol):
     """What the gauges read of a function's poller (streamfn.engine.poller.Poller): its function's name, its
-    partitions' records in flight and their lags. A protocol, so the engine imports metrics and not the reverse."""
+    partitions' records in flight and their lags, and how its source names the lag. A protocol, so the engine
+    imports metrics and not the reverse."""
 
     @property
     def function(self) -> Named: ...
+
+    @property
+    def lag_metric(self) -> LagMetric: ...
 
     @property
     def workers(self) -> Mapping[Partition, InFlight]: ...
@@ -136,19 +155,23 @@ class Instruments:
             self.meter.create_observable_counter(
                 name, callbacks=[_counts(stats, field)], unit="{event}", description=description
             )
-        self.meter.create_observable_gauge(
-            "OffsetLag",
-            callbacks=[_per_partition(pollers, lambda poller: poller.lag())],
-            unit="{event}",
-            description="Records past the committed offset, per partition.",
-        )
-        for prefix, combine in (("Max", max), ("Sum", sum)):
+        by_metric: dict[LagMetric, list[Polled]] = {}
+        for poller in pollers:
+            by_metric.setdefault(poller.lag_metric, []).append(poller)
+        for lag, polled in by_metric.items():  # one set of gauges per kind of source
             self.meter.create_observable_gauge(
-                f"{prefix}OffsetLag",
-                callbacks=[_per_function(pollers, combine)],
-                unit="{event}",
-                description=f"OffsetLag of the function's partitions: the {prefix.lower()} (Lambda's KafkaMetrics).",
+                lag.name,
+                callbacks=[_per_partition(polled, lambda poller: poller.lag())],
+                unit=lag.unit,
+                description=lag.description,
             )
+            for prefix, combine in (("Max", max), ("Sum", sum)):
+                self.meter.create_observable_gauge(
+                    f"{prefix}{lag.name}",
+                    callbacks=[_per_function(polled, combine)],
+                    unit=lag.unit,
+                    description=f"{lag.name} of the function's partitions: the {prefix.lower()} ({lag.family}).",
+                )
         self.meter.create_observable_counter(
             "PollingErrorCount",
             callbacks=[_polling_errors(stats)],

@@ -97,8 +97,6 @@ class SinkContext:
     """What a sink learns about the function whose outputs it writes, when it is opened."""
 
     function: str
-    servers: str
-    """Where the function's source is (Kafka: its bootstrap servers); a KafkaTopic output defaults to it."""
     chain: Callable[[Callable[..., Any], str], Awaitable[Callable[[Sequence[SourceRecord]], Awaitable[None]]]]
     """Opens another function of the same app, by its handler and value format, as a call that runs a batch of
     records through it (its own retries, bisection, outputs and on_failure); used by the `Function` sink."""
@@ -108,8 +106,9 @@ class SinkContext:
     """processing_guarantee="exactly_once": the writer stores, with the outputs and in the same transaction, the
     source offsets they cover, skips outputs a replayed batch emits again, and reports its positions."""
     connection: Any = None
-    """How the source is reached beyond `servers` (Kafka: its KafkaConnection); a sink on the same system that
-    names no servers of its own uses it too."""
+    """Where the function's source is and how it is reached (SourceReader.connection, opaque; Kafka: its
+    KafkaConnection, with the bootstrap servers): a sink on the same system that names no address of its own
+    (a KafkaTopic) is reached the same way."""
 
 
 class SinkWriter(Protocol):
