@@ -6,6 +6,7 @@ an ESM definition copied from CloudFormation or SAM validates as is.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -51,6 +52,12 @@ class Backoff(StrictModel):
 
     initial_seconds: float = Field(0.5, gt=0, le=60)
     max_seconds: float = Field(30.0, gt=0, le=3600)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1-based): uniform in [0, min(max, initial * 2^(attempt-1))]
+        (tenacity's wait_random_exponential). One function for every retry of a batch: tenacity's loops take it as
+        their wait, the loops that are not tenacity's (a held partition's rounds) call it directly."""
+        return random.uniform(0, min(self.max_seconds, self.initial_seconds * 2.0 ** min(attempt - 1, 64)))
 
 
 class FunctionConfig(StrictModel):

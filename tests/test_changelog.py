@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from conftest import create_topic, source
+from conftest import Out, create_topic, produce, read_topic, source
 
 from streamfn.connectors.kafka.changelog import MAX_TOPIC_NAME, KafkaChangelog, changelog_topic
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
-from streamfn.state.changelog import ChangelogEntry
+from streamfn.state.changelog import APPLIED_HEADER, ChangelogEntry
 
 
 @asynccontextmanager
@@ -185,3 +185,48 @@ async def test_ten_thousand_entries_restore_fast(broker: str, name: Callable[[st
         began = time.monotonic()
         assert await changelog.restore(Partition(topic, 0)) == written
         assert time.monotonic() - began < 2.0
+
+
+async def test_shards_named_by_strings_restore_only_their_own_entries(broker: str, name: Callable[[str], str]) -> None:
+    """A Kinesis-like source: shards named by strings, more of them than changelog partitions, the same state keys
+    in each, a child shard after a split. Each restore returns its own shard's entries, in order, and nothing of
+    the shards (or Kafka partitions) sharing its changelog partition; compaction could not fold them together
+    either, their record keys differ."""
+    stream, group = name("stream"), name("g")
+    await create_topic(broker, stream, 2)
+    shards = [Partition(stream, f"shardId-00000000000{n}") for n in range(5)]  # type: ignore[arg-type]
+    async with started(broker, group, [stream]) as changelog:
+        for n, shard in enumerate(shards):
+            await changelog.write(shard, entries(12 + n, tag=b"s%d-" % n))
+        await changelog.write(Partition(stream, 0), entries(9, tag=b"p0-"))
+    changelog = KafkaChangelog(broker, group, [stream])  # a restarted worker
+    await changelog.start()
+    try:
+        for n, shard in enumerate(shards):
+            assert await changelog.restore(shard) == entries(12 + n, tag=b"s%d-" % n)
+        assert await changelog.restore(Partition(stream, 0)) == entries(9, tag=b"p0-")
+        assert await changelog.restore(Partition(stream, "shardId-000000000009")) == []  # type: ignore[arg-type]
+    finally:
+        await changelog.stop()
+    raw = await read_topic(broker, changelog_topic(group, stream), 70 + 9)
+    assert len(raw) == 79
+    assert len({r.key for r in raw}) == 5 * 10 + 9  # k0..k9 per shard, k0..k8 of partition 0: none shared
+
+
+async def test_entries_written_before_they_named_their_partition_still_restore(
+    broker: str, name: Callable[[str], str]
+) -> None:
+    """A changelog written by a streamfn whose entries had no partition header (keys were the state keys alone, in
+    the changelog partition of the source partition's number) restores as before, followed by what is new."""
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 2)
+    async with started(broker, group, [topic]) as changelog:
+        old = [ChangelogEntry(b"k%d" % n, b"old-%d" % n, 100 + n) for n in range(3)]
+        await produce(
+            broker,
+            changelog_topic(group, topic),
+            [Out(e.value, key=e.key, partition=1, headers=[(APPLIED_HEADER, b"%d" % e.applied)]) for e in old],
+        )
+        await changelog.write(Partition(topic, 1), entries(4, tag=b"new-"))
+        assert await changelog.restore(Partition(topic, 1)) == old + entries(4, tag=b"new-")
+        assert await changelog.restore(Partition(topic, 0)) == []

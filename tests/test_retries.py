@@ -125,3 +125,13 @@ async def test_slow_sync_handler_does_not_starve_heartbeats(
     await task
     assert sorted(handled) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert await committed(broker, group, topic, 2) == {0: 2, 1: 2}
+
+
+def test_backoff_is_capped_exponential_with_full_jitter_however_many_rounds() -> None:
+    """The one backoff every retry of a batch uses (tenacity's waits and a held partition's rounds alike): before
+    retry n, uniform in [0, min(max, initial * 2^(n-1))]; a partition held for thousands of rounds stays capped."""
+    backoff = Backoff(initial_seconds=0.5, max_seconds=3)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (5_000, 3.0)]:
+        delays = [backoff.delay(attempt) for _ in range(500)]
+        assert all(0 <= delay <= ceiling for delay in delays)
+        assert max(delays) > ceiling * 0.9  # jitter spans the range, up to the ceiling

@@ -376,11 +376,13 @@ P0, P1 = Partition("in", 0), Partition("in", 1)
 
 
 async def stored(url: str, group: str, schema: str | None = None) -> list[tuple[Any, ...]]:
-    """The group's offsets, read with the plain driver: (topic, partition, next_offset)."""
+    """The group's offsets, read with the plain driver: (topic, partition, next_offset). PostgreSQL stores
+    partition ids as text (a Kinesis shard's is a str), so Kafka's are cast back to the integers they are."""
     offsets = f"{schema}.streamfn_offsets" if schema else "streamfn_offsets"
     return await select(
         url,
-        f"SELECT topic, partition, next_offset FROM {offsets} WHERE consumer_group = '{group}' ORDER BY 1, 2",
+        f"SELECT topic, CAST(partition AS INTEGER), next_offset FROM {offsets} WHERE consumer_group = '{group}' "
+        "ORDER BY 1, 2",
     )
 
 
@@ -492,6 +494,75 @@ async def test_offsets_are_stored_next_to_the_table_and_only_for_exactly_once(ur
 
     with pytest.raises(ConfigError, match="exactly_once needs the function's consumer group"):
         await sink.open(exactly_once(""))
+
+
+def shard_batch(shard: str, first: int, last: int, *values: Any) -> list[Emitted]:
+    """Like `batch`, for a source whose partition ids are strs and positions 128-bit integers (a Kinesis shard)."""
+    source = Provenance("load", "stream", shard, first, last)  # type: ignore[arg-type]
+    return [Emitted(value=v, key=None, headers=(), source=source, index=i) for i, v in enumerate(values)]
+
+
+async def test_exactly_once_stores_positions_of_up_to_128_bits_and_resumes_from_them(url: str, table: str) -> None:
+    """Kinesis sequence numbers are integers of up to 128 bits and its shards are named by strs: stored beside
+    Kafka's, compared as integers across SQLite's 64-bit limit, and read back as they were by a later writer."""
+    group, shard = f"g-{table}", "shardId-000000000001"
+    sink = Table(url, table, key="id")
+    big = 2**64 + 4
+    async with opened(sink, exactly_once(group)) as writer:
+        await writer.write(batch(0, 0, 9, {"id": 1, "v": "small"}) + shard_batch(shard, 2**62, 2**62, {"id": 2}))
+        await writer.write(batch(0, 2**63 - 2, big, {"id": 3, "v": "past 2^64"}))
+        await writer.write(shard_batch(shard, 2**126, 2**128 - 2, {"id": 4, "v": "128 bits"}))
+        # Replays below what is stored: an int below a stored text, a text below a stored text.
+        await writer.write(batch(0, 5, 9, {"id": 1, "v": "replayed"}))
+        await writer.write(batch(0, 2**63, 2**64 - 1, {"id": 3, "v": "replayed"}))
+        await writer.write(shard_batch(shard, 2**127, 2**127, {"id": 4, "v": "replayed"}))
+
+    async with opened(sink, exactly_once(group)) as resumed:
+        assert await resumed.positions([P0, Partition("stream", shard)]) == {
+            P0: big + 1,
+            Partition("stream", shard): 2**128 - 1,
+        }
+        await resumed.write(batch(0, big + 1, big + 1, {"id": 5, "v": "next"}))
+        assert await resumed.positions([P0]) == {P0: big + 2}
+
+    assert await select(url, f"SELECT id, v FROM {table} ORDER BY id") == [
+        (1, "small"),
+        (2, None),
+        (3, "past 2^64"),
+        (4, "128 bits"),
+        (5, "next"),
+    ]
+
+
+async def test_an_offsets_table_made_for_kafka_alone_keeps_its_offsets_and_takes_any_source(
+    url: str, table: str
+) -> None:
+    """A database whose offsets table has integer partitions and 64-bit offsets (made by streamfn before sources
+    other than Kafka): PostgreSQL's is upgraded in place, SQLite's columns already hold every kind of value."""
+    schema = "main" if is_sqlite(url) else f"s_{table}"
+    offsets_type = "INTEGER" if is_sqlite(url) else "BIGINT"
+    if not is_sqlite(url):
+        await execute(url, f"CREATE SCHEMA {schema}")
+    await execute(
+        url,
+        f"CREATE TABLE {schema}.streamfn_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, "
+        f"partition INTEGER NOT NULL, next_offset {offsets_type}, PRIMARY KEY (consumer_group, topic, partition))",
+    )
+    group = f"g-{table}"
+    await execute(
+        url, f"INSERT INTO {schema}.streamfn_offsets VALUES ('{group}', 'in', 0, 10), ('{group}', 'in', 1, 3)"
+    )
+    async with opened(Table(url, f"{schema}.{table}", key="id"), exactly_once(group)) as writer:
+        assert await writer.positions([P0, P1]) == {P0: 10, P1: 3}
+        await writer.write(batch(0, 5, 9, {"id": 1, "v": "replayed"}) + batch(1, 3, 3, {"id": 2, "v": "new"}))
+        await writer.write(shard_batch("shardId-0", 2**100, 2**100, {"id": 3, "v": "kinesis"}))
+        assert await writer.positions([P0, P1, Partition("stream", "shardId-0")]) == {
+            P0: 10,
+            P1: 4,
+            Partition("stream", "shardId-0"): 2**100 + 1,
+        }
+
+    assert await select(url, f"SELECT id, v FROM {schema}.{table} ORDER BY id") == [(2, "new"), (3, "kinesis")]
 
 
 def test_a_table_declares_that_it_stores_offsets() -> None:

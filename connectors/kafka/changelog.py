@@ -1,10 +1,18 @@
 """KafkaChangelog: a function's state changelog as compacted Kafka topics, one per source topic.
 
-Each changelog topic has (at least) the partitions of its source topic, and the state of source partition N is
-logged to changelog partition N: whoever owns a source partition, after any rebalance, restores exactly its own
-state by reading one changelog partition. Compaction keeps the log bounded at one record per key; the restore does
-not rely on it (brokers such as Tansu accept `cleanup.policy=compact` and never compact), it folds whatever it
-reads, oldest first.
+Every entry names the source partition whose state it is in its `streamfn.partition` header (the partition id as
+text: Kafka's number, a Kinesis shard's name), and a restore keeps only its own partition's entries, whoever owns
+the partition after any rebalance; the children of a shard that split start from nothing while their parents'
+entries stay theirs. Where an entry goes is placement: Kafka's partition N in changelog partition N (each changelog
+topic has at least the partitions of its source topic), which holds its entries alone, so a restore reads just its
+own state and the record key is the state key; a partition named by a string in the changelog partition its hash
+picks, which it may share, so its record keys are its id, a NUL, then the state key, and compaction never folds
+one shard's key into another's. Compaction keeps the log bounded at one record per key; the restore does not rely
+on it (brokers such as Tansu accept `cleanup.policy=compact` and never compact), it folds whatever it reads,
+oldest first.
+
+Entries written before they named their partition (no header) are in the changelog partition of their source
+partition's number, which they are taken to be: such changelogs restore as before.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from streamfn.connectors.kafka.producer import DELIVERY_TIMEOUT_MS, MAX_REQUEST_
 from streamfn.errors import ConfigError
 from streamfn.record import Partition
 from streamfn.state.changelog import APPLIED_HEADER, ChangelogEntry
+
+PARTITION_HEADER = "streamfn.partition"
+"""The changelog record header that names the source partition an entry belongs to (its id as text)."""
 
 MAX_TOPIC_NAME = 249
 """Kafka's limit on a topic name's length."""
@@ -111,37 +122,44 @@ class KafkaChangelog:
         """All entries in producer batches for the one changelog partition, queued in order (aiokafka sends one
         batch of a partition at a time, so they land in order), then awaited together (acks=all)."""
         assert self._producer is not None, "started before any write"
-        producer, topic = self._producer, self._changelog(partition)
+        producer, (topic, number) = self._producer, self._changelog(partition)
         if not entries:
             return
+        owner = _partition_id(partition)
+        prefix = _key_prefix(partition, owner)
         sent: list[asyncio.Future[Any]] = []
         batch: BatchBuilder | None = None
         for entry in entries:
-            headers = [(APPLIED_HEADER, str(entry.applied).encode())]
-            if batch is None or batch.append(key=entry.key, value=entry.value, timestamp=None, headers=headers) is None:
+            headers = [(APPLIED_HEADER, str(entry.applied).encode()), (PARTITION_HEADER, owner)]
+            key = prefix + entry.key
+            if batch is None or batch.append(key=key, value=entry.value, timestamp=None, headers=headers) is None:
                 if batch is not None:  # full: send it and start the next
-                    sent.append(await producer.send_batch(batch, topic, partition=partition.partition))
+                    sent.append(await producer.send_batch(batch, topic, partition=number))
                 batch = producer.create_batch()
-                batch.append(key=entry.key, value=entry.value, timestamp=None, headers=headers)  # the first fits
+                batch.append(key=key, value=entry.value, timestamp=None, headers=headers)  # the first fits
         assert batch is not None
-        sent.append(await producer.send_batch(batch, topic, partition=partition.partition))
+        sent.append(await producer.send_batch(batch, topic, partition=number))
         await asyncio.gather(*sent)
 
     async def restore(self, partition: Partition) -> list[ChangelogEntry]:
-        """The changelog partition from its beginning to its end as of this call.
+        """`partition`'s entries in its changelog partition, from its beginning to its end as of this call.
 
         The end is the high watermark of the first fetch, not ListOffsets(latest): Tansu answers the latter with
         the last record batch's base offset + 1, which would cut off all but the first entry of the last write.
         """
         assert self._consumer is not None, "started before any restore"
-        consumer, tp = self._consumer, TopicPartition(self._changelog(partition), partition.partition)
+        consumer, tp = self._consumer, TopicPartition(*self._changelog(partition))
         async with self._reading:
             consumer.assign([tp])  # a fresh assignment: no high watermark known until this restore's first fetch
             try:
                 await consumer.seek_to_beginning(tp)
-                return await self._read_to_end(consumer, tp)
+                records = await self._read_to_end(consumer, tp)
             finally:
                 consumer.unsubscribe()  # else the consumer goes on fetching the partition in the background
+        owner = _partition_id(partition)
+        prefix = _key_prefix(partition, owner)
+        legacy = isinstance(partition.partition, int)  # entries without a header are this partition's (see above)
+        return [entry for record in records if (entry := _entry(tp, record, owner, prefix, legacy)) is not None]
 
     async def stop(self) -> None:
         producer, consumer = self._producer, self._consumer
@@ -153,17 +171,22 @@ class KafkaChangelog:
             if consumer is not None:
                 await consumer.stop()
 
-    def _changelog(self, partition: Partition) -> str:
-        """The changelog topic of `partition`, refusing what it has no partition for (aiokafka would wait for ever
-        for metadata of a partition that does not exist)."""
+    def _changelog(self, partition: Partition) -> tuple[str, int]:
+        """The changelog topic and partition that hold `partition`'s entries: Kafka's partition N in N, refusing
+        what has no partition there (aiokafka would wait for ever for metadata of a partition that does not exist),
+        a partition named by a string where its stable hash (not Python's, which varies by process) puts it."""
         changelog = self.topics.get(partition.topic)
         if changelog is None:
             raise ValueError(f"{partition.topic!r} is not a source topic of this changelog ({', '.join(self.topics)})")
-        if not 0 <= partition.partition < self._partitions[changelog]:
-            raise ValueError(f"{partition}: the changelog {changelog!r} has {self._partitions[changelog]} partitions")
-        return changelog
+        count = self._partitions[changelog]
+        if isinstance(partition.partition, str):
+            digest = hashlib.sha256(partition.partition.encode()).digest()
+            return changelog, int.from_bytes(digest[:8], "big") % count
+        if not 0 <= partition.partition < count:
+            raise ValueError(f"{partition}: the changelog {changelog!r} has {count} partitions")
+        return changelog, partition.partition
 
-    async def _read_to_end(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[ChangelogEntry]:
+    async def _read_to_end(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[Any]:
         records: list[Any] = []
         end: int | None = None
         position = -1
@@ -182,7 +205,7 @@ class KafkaChangelog:
                     f"at offset {position} of {end}"
                 )
         # What was written after the call (past `end`) is not part of this restore.
-        return [_entry(tp, r) for r in records if r.offset < end]
+        return [r for r in records if r.offset < end]
 
     async def _create_topics(self, admin: AIOKafkaAdminClient) -> None:
         """Create each missing changelog topic like its source topic (partitions, replication), compacted; check
@@ -235,11 +258,33 @@ async def _describe(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, 
     return layout
 
 
-def _entry(tp: TopicPartition, record: Any) -> ChangelogEntry:
-    applied = next((value for name, value in record.headers if name == APPLIED_HEADER), None)
+def _partition_id(partition: Partition) -> bytes:
+    """A source partition's id as entries name it; it ends at the first NUL of a prefixed key, so it may hold none."""
+    owner = str(partition.partition).encode()
+    if b"\0" in owner:
+        raise ValueError(f"{partition}: a partition id with a NUL character cannot name changelog entries")
+    return owner
+
+
+def _key_prefix(partition: Partition, owner: bytes) -> bytes:
+    """What a partition's record keys start with: nothing for Kafka's, alone in their changelog partition; the id
+    and a NUL for one named by a string, which may share its changelog partition with others."""
+    return b"" if isinstance(partition.partition, int) else owner + b"\0"
+
+
+def _entry(tp: TopicPartition, record: Any, owner: bytes, prefix: bytes, legacy: bool) -> ChangelogEntry | None:
+    """The entry of source partition `owner` that `record` is, or None when it is another partition's (`legacy`:
+    an entry without a partition header is `owner`'s)."""
+    headers = dict(record.headers)
+    applied = headers.get(APPLIED_HEADER)
     if record.key is None or applied is None:
         raise ValueError(
             f"{tp.topic}-{tp.partition} offset {record.offset} is not a changelog entry (no key or no "
             f"{APPLIED_HEADER} header): something else writes to this changelog topic"
         )
-    return ChangelogEntry(record.key, record.value, int(applied))
+    named = headers.get(PARTITION_HEADER)
+    if named is None:
+        return ChangelogEntry(record.key, record.value, int(applied)) if legacy else None
+    if named != owner:
+        return None
+    return ChangelogEntry(record.key[len(prefix) :], record.value, int(applied))

@@ -33,6 +33,8 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
 
 ENV_PREFIX = "STREAMFN_KAFKA_"
+SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
+"""The bootstrap servers of Kafka parts that name none (also what the command line's --bootstrap-servers reads)."""
 PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 

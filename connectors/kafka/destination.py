@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import Field, model_validator
 
+from streamfn.capabilities import Redriven
 from streamfn.connectors.kafka.codecs import TopicFormat
-from streamfn.connectors.kafka.connection import KafkaConnection, join_servers, with_connection_servers
+from streamfn.connectors.kafka.connection import SERVERS_ENV, KafkaConnection, join_servers, with_connection_servers
 from streamfn.connectors.kafka.letter import dead_letter
 from streamfn.connectors.kafka.offsets import offset_ranges, unreachable
 from streamfn.connectors.kafka.producer import LazyProducer
@@ -31,6 +32,15 @@ from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 """aiokafka's default max_request_size, and Kafka's default max.message.bytes (1 MiB, give or take 12 bytes)."""
+
+
+@runtime_checkable
+class OnKafka(Protocol):
+    """A source on a Kafka cluster (KafkaSource, which imports this module): where redrive puts records back."""
+
+    connection: KafkaConnection | None
+
+    def servers(self, default_servers: str | None) -> str | None: ...
 
 
 class KafkaTopic(TopicFormat):
@@ -106,6 +116,34 @@ class KafkaTopic(TopicFormat):
         with unreachable(f"topic {self.topic!r}", servers):
             ranges = await offset_ranges(servers, [self.topic], connection)
         return sum(end - beginning for beginning, end in ranges.values())
+
+    @property
+    def letters(self) -> str:
+        return self.topic
+
+    async def redrive(
+        self, source: Any, *, group: str, limit: int | None, dry_run: bool, default_servers: str | None
+    ) -> list[Redriven]:
+        """The command line's Redrivable capability (streamfn.capabilities): the letters' records back to their
+        topics and partitions on the source's cluster (connectors/kafka/redrive.py)."""
+        from streamfn.connectors.kafka.redrive import redrive  # only the command line redrives
+
+        if not isinstance(source, OnKafka):
+            raise ConfigError(f"{self} redrives records into Kafka topics; the function's source is not on Kafka")
+        source_servers = source.servers(default_servers)
+        servers = self.servers(source_servers or default_servers)
+        if servers is None:
+            raise ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)")
+        return await redrive(
+            servers,
+            self.topic,
+            group,
+            source_servers=source_servers or servers,
+            limit=limit,
+            dry_run=dry_run,
+            connection=self.reached(source.connection),
+            source_connection=source.connection,
+        )
 
 
 class LetterWriter:

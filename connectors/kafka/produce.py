@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from streamfn.capabilities import Produced
 from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 
@@ -24,13 +24,6 @@ def _key(line: bytes, key_field: str | None) -> bytes | None:
         return None
     key = value[key_field]
     return (key if isinstance(key, str) else orjson.dumps(key).decode()).encode()
-
-
-@dataclass(frozen=True)
-class Produced:
-    count: int
-    unkeyed: int
-    """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
 
 
 async def produce_lines(

@@ -11,11 +11,11 @@ after what it already redrove and never produces a record twice (short of a cras
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streamfn.capabilities import Origin, Redriven
 from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.letter import Headers, Letter, read_letter
@@ -25,20 +25,6 @@ from streamfn.connectors.kafka.reader import MAX_FETCH_BYTES
 IDLE_SECONDS = 3.0
 SOURCE_FETCH_MS = 5000
 """How long to wait for a record read back from the source topic."""
-
-Origin = Literal["letter", "source", "lost", "window"]
-
-
-@dataclass(frozen=True)
-class Redriven:
-    topic: str
-    partition: int
-    offset: int
-    """Where the record was when it failed."""
-    condition: str
-    origin: Origin = "letter"
-    """Where its bytes came from: the letter, or the source topic (the letter's payload was dropped for size); lost:
-    the source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
 
 
 class SourceRecords:

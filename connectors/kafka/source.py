@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from streamfn.capabilities import Produced
 from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.connection import (
+    SERVERS_ENV,
     KafkaConnection,
     default_connection,
     join_servers,
@@ -25,8 +29,6 @@ from streamfn.source import GroupStatus
 
 if TYPE_CHECKING:
     from streamfn.connectors.kafka.destination import KafkaTopic
-
-SERVERS_ENV = "STREAMFN_BOOTSTRAP_SERVERS"
 
 
 class KafkaSource(TopicFormat):
@@ -166,3 +168,34 @@ class KafkaSource(TopicFormat):
         if servers is None:
             raise ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)")
         return await group_status(servers, group_id, self.topics, (self.connection or default_connection()).at(servers))
+
+    # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem.
+
+    async def produce_lines(
+        self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
+    ) -> Produced:
+        from streamfn.connectors.kafka.produce import produce_lines  # only the command line produces
+
+        servers = self.servers(default_servers)
+        if servers is None:
+            raise ConfigError(f"produce needs --bootstrap-servers or {SERVERS_ENV}")
+        return await produce_lines(
+            servers,
+            stream,
+            lines,
+            key_field=key_field,
+            connection=(self.connection or default_connection()).at(servers),
+        )
+
+    local_name: ClassVar[str] = "embedded Kafka broker"
+
+    def needs_local(self, default_servers: str | None) -> bool:
+        return self.servers(default_servers) is None
+
+    @contextmanager
+    def local(self) -> Iterator[str]:
+        """An embedded broker (Tansu), in memory, stopped when the context ends."""
+        from streamfn.connectors.kafka.embedded import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            yield broker.address

@@ -244,6 +244,13 @@ def upsert(dialect: Dialect, table: TableName, columns: Sequence[str], key: Sequ
 OFFSETS_TABLE = "streamfn_offsets"
 OFFSETS_KEY = ("consumer_group", "topic", "partition")
 
+POSITION_LIMIT = 10**39
+"""Stored checkpoint values are integers below this (39 digits): Kafka's offsets, Kinesis's 128-bit sequence
+numbers."""
+
+SQLITE_INTEGER_LIMIT = 2**63
+"""SQLite's INTEGER is 64-bit signed: a checkpoint value from here on is stored as text (`_sqlite_position`)."""
+
 
 def offsets_table(table: TableName) -> TableName:
     """Where the offsets of `table`'s writers are: next to it, in its schema (or the default one)."""
@@ -251,8 +258,52 @@ def offsets_table(table: TableName) -> TableName:
 
 
 def offsets_columns(dialect: Dialect) -> dict[str, str]:
-    """The offsets table's columns: one row per consumer group and source partition, shared by all its tables."""
-    return {"consumer_group": "TEXT", "topic": "TEXT", "partition": "INTEGER", "next_offset": dialect.column_type(int)}
+    """The offsets table's columns: one row per consumer group and source partition, shared by all its tables (so
+    by functions of any source). A partition id is an int (Kafka) or a str (a Kinesis shard); a checkpoint value
+    (`next_offset`: what the source commits for "handled up to here") is an integer of up to 128 bits.
+
+    PostgreSQL: TEXT ids and NUMERIC(39,0) values. SQLite types values per row, so its INTEGER columns hold ids of
+    either kind as given and values of up to 63 bits as integers, larger ones as text that sorts after them
+    (`_sqlite_position`); they are the columns tables made before sources other than Kafka had, unchanged."""
+    if dialect is POSTGRESQL:
+        return {"consumer_group": "TEXT", "topic": "TEXT", "partition": "TEXT", "next_offset": "NUMERIC(39,0)"}
+    return {"consumer_group": "TEXT", "topic": "TEXT", "partition": "INTEGER", "next_offset": "INTEGER"}
+
+
+def upgrade_offsets(dialect: Dialect, table: TableName, declared: Mapping[str, str]) -> str | None:
+    """The statement that turns an offsets table made for Kafka alone (PostgreSQL: INTEGER ids, BIGINT offsets)
+    into one any source can use, keeping what it stores; None when `declared` (its column types) needs none.
+    Running it twice is harmless, so workers starting together may all run it."""
+    if dialect is not POSTGRESQL or (declared["partition"], declared["next_offset"]) == ("text", "numeric"):
+        return None
+    return (
+        f'ALTER TABLE {table.sql} ALTER COLUMN "partition" TYPE TEXT USING "partition"::text, '
+        'ALTER COLUMN "next_offset" TYPE NUMERIC(39,0)'
+    )
+
+
+def stored_partition(dialect: Dialect, partition: int | str) -> int | str:
+    """A partition id as its column binds it (PostgreSQL: text); read back, it is matched by its text."""
+    return str(partition) if dialect is POSTGRESQL else partition
+
+
+def stored_position(dialect: Dialect, position: int) -> Any:
+    """A checkpoint value as its column binds it, such that the database orders stored values as integers."""
+    if not 0 <= position < POSITION_LIMIT:
+        raise ValueError(f"a stored source position must be an integer in [0, 10^39), not {position!r}")
+    return position if dialect is POSTGRESQL else _sqlite_position(position)
+
+
+def _sqlite_position(position: int) -> int | str:
+    """Below 2^63 the integer itself; from there "#" and 39 digits. SQLite orders every integer before every text
+    and texts bytewise, so stored values compare as the integers they are. The "#" keeps SQLite's INTEGER affinity
+    from turning the digits into a (rounded) REAL."""
+    return position if position < SQLITE_INTEGER_LIMIT else f"#{position:039d}"
+
+
+def read_position(stored: Any) -> int:
+    """A stored checkpoint value back as the integer it is (SQLite: an int or "#digits"; PostgreSQL: a Decimal)."""
+    return int(stored[1:]) if isinstance(stored, str) else int(stored)
 
 
 def claim_offsets(dialect: Dialect, table: TableName, count: int) -> str:

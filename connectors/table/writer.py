@@ -12,7 +12,7 @@ batch replayed after a crash, or written late by a worker that lost the partitio
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,8 +28,12 @@ from streamfn.connectors.table.schema import (
     model_columns,
     offsets_columns,
     offsets_table,
+    read_position,
     row_columns,
     select_offsets,
+    stored_partition,
+    stored_position,
+    upgrade_offsets,
     upsert,
 )
 from streamfn.errors import ConfigError
@@ -50,7 +54,10 @@ class Offsets:
     table sink of the database's schema, one row per group and source partition).
 
     Claimed in the transaction that writes the rows, so a crash leaves both or neither: the stored offset of a
-    partition is exactly how far its outputs are written, which is where the engine resumes it (`positions`)."""
+    partition is exactly how far its outputs are written, which is where the engine resumes it (`positions`).
+
+    Partition ids may be ints or strs and checkpoint values integers of up to 128 bits (`offsets_columns`); the
+    database returns ids as its column stores them, so they are matched to the engine's by their text."""
 
     def __init__(self, sink: str, database: Database, table: TableName, group: str) -> None:
         self._sink = sink
@@ -78,6 +85,10 @@ class Offsets:
                 f"{self._sink}: table {str(self._table)!r} is not streamfn's offsets table: it has no column(s) "
                 f"{', '.join(map(repr, missing))}"
             )
+        upgrade = upgrade_offsets(self._database.dialect, self._table, existing)
+        if upgrade is not None:
+            await self._database.execute(upgrade)
+            log.info("%s: upgraded %s to store any source's partition ids and positions", self._sink, self._table)
 
     async def claim(self, transaction: Transaction, outputs: Sequence[Emitted]) -> set[Partition]:
         """Store, within `transaction`, the offset each source partition of `outputs` reaches (its last offset + 1)
@@ -85,27 +96,40 @@ class Offsets:
         already stored as far (or further): their outputs were written before."""
         reached: dict[Partition, int] = {}
         for output in outputs:
-            partition = source_partition(output)
-            reached[partition] = max(reached.get(partition, 0), output.source.last_offset + 1)
+            partition, after = source_partition(output), output.source.last_offset + 1
+            reached[partition] = max(reached.get(partition, after), after)
         if not reached:
             return set()
         statement = self._claims.get(len(reached))
         if statement is None:
             statement = self._claims[len(reached)] = claim_offsets(self._database.dialect, self._table, len(reached))
         # Sorted: concurrent claims lock the partitions they share in the same order, so they never deadlock.
+        dialect, claimed = self._database.dialect, _by_text(reached)
         parameters = [
             value
-            for (topic, partition), offset in sorted(reached.items())
-            for value in (self._group, topic, partition, offset)
+            for (topic, text), partition in sorted(claimed.items())
+            for value in (
+                self._group,
+                topic,
+                stored_partition(dialect, partition.partition),
+                stored_position(dialect, reached[partition]),
+            )
         ]
-        return {Partition(topic, partition) for topic, partition in await transaction.fetch(statement, parameters)}
+        return {claimed[topic, str(number)] for topic, number in await transaction.fetch(statement, parameters)}
 
     async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
-        wanted = set(partitions)
+        wanted = _by_text(partitions)
         stored = await self._database.fetch(select_offsets(self._database.dialect, self._table), [self._group])
         return {
-            partition: offset for topic, number, offset in stored if (partition := Partition(topic, number)) in wanted
+            partition: read_position(position)
+            for topic, number, position in stored
+            if (partition := wanted.get((topic, str(number)))) is not None
         }
+
+
+def _by_text(partitions: Iterable[Partition]) -> dict[tuple[str, str], Partition]:
+    """Partitions by (topic, id as text): how a stored row names one, whatever type its column gave the id."""
+    return {(partition.topic, str(partition.partition)): partition for partition in partitions}
 
 
 class TableWriter:

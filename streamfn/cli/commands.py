@@ -20,22 +20,20 @@ from rich.console import Console
 from rich.table import Table
 
 from streamfn.app import App
+from streamfn.capabilities import LocalSystem, Produced, Producing, Redrivable
 from streamfn.cli.health import DEFAULT_STUCK_AFTER_SECONDS
 from streamfn.cli.live import show_progress
 from streamfn.cli.loader import load_app
 from streamfn.cli.operations import PROGRESS_INTERVAL_SECONDS, Operations, operations
 from streamfn.cli.status import report as status_report
 from streamfn.cli.status import status_table
+from streamfn.cli.systems import SERVERS_ENV, default_source
 from streamfn.cli.workers import supervise, worker_count, write_report
-from streamfn.connectors.kafka import KafkaSource, KafkaTopic
-from streamfn.connectors.kafka.embedded import EmbeddedBroker
-from streamfn.connectors.kafka.produce import Produced, produce_lines
-from streamfn.connectors.kafka.redrive import redrive as redrive_dead_letters
-from streamfn.connectors.kafka.source import SERVERS_ENV
 from streamfn.engine.poller import CONNECT_TIMEOUT_SECONDS
 from streamfn.engine.supervision import ENGINE_FAILURE_EXIT, EngineFailure
 from streamfn.engine.worker import FunctionSummary, Worker
 from streamfn.errors import ConfigError, Unreachable
+from streamfn.source import Source
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Stream functions over Kafka, the Lambda way.")
 # Off a terminal (logs, pipes) rich would assume 80 columns and cut names short.
@@ -67,10 +65,21 @@ def _load(pipeline: Path) -> App:
         _fail(error)
 
 
-def _needs_embedded(app: App, servers: str | None) -> bool:
-    return servers is None and any(
-        f.source is not None and getattr(f.source, "bootstrap_servers", None) is None for f in app.functions.values()
-    )
+def _local_system(app: App, servers: str | None) -> LocalSystem | None:
+    """The first source that has nowhere to connect to without a local system of its own (the run starts one and
+    every source that names no servers uses it), or None when every source has servers."""
+    for function in app.functions.values():
+        source = function.source
+        if isinstance(source, LocalSystem) and source.needs_local(servers):
+            return source
+    return None
+
+
+def _producing(source: Source, what: str) -> Producing:
+    """`source` as one that can produce records, or the one-line error that it cannot (exit code 2)."""
+    if not isinstance(source, Producing):
+        _fail(ConfigError(f"{what}: {type(source).__name__} cannot produce records"))
+    return source
 
 
 @cli.command()
@@ -143,15 +152,15 @@ def run(
     except ConfigError as error:
         _fail(error)
     app = _load(pipeline)
-    seeds = [_seed(spec) for spec in seed or []]
+    seeds = [_seed(app, spec) for spec in seed or []]
     with ExitStack() as stack:
-        if _needs_embedded(app, bootstrap_servers):
+        local = _local_system(app, bootstrap_servers)
+        if local is not None:
             try:
-                broker = stack.enter_context(EmbeddedBroker())
+                bootstrap_servers = stack.enter_context(local.local())
             except ConfigError as error:
                 _fail(error)
-            bootstrap_servers = broker.address
-            out.print(f"streamfn: embedded Kafka broker at {broker.address} (in memory, stops with this process)")
+            out.print(f"streamfn: {local.local_name} at {bootstrap_servers} (in memory, stops with this process)")
         if bootstrap_servers is not None:  # where sources that name no servers look for them (KafkaSource.servers)
             os.environ[SERVERS_ENV] = bootstrap_servers
         try:
@@ -172,17 +181,16 @@ def run(
 async def _run(
     app: App,
     servers: str | None,
-    seeds: list[tuple[str, Path]],
+    seeds: list[tuple[Producing, str, Path]],
     key_field: str | None,
     until_idle: float | None,
     reporting: Operations,
     connect_timeout: float,
     processes: int = 1,
 ) -> list[FunctionSummary]:
-    for topic, file in seeds:
-        assert servers is not None
+    for source, topic, file in seeds:
         with file.open("rb") as lines:
-            produced = await produce_lines(servers, topic, lines, key_field=key_field)
+            produced = await source.produce_lines(topic, lines, key_field=key_field, default_servers=servers)
         out.print(
             f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
         )
@@ -210,13 +218,15 @@ async def _run(
         reporting.exporters.shutdown()
 
 
-def _seed(spec: str) -> tuple[str, Path]:
+def _seed(app: App, spec: str) -> tuple[Producing, str, Path]:
+    """What `--seed TOPIC=FILE` produces into: the source of a function that reads TOPIC, else the default one."""
     topic, _, file = spec.partition("=")
     if not topic or not file:
         _fail(ConfigError(f"--seed {spec!r} is invalid: expected TOPIC=FILE"))
     if not Path(file).is_file():
         _fail(ConfigError(f"--seed {spec!r}: file {file!r} does not exist"))
-    return topic, Path(file)
+    readers = (f.source for f in app.functions.values() if f.source is not None and topic in f.source.topics)
+    return _producing(next(readers, None) or default_source(topic), f"--seed {spec!r}"), topic, Path(file)
 
 
 SUMMARY_COLUMNS = (
@@ -290,27 +300,21 @@ def redrive(
             )
         )
     destination = target.config.on_failure
-    if not isinstance(destination, KafkaTopic):
-        _fail(ConfigError(f"function {function!r} has no on_failure=KafkaTopic(...) to redrive from"))
-    source_servers = target.source.servers(bootstrap_servers) if isinstance(target.source, KafkaSource) else None
-    servers = destination.servers(source_servers or bootstrap_servers)
-    if servers is None:
-        _fail(ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
-    group = f"{target.group_id}-redrive"
-    connection = destination.reached(target.source.connection if isinstance(target.source, KafkaSource) else None)
-    source_connection = target.source.connection if isinstance(target.source, KafkaSource) else None
-    redriven = asyncio.run(
-        redrive_dead_letters(
-            servers,
-            destination.topic,
-            group,
-            source_servers=source_servers or servers,
-            limit=limit,
-            dry_run=dry_run,
-            connection=connection,
-            source_connection=source_connection,
+    if not isinstance(destination, Redrivable):
+        what = "no on_failure destination" if destination is None else f"on_failure={destination}, which cannot redrive"
+        _fail(ConfigError(f"function {function!r} has {what}: redrive needs one that can (e.g. KafkaTopic(...))"))
+    try:
+        redriven = asyncio.run(
+            destination.redrive(
+                target.source,
+                group=f"{target.group_id}-redrive",
+                limit=limit,
+                dry_run=dry_run,
+                default_servers=bootstrap_servers,
+            )
         )
-    )
+    except ConfigError as error:
+        _fail(error)
     verb = "would redrive" if dry_run else "redrove"
     lost = [item for item in redriven if item.origin == "lost"]
     windows = [item for item in redriven if item.origin == "window"]
@@ -322,7 +326,7 @@ def redrive(
             out.print(f"skipped {where}: a tumbling window's final invocation; its records were handled")
         else:
             out.print(f"{verb} {where}{' from the source topic (payload dropped)' if item.origin == 'source' else ''}")
-    out.print(f"{verb} {len(redriven) - len(lost) - len(windows)} records from {destination.topic}")
+    out.print(f"{verb} {len(redriven) - len(lost) - len(windows)} records from {destination.letters}")
     if lost:
         raise typer.Exit(1)
 
@@ -335,14 +339,17 @@ def produce(
     key_field: Annotated[str | None, typer.Option(help="The JSON field that keys each record.")] = None,
 ) -> None:
     """Produce each line of FILE (or standard input) as one record to TOPIC."""
-    if bootstrap_servers is None:
-        _fail(ConfigError(f"produce needs --bootstrap-servers or {SERVERS_ENV}"))
+    source = _producing(default_source(topic), f"produce {topic!r}")
     try:
         with ExitStack() as stack:
             lines = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
-            produced = asyncio.run(produce_lines(bootstrap_servers, topic, lines, key_field=key_field))
+            produced = asyncio.run(
+                source.produce_lines(topic, lines, key_field=key_field, default_servers=bootstrap_servers)
+            )
     except FileNotFoundError:
         _fail(ConfigError(f"file {str(file)!r} does not exist"))
+    except ConfigError as error:
+        _fail(error)
     except Unreachable as error:
         _unreachable(error)
     out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
@@ -364,7 +371,7 @@ def status(
 ) -> None:
     """Show each function's consumer group: members, committed offset, end and lag per partition, dead letters."""
     app = _load(pipeline)
-    if _needs_embedded(app, bootstrap_servers):
+    if _local_system(app, bootstrap_servers) is not None:
         _fail(ConfigError(f"status needs --bootstrap-servers or {SERVERS_ENV} (the embedded broker keeps nothing)"))
     disabled = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # the Kafka client's own logs: failures end in one line below instead

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from streamfn.connectors.kafka.source import SERVERS_ENV
+from streamfn.cli.systems import SERVERS_ENV
 from streamfn.engine.worker import FunctionSummary
 from streamfn.errors import ConfigError
 from streamfn.observability.stats import COUNTS, Counts

@@ -24,7 +24,6 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_never,
-    wait_random_exponential,
 )
 
 from streamfn.app import StreamFunction
@@ -121,9 +120,7 @@ class FunctionRunner:
             function.name, function.handler, function.config.timeout, function.config.reports_item_failures
         )
         backoff = function.config.backoff
-        self._retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=backoff.initial_seconds, max=backoff.max_seconds)
-        )
+        self._retrying = AsyncRetrying(wait=lambda state: backoff.delay(state.attempt_number))
         self._recovery = Recovery(function.name, function.config, self.delay, stats, dialect.failed_item)
         self._outputs = Outputs(function.name, function.outputs, telemetry.instruments)
         self._tracer = telemetry.tracer
@@ -539,10 +536,8 @@ class FunctionRunner:
                 self.holds.discard(hold)
 
     def delay(self, attempt: int) -> float:
-        """Capped exponential backoff with full jitter before retry number `attempt` (tenacity's strategy)."""
-        state = RetryCallState(self._retrying, None, (), {})
-        state.attempt_number = attempt
-        return self._retrying.wait(state)
+        """Capped exponential backoff with full jitter before retry number `attempt` (the function's `backoff`)."""
+        return self.function.config.backoff.delay(attempt)
 
 
 def _last_error(state: RetryCallState) -> Exception | None:

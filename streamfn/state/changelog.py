@@ -1,10 +1,12 @@
 """The interface between the engine's state (windows, aggregations) and the durable log that keeps it.
 
-State lives in memory per partition; every change is also appended to a changelog, partitioned like the source, so
-a worker that is restarted (even after kill -9) or that takes a partition over in a rebalance rebuilds the state
-by reading the partition's changelog. Each entry says how far into the source partition its value reflects
-(`applied`), which is what makes the state exact without transactions: a source record replayed after a crash is
-folded into a key again only if that key's last entry does not already reflect it (see streamfn.state.store).
+State lives in memory per partition; every change is also appended to a changelog under the source partition's id
+(`Partition`: Kafka's topic and number, a Kinesis stream and shard name), so a worker that is restarted (even
+after kill -9) or that takes a partition over in a rebalance rebuilds the state from that partition's entries, and
+the children of a shard that split start from their own (none) while the parents' stay theirs. Each entry says how
+far into the source partition its value reflects (`applied`), which is what makes the state exact without
+transactions: a source record replayed after a crash is folded into a key again only if that key's last entry does
+not already reflect it (see streamfn.state.store).
 
 Kafka implements it with a compacted topic (streamfn.connectors.kafka.changelog); other sources bring their own.
 """
@@ -29,7 +31,8 @@ class ChangelogEntry(NamedTuple):
 
 
 class Changelog(Protocol):
-    """The durable log of one function's state, with one changelog partition per source partition."""
+    """The durable log of one function's state, keyed by source partition: what is written for a partition is what
+    its restore returns, and nothing of any other partition."""
 
     async def start(self) -> None:
         """Connect, and create the log (e.g. the compacted topic) if it does not exist."""

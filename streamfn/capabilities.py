@@ -1,0 +1,86 @@
+"""What the command line asks of sources and destinations beyond running functions: optional capabilities.
+
+A connector declares one by implementing its methods; the command line checks it with `isinstance` (the protocols
+are runtime-checkable) and, where a function's source or destination lacks it, says so in one line (exit code 2)
+instead of reaching into the connector. `Source.status` (every source) and `Countable` (a destination's dead-letter
+depth, streamfn.failures.model) are the others `streamfn status` uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from streamfn.source import Source
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What `Producing.produce_lines` put into the stream."""
+
+    count: int
+    unkeyed: int
+    """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
+
+
+@runtime_checkable
+class Producing(Protocol):
+    """A source that can put records into one of its streams: `streamfn produce` and `streamfn run --seed`."""
+
+    async def produce_lines(
+        self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
+    ) -> Produced:
+        """Each non-empty line as one record's value, keyed by the JSON field `key_field` if given; return once the
+        system acknowledged them all. Raises streamfn.errors.Unreachable if it does not answer."""
+
+
+@runtime_checkable
+class LocalSystem(Protocol):
+    """A source whose system can run inside `streamfn run`, in memory, for as long as the run (Kafka: an embedded
+    broker): started when the source names no servers and the run was given none."""
+
+    @property
+    def local_name(self) -> str:
+        """What the run announces it started ("embedded Kafka broker")."""
+
+    def needs_local(self, default_servers: str | None) -> bool:
+        """Whether it has nowhere to connect to without a local system (no servers of its own nor `default_servers`)."""
+
+    def local(self) -> AbstractContextManager[str]:
+        """Start the local system; the context yields its address, which becomes the run's default servers, and
+        stops it on exit. Raises streamfn.errors.ConfigError if it cannot be started."""
+
+
+Origin = Literal["letter", "source", "lost", "window"]
+
+
+@dataclass(frozen=True, slots=True)
+class Redriven:
+    """A dead letter `Redrivable.redrive` put back (or could not)."""
+
+    topic: str
+    partition: int | str
+    offset: int
+    """Where the record was when it failed."""
+    condition: str
+    origin: Origin = "letter"
+    """Where its bytes came from: the letter, or the source (the letter's payload was dropped for size); lost: the
+    source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
+
+
+@runtime_checkable
+class Redrivable(Protocol):
+    """A destination that can put its dead letters back into the function's source: `streamfn redrive`."""
+
+    @property
+    def letters(self) -> str:
+        """Where its dead letters are, as the command line names it (Kafka: the topic)."""
+
+    async def redrive(
+        self, source: Source, *, group: str, limit: int | None, dry_run: bool, default_servers: str | None
+    ) -> list[Redriven]:
+        """Put each letter's record back where it came from in `source`, once: progress is kept under `group`, so
+        a second run resumes after the first. `dry_run`: list them, put nothing back, keep no progress. Raises
+        streamfn.errors.ConfigError when it cannot reach `source` (another system, no servers)."""
