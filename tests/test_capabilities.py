@@ -12,11 +12,13 @@ from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 
 BARE_SOURCE = """
 from streamfn import App
+from streamfn.connectors.kafka.dialect import KafkaDialect
 from streamfn.errors import ConfigError
 
 class Bare:
     '''A source of another system that can be read and nothing more (no produce, no local system).'''
     topics = ["events"]
+    dialect = KafkaDialect()  # Lambda's rules of some source: which one does not matter here
 
     def reader(self, **_): raise ConfigError("Bare has no servers to read from")
     def group_id(self, app_name, function_name): return f"{app_name}-{function_name}"
