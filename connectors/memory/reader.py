@@ -102,7 +102,11 @@ class MemoryReader:
             self.accepted -= revoked
             await listener.revoked(revoked)
             stream.release(self.group_id, revoked, self)
-        assigned = {p: self._resume(p) for p in sorted(group.target) if stream.acquire(self.group_id, p, self)}
+        assigned = {
+            p: self._resume(p)
+            for p in sorted(group.target.keys() - self.accepted)
+            if stream.acquire(self.group_id, p, self)
+        }
         if assigned:
             await listener.assigned(assigned)
             self.accepted |= set(assigned)

@@ -209,12 +209,12 @@ class MemoryStream:
         self._wake()
 
     def acquire(self, group_id: str, partition: Partition, reader: MemoryReader) -> bool:
-        """Take a free shard's lease the group means for `reader`."""
+        """Whether `reader` holds the shard's lease now: one `take` gave it, or a free one the group means for it."""
         group = self.group(group_id)
-        if partition in group.owners or group.target.get(partition) is not reader:
-            return False
-        group.owners[partition] = reader
-        return True
+        owner = group.owners.get(partition)
+        if owner is None and group.target.get(partition) is reader:
+            group.owners[partition] = owner = reader
+        return owner is reader
 
     def commit(self, group_id: str, offsets: dict[Partition, int], reader: MemoryReader) -> None:
         group = self.group(group_id)
