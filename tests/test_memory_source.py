@@ -236,3 +236,21 @@ async def test_a_lambda_style_handler_gets_kinesis_shaped_records() -> None:
     assert [r["kinesis"]["partitionKey"] for r in event["Records"]] == ["user-1", "user-2"]
     assert [base64.b64decode(r["kinesis"]["data"]) for r in event["Records"]] == [b'{"n": 1}', b'{"n": 2}']
     assert {r["eventID"] for r in event["Records"]} == {"shardId-000000000000:10", "shardId-000000000000:20"}
+
+
+async def test_lag_comes_from_the_source_and_until_idle_stops_once_caught_up() -> None:
+    stream = MemoryStream("s", shards=2)
+    ends = {Partition("s", 0): put(stream, 0, range(40)), Partition("s", 1): put(stream, 1, range(40, 50))}
+    handled: list[tuple[Any, int]] = []
+    app = recording_app(stream, handled, batch_size=10)
+    source = app.functions["record"].source
+    assert source is not None
+    before = await source.status(group_id=GROUP, default_servers=None)
+    assert [(p.committed, p.lag) for p in before.partitions] == [(None, 40), (None, 10)]
+    worker = Worker(app, None)
+    [summary] = await asyncio.wait_for(worker.run(until_idle=0.2, handle_signals=False), 20)  # stops by itself
+    assert (summary.offsets, len(handled)) == (ends, 50)
+    assert worker.pollers[0].lag() == {}  # its partitions were released when it stopped
+    after = await source.status(group_id=GROUP, default_servers=None)
+    assert [(p.committed, p.end, p.lag) for p in after.partitions] == [(400, 400, 0), (100, 100, 0)]
+    assert (after.total_lag, after.max_lag) == (0, 0)
