@@ -256,3 +256,20 @@ async def test_lag_comes_from_the_source_and_until_idle_stops_once_caught_up() -
     after = await source.status(group_id=GROUP, default_servers=None)
     assert [(p.committed, p.end, p.lag) for p in after.partitions] == [(400, 400, 0), (100, 100, 0)]
     assert (after.total_lag, after.max_lag) == (0, 0)
+
+
+async def test_a_lease_taken_by_another_process_stops_the_shard_here_and_keeps_the_rest_going() -> None:
+    stream = MemoryStream("s", shards=2)
+    handled: list[tuple[Any, int]] = []
+    running = Running(recording_app(stream, handled, batch_size=5))
+    first = {Partition("s", 0): put(stream, 0, range(10)), Partition("s", 1): put(stream, 1, range(10, 20))}
+    await wait_for(lambda: stream.committed(GROUP) == first, 10, "the first records committed")
+    stream.take(GROUP, Partition("s", 0))  # a phantom owner: a worker of another process
+    await wait_for(lambda: Partition("s", 0) not in running.reader.accepted, 10, "the lost lease noticed")
+    put(stream, 0, range(20, 30))  # the other process's to handle
+    end = put(stream, 1, range(30, 40))
+    await wait_for(lambda: stream.committed(GROUP)[Partition("s", 1)] == end, 10, "the kept shard committed")
+    [summary] = await running.stop()
+    assert sorted(n for _, n in handled) == list(range(20)) + list(range(30, 40))
+    assert stream.committed(GROUP) == {Partition("s", 0): first[Partition("s", 0)], Partition("s", 1): end}
+    assert summary.offsets == stream.committed(GROUP) and stream.refused(GROUP) == []
