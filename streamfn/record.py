@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+Position = Any
+"""A record's position in its partition, or a checkpoint value: opaque to the engine, defined by the source and
+totally ordered (Kafka: the integer offset; Kinesis: the sequence number as an int). The engine compares positions
+(`<`, `<=`, `==`, `max`) and never computes with them: the source's reader says what checkpoint covers a record
+(`SourceReader.position_after`) and how far behind a partition is (`SourceReader.lag`)."""
+
 TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
 """Kafka's timestamp types by number, as Lambda's event and `Record.timestamp_type` name them."""
 
@@ -18,7 +24,8 @@ class Partition(NamedTuple):
     """A Kafka topic-partition or a stream's shard: the unit of ordering, batching and checkpointing."""
 
     topic: str
-    partition: int
+    partition: int | str
+    """Kafka: the partition number; a stream's shard: its id (Kinesis: "shardId-000000000001")."""
 
     def __str__(self) -> str:
         # Lambda's key in event["records"] and in partial batch responses: "<topic>-<partition>".
@@ -31,9 +38,9 @@ class SourceRecord(Protocol):
     @property
     def topic(self) -> str: ...
     @property
-    def partition(self) -> int: ...
+    def partition(self) -> int | str: ...
     @property
-    def offset(self) -> int: ...
+    def offset(self) -> Position: ...
     @property
     def timestamp(self) -> int: ...
     @property
@@ -56,8 +63,8 @@ class Record:
     into the function's `value_model`, if any)."""
 
     topic: str
-    partition: int
-    offset: int
+    partition: int | str
+    offset: Position
     timestamp: int
     """Epoch milliseconds."""
     key: Any

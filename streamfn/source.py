@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from streamfn.failures.model import Destination
 from streamfn.formats.codec import Codec
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.changelog import Changelog
 
 
@@ -21,18 +21,17 @@ class PartitionStatus:
     """Where a consumer group stands in one partition, as `streamfn status` reports it."""
 
     partition: Partition
-    committed: int | None
-    """The group's committed offset (the next record it will process); None if it has committed none."""
-    beginning: int
-    """The first offset still in the log."""
-    end: int
-    """The true log end: the offset the next new record will get."""
-
-    @property
-    def lag(self) -> int:
-        """Records not yet processed: end - committed. With nothing committed, end - beginning: every record still in
-        the log counts as lag, whatever the starting position will make of them once the function runs."""
-        return self.end - (self.beginning if self.committed is None else self.committed)
+    committed: Position | None
+    """The group's checkpoint value (Kafka: the offset of the next record it will process); None if it has
+    committed none."""
+    beginning: Position
+    """The first position still in the stream (Kafka: the first offset still in the log)."""
+    end: Position
+    """The true end (Kafka: the offset the next new record will get)."""
+    lag: int
+    """How far the group is behind, in the source's unit, as the source computes it (Kafka: records, end -
+    committed; with nothing committed, end - beginning: every record still in the log counts as lag, whatever the
+    starting position will make of them once the function runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +64,22 @@ class GroupStatus:
 class AssignmentListener(Protocol):
     """Told by a reader when partitions move, before the reader fetches for the new assignment."""
 
-    async def assigned(self, offsets: dict[Partition, int]) -> None:
-        """Partitions now owned, each with the committed offset its records resume from."""
+    async def assigned(self, offsets: dict[Partition, Position]) -> None:
+        """Partitions now owned, each with the checkpoint value its records resume after."""
 
     async def revoked(self, partitions: set[Partition]) -> None:
-        """Must return only once nothing more will be committed for `partitions` by this process."""
+        """Must return only once nothing more will be committed for `partitions` by this process (work in flight
+        may finish and is committed first: the partitions are handed over in order)."""
+
+    async def lost(self, partitions: set[Partition]) -> None:
+        """Another worker took the partitions (a lease expired or was stolen): stop their work without waiting for
+        what is in flight, commit nothing more for them, forget them. Whatever this process handled past its last
+        commit is handled again by the new owner."""
+
+    async def ended(self, partition: Partition) -> None:
+        """The reader has delivered the partition's last record (a shard that was closed, split or merged): return
+        once every delivered record is handled and committed, the partition forgotten. The reader then records the
+        end and lets the partition's children start (never before all their parents ended)."""
 
 
 class SourceReader(Protocol):
@@ -94,21 +104,28 @@ class SourceReader(Protocol):
         """Once connected: start reading, telling `listener` of the partitions it is assigned."""
 
     async def fetch(self, timeout: float) -> Mapping[Partition, Sequence[SourceRecord]]:
-        """Records that arrived, by partition, in offset order; empty after `timeout` seconds without any."""
+        """Records that arrived, by partition, in position order; empty after `timeout` seconds without any."""
 
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Fetch `partition` from `offset` on (an assigned partition whose outputs are stored past its commit)."""
+    def seek(self, partition: Partition, offset: Position) -> None:
+        """Fetch `partition` from checkpoint value `offset` on: the records it does not cover (an assigned partition
+        whose outputs are stored past its commit)."""
 
     def pause(self, partition: Partition) -> None:
         """Stop fetching `partition` (backpressure): nothing past what was delivered is fetched until resume."""
 
     def resume(self, partition: Partition) -> None: ...
 
-    async def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Store, per partition, the offset of the next record to process (Kafka's convention)."""
+    async def commit(self, offsets: Mapping[Partition, Position]) -> None:
+        """Store, per partition, a checkpoint value (one `position_after` gave)."""
 
-    def end_offset(self, partition: Partition) -> int | None:
-        """The partition's end (the offset the next new record will get) as last seen, or None if unknown."""
+    def position_after(self, record: SourceRecord | Record) -> Position:
+        """The checkpoint value that covers everything of the record's partition up to and including `record`
+        (Kafka: its offset + 1; Kinesis: its sequence number). A record is covered by checkpoint C iff
+        `position_after(record) <= C`. Called per batch, not per record."""
+
+    def lag(self, partition: Partition, committed: Position) -> int | None:
+        """How far checkpoint `committed` is behind the partition's end as last seen, in the source's unit (Kafka:
+        records; Kinesis: milliseconds behind the tip); 0 when caught up; None if the end is not known yet."""
 
     def lambda_event(
         self, partition: Partition, records: Sequence[SourceRecord], decoded: Sequence[Record] = ()

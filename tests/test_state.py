@@ -15,11 +15,16 @@ def test_a_restored_state_skips_what_its_last_checkpoints_already_hold() -> None
     ]
     state = PartitionState(entries)
     assert (state.values, state.meta, state.floor, state.replay_until) == ({b"a": 1, b"b": 2}, {"seen": 5}, 10, 20)
-    assert state.seen(9, b"a") and state.seen(9, b"zz")  # below the floor: in every key
-    assert state.seen(15, b"b") and state.seen(15, b"c")  # in the keys the cut-short checkpoint wrote
-    assert not state.seen(15, b"a") and not state.seen(20, b"b")
+    assert state.seen(at(9), b"a") and state.seen(at(9), b"zz")  # below the floor: in every key
+    assert state.seen(at(15), b"b") and state.seen(at(15), b"c")  # in the keys the cut-short checkpoint wrote
+    assert not state.seen(at(15), b"a") and not state.seen(at(20), b"b")
     state.stage(20)  # the replay is over: only what is below the floor would still be skipped
-    assert not state.seen(15, b"b") and state.seen(9, b"b")
+    assert not state.seen(at(15), b"b") and state.seen(at(9), b"b")
+
+
+def at(offset: int) -> int:
+    """What `seen` takes for the Kafka record at `offset`: the checkpoint covering it (KafkaReader.position_after)."""
+    return offset + 1
 
 
 def test_a_commit_writes_the_latest_value_of_each_changed_key_then_the_metadata() -> None:

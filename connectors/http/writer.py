@@ -24,6 +24,7 @@ import httpx
 
 from streamfn.observability.tracing import TRACE_HEADERS
 from streamfn.outputs.sink import Delivered, Emitted, RejectedOutput, encode_json
+from streamfn.record import Position
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 REMEMBERED_CHUNKS = 4096
@@ -135,7 +136,7 @@ def idempotency_key(outputs: Sequence[Emitted]) -> str:
 
 def source_ranges(outputs: Sequence[Emitted]) -> str:
     """The source records behind a chunk as "topic-partition/first-last", comma-separated if several partitions."""
-    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    ranges: dict[tuple[str, int | str], tuple[Position, Position]] = {}
     for output in outputs:
         source = output.source
         where = (source.topic, source.partition)

@@ -159,7 +159,7 @@ class KafkaChangelog:
         changelog = self.topics.get(partition.topic)
         if changelog is None:
             raise ValueError(f"{partition.topic!r} is not a source topic of this changelog ({', '.join(self.topics)})")
-        if not 0 <= partition.partition < self._partitions[changelog]:
+        if not isinstance(partition.partition, int) or not 0 <= partition.partition < self._partitions[changelog]:
             raise ValueError(f"{partition}: the changelog {changelog!r} has {self._partitions[changelog]} partitions")
         return changelog
 

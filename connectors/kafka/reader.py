@@ -60,7 +60,10 @@ START_RETRY_SECONDS = 1.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """aiokafka awaits these before it rejoins, so work is settled before partitions move."""
+    """aiokafka awaits these before it rejoins, so work is settled before partitions move.
+
+    The listener's `lost` and `ended` are never called: aiokafka has no lost-partitions callback (a member that
+    missed its session rejoins and is told of a revoke), and a Kafka partition never ends."""
 
     def __init__(self, reader: KafkaReader, listener: AssignmentListener) -> None:
         self._reader = reader
@@ -164,10 +167,15 @@ class KafkaReader:
                     self._consumer.seek(tp, records[0].offset)
         return fetched
 
-    def end_offset(self, partition: Partition) -> int | None:
-        """The log end offset as of the last fetch (the fetch high watermark), if known."""
+    def position_after(self, record: SourceRecord | Record) -> int:
+        """Kafka commits the offset of the next record to process."""
+        offset: int = record.offset
+        return offset + 1
+
+    def lag(self, partition: Partition, committed: int) -> int | None:
+        """Records between the commit and the log end as of the last fetch (the fetch high watermark), if known."""
         end: int | None = self._consumer.highwater(TopicPartition(*partition))
-        return end
+        return None if end is None else max(0, end - committed)
 
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(TopicPartition(*partition), offset)

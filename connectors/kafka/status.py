@@ -42,7 +42,8 @@ async def group_status(
     for tp, (beginning, end) in ranges.items():
         found = committed.get(tp)
         offset = None if found is None or found.offset == NO_OFFSET else found.offset
-        partitions.append(PartitionStatus(Partition(tp.topic, tp.partition), offset, beginning, end))
+        lag = end - (beginning if offset is None else offset)  # nothing committed: every record in the log is lag
+        partitions.append(PartitionStatus(Partition(tp.topic, tp.partition), offset, beginning, end, lag))
     return GroupStatus(group_id, servers, state, members, tuple(partitions), connection)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from streamfn.config import PAYLOAD_LIMIT_BYTES
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Position, SourceRecord
 
 BUFFER_BYTES = 2 * PAYLOAD_LIMIT_BYTES
 """Buffered bytes past which a partition is paused, whatever the record count (large records)."""
@@ -72,11 +72,11 @@ class Batch:
     records: Sequence[SourceRecord]
 
     @property
-    def first_offset(self) -> int:
+    def first_offset(self) -> Position:
         return self.records[0].offset
 
     @property
-    def last_offset(self) -> int:
+    def last_offset(self) -> Position:
         return self.records[-1].offset
 
     def __str__(self) -> str:
@@ -109,14 +109,14 @@ class PartitionBuffer:
         self._paused = False
         self._arrived = asyncio.Event()
         self._closed = False
-        self._dropped_from: int | None = None
+        self._dropped_from: Position | None = None
 
     @property
     def buffered(self) -> int:
         return self._count
 
     @property
-    def first_offset(self) -> int | None:
+    def first_offset(self) -> Position | None:
         """The offset of the oldest record received and not yet handed out in a batch, if any.
 
         Records dropped by `close` still count: they were never handled, so no commit may pass them.

@@ -39,7 +39,7 @@ class ChainedRecord:
     """An output handed to a chained function, in the shape of a record read from a topic (SourceRecord)."""
 
     topic: str
-    partition: int
+    partition: int | str
     offset: int
     timestamp: int
     key: bytes | None

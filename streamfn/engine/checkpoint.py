@@ -1,8 +1,9 @@
-"""Checkpoints: which offset of each partition is safe to commit, and the commits that store it.
+"""Checkpoints: which checkpoint value of each partition is safe to commit, and the commits that store it.
 
 A partition's checkpoint only moves when the worker reports a batch fully handled, so a commit never passes a
-record still in flight. Commits are coalesced: one commit request is in flight at a time and carries every
-partition that moved meanwhile, which keeps the broker round trips per second flat as throughput grows.
+record still in flight. Checkpoint values are the source's (`SourceReader.position_after`), only compared here.
+Commits are coalesced: one commit request is in flight at a time and carries every partition that moved meanwhile,
+which keeps the broker round trips per second flat as throughput grows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from streamfn.observability.stats import FunctionStats
-from streamfn.record import Partition
+from streamfn.record import Partition, Position
 from streamfn.source import SourceReader
 
 log = logging.getLogger("streamfn.checkpoint")
@@ -26,7 +27,7 @@ class Checkpoint:
         reader: SourceReader,
         function: str,
         stats: FunctionStats,
-        before_commit: Callable[[Mapping[Partition, int]], Awaitable[None]] | None = None,
+        before_commit: Callable[[Mapping[Partition, Position]], Awaitable[None]] | None = None,
     ) -> None:
         self._reader = reader
         self._function = function
@@ -34,19 +35,23 @@ class Checkpoint:
         self._before_commit = before_commit
         """Makes durable what a commit covers beyond the source (a stateful function's changelog) first."""
         self._owned: set[Partition] = set()
-        self._done: dict[Partition, int] = {}
-        self._committed: dict[Partition, int] = {}
-        self._reached: dict[Partition, int] = {}
-        """The last committed offset of every partition this process owned, kept after it is revoked (the summary)."""
+        self._done: dict[Partition, Position] = {}
+        self._committed: dict[Partition, Position] = {}
+        self._covered: dict[Partition, int] = {}
+        """Records handled per partition since it was assigned, up to `_done` (the counts commits move by)."""
+        self._covered_committed: dict[Partition, int] = {}
+        self._reached: dict[Partition, Position] = {}
+        """The last committed value of every partition this process owned, kept after it is revoked (the summary)."""
         self._moved = asyncio.Event()
         self._lock = asyncio.Lock()
         self.committed_records = 0
         """Records covered by successful commits, all partitions (per partition: the stats' `committed`)."""
 
-    def track(self, partition: Partition, committed: int) -> None:
-        """Start tracking a newly assigned partition from its committed offset."""
+    def track(self, partition: Partition, committed: Position) -> None:
+        """Start tracking a newly assigned partition from its committed value."""
         self._owned.add(partition)
         self._done[partition] = self._committed[partition] = committed
+        self._covered[partition] = self._covered_committed[partition] = 0
         self._reached[partition] = max(committed, self._reached.get(partition, committed))
 
     def forget(self, partitions: Iterable[Partition]) -> None:
@@ -55,23 +60,26 @@ class Checkpoint:
             self._owned.discard(partition)
             self._done.pop(partition, None)
             self._committed.pop(partition, None)
+            self._covered.pop(partition, None)
+            self._covered_committed.pop(partition, None)
 
-    def completed(self, partition: Partition, next_offset: int) -> None:
-        """Every record of `partition` before `next_offset` is handled."""
-        if partition in self._owned:  # a late completion for a revoked partition must not be committed
-            self._done[partition] = max(next_offset, self._done.get(partition, next_offset))
+    def completed(self, partition: Partition, checkpoint: Position, records: int = 0) -> None:
+        """Every record of `partition` that `checkpoint` covers is handled, `records` more of them than before."""
+        if partition in self._owned:  # a late completion for a revoked or lost partition must not be committed
+            self._done[partition] = max(checkpoint, self._done[partition])
+            self._covered[partition] += records
             self._moved.set()
 
-    def done(self, partition: Partition) -> int | None:
+    def done(self, partition: Partition) -> Position | None:
         """How far `partition` is handled (committed or about to be)."""
         return self._done.get(partition)
 
-    def offsets(self) -> dict[Partition, int]:
-        """The committed offset of each owned partition (for status and idle detection)."""
+    def offsets(self) -> dict[Partition, Position]:
+        """The committed value of each owned partition (for status and idle detection)."""
         return dict(self._committed)
 
-    def reached(self) -> dict[Partition, int]:
-        """The last committed offset of every partition owned during this run, including the final commits made
+    def reached(self) -> dict[Partition, Position]:
+        """The last committed value of every partition owned during this run, including the final commits made
         when partitions were revoked or the worker stopped."""
         return dict(self._reached)
 
@@ -89,12 +97,13 @@ class Checkpoint:
                 self._moved.set()
 
     async def flush(self, partitions: Iterable[Partition] | None = None) -> bool:
-        """Commit completed offsets now (of `partitions`, or all). False if the commit failed."""
+        """Commit completed values now (of `partitions`, or all). False if the commit failed."""
         async with self._lock:
             wanted = self._done if partitions is None else {p: self._done[p] for p in partitions if p in self._done}
             pending = {p: o for p, o in wanted.items() if self._committed.get(p) != o}
             if not pending:
                 return True
+            covered = {p: self._covered[p] for p in pending}
             try:
                 if self._before_commit is not None:
                     await self._before_commit(pending)
@@ -106,13 +115,15 @@ class Checkpoint:
                 return False
             for partition, offset in pending.items():
                 if partition in self._owned:
-                    moved = offset - self._committed.get(partition, offset)
+                    # max: 0 for a partition forgotten and assigned again while the commit was under way
+                    moved = max(0, covered[partition] - self._covered_committed[partition])
                     self.committed_records += moved
                     self._stats.at(partition).committed += moved
                     self._committed[partition] = self._reached[partition] = offset
+                    self._covered_committed[partition] = covered[partition]
             log.debug("function %s: committed %s", self._function, _describe(pending))
             return True
 
 
-def _describe(offsets: dict[Partition, int]) -> str:
+def _describe(offsets: dict[Partition, Position]) -> str:
     return ", ".join(f"{p}@{o}" for p, o in sorted(offsets.items()))

@@ -23,7 +23,7 @@ from streamfn.engine.runner import FunctionRunner, Invoked
 from streamfn.engine.supervision import spawn
 from streamfn.engine.threads import LaneThreads, use
 from streamfn.observability.logs import bind
-from streamfn.record import Partition
+from streamfn.record import Partition, Position
 
 log = logging.getLogger("streamfn.lane")
 
@@ -40,13 +40,13 @@ class LaneOwner(Protocol):
     runner: FunctionRunner
     stopping: bool
     last_arrival: float
-    predecoded: dict[int, Any] | None
+    predecoded: dict[Position, Any] | None
 
     def hold(self, lane: int) -> None: ...
 
     def release(self, lane: int) -> None: ...
 
-    def applied(self) -> int | None: ...
+    def applied(self) -> Position | None: ...
 
     def lane_done(self) -> None: ...
 
@@ -80,8 +80,8 @@ class Lane:
         """Nothing buffered and nothing in flight."""
         return not self.in_flight and self.buffer.buffered == 0
 
-    def lowest_pending(self) -> int | None:
-        """The lowest offset of this lane not handled yet (in flight or buffered), if any."""
+    def lowest_pending(self) -> Position | None:
+        """The lowest position of this lane not handled yet (in flight or buffered), if any."""
         return self.in_flight[0].first_offset if self.in_flight else self.buffer.first_offset
 
     async def stop(self, grace: float) -> None:
@@ -90,13 +90,14 @@ class Lane:
         if not self.busy:
             self._task.cancel()  # waiting for records, backing off or for the destination: nothing to finish
         done, _ = await asyncio.wait((self._task,), timeout=grace)
-        if not done:
+        if not done and self.busy:
             log.warning(
                 "function %s: %s: abandoning an invocation still running after %.1f s; its batch is not committed",
                 self._owner.function.name,
                 self._owner.partition,
                 grace,
             )
+        if not done:
             self._task.cancel()
         await asyncio.wait((self._task,))  # how it ended is its supervisor's business (a death stops the worker)
 

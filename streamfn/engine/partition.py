@@ -1,15 +1,21 @@
 """The worker of one assigned partition: its lanes, which records go to which, and how far it may commit.
 
 With `parallelization_factor` N, up to N batches of the partition are in flight at once, one per lane; records
-are routed to lanes by key (records without a key by offset), so each key's records stay in offset order. The
-partition may commit up to the lowest offset any lane has not handled yet (buffered or in flight): a slow record
-holds the commit and is never skipped. With N = 1 this is one lane, batches in offset order, one at a time.
+are routed to lanes by key (records without a key by position), so each key's records stay in order. The
+partition may commit everything before the lowest position any lane has not handled yet (buffered or in flight):
+a slow record holds the commit and is never skipped. With N = 1 this is one lane, batches in order, one at a time.
+
+Positions are the source's and only compared: the checkpoint value covering "everything before the lowest pending
+record" is the reader's `position_after` of the record fed just before it, found among the fetched chunks kept
+until they are covered (a bisection per batch, never work per record).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +24,7 @@ from streamfn.engine.checkpoint import Checkpoint
 from streamfn.engine.lane import Lane
 from streamfn.engine.runner import FunctionRunner
 from streamfn.formats.codec import is_plain
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Position, SourceRecord
 from streamfn.source import SourceReader
 from streamfn.style import HandlerStyle
 
@@ -44,8 +50,8 @@ class PartitionWorker:
         self._decode = codec.decode if not is_plain(codec) or (native and codec.name == "json") else None
         """Filters read decoded values: Avro must be decoded for them; JSON is decoded once for a native handler."""
         decoded_again = native or not is_plain(codec)  # the runner decodes these values (Lambda-style: to validate)
-        self.predecoded: dict[int, Any] | None = {} if decoded_again and self._filter is not None else None
-        """Values the filters decoded, by offset, until their batch runs: a value is decoded once."""
+        self.predecoded: dict[Position, Any] | None = {} if decoded_again and self._filter is not None else None
+        """Values the filters decoded, by position, until their batch runs: a value is decoded once."""
         self._checkpoint = checkpoint
         self.counts = runner.stats.at(partition)
         """This partition's counters (the poller's and the filters' share of them)."""
@@ -54,8 +60,12 @@ class PartitionWorker:
         self.last_progress = self.last_arrival
         """When a batch (or filtered-out records) was last done, or records came to an idle partition: how long
         pending records have waited without the partition moving on (health's stuck partitions)."""
-        self._fed_until: int | None = None
-        """The offset after the last record fed: where the partition stands when every lane is empty."""
+        self._fed: deque[Sequence[SourceRecord]] = deque()
+        """The chunks fed, as fetched (filtered-out records included), oldest first, until every record of the
+        oldest is covered by the commit point; `_head` of the oldest are covered already."""
+        self._head = 0
+        self._drained: asyncio.Event | None = None
+        """Set once the partition is idle, while `drained()` waits for it (a shard that ended)."""
         self._holding: set[int] = set()
         """Lanes whose buffers are full: the partition stays paused while any is."""
         self.lanes = [Lane(self, index) for index in range(function.config.parallelization_factor)]
@@ -87,7 +97,7 @@ class PartitionWorker:
         now = self.last_arrival = time.monotonic()
         if self.idle:  # nothing was waiting: the partition has not been held up so far
             self.last_progress = now
-        self._fed_until = records[-1].offset + 1
+        self._fed.append(records)
         if self._filter is None:
             self._route(records)
             return
@@ -106,7 +116,7 @@ class PartitionWorker:
             return
         routed: list[list[SourceRecord]] = [[] for _ in lanes]
         for record in records:
-            routed[(hash(record.key) if record.key is not None else record.offset) % len(lanes)].append(record)
+            routed[hash(record.key if record.key is not None else record.offset) % len(lanes)].append(record)
         for lane, chunk in zip(lanes, routed, strict=True):
             lane.buffer.feed(chunk)
 
@@ -134,15 +144,34 @@ class PartitionWorker:
         return kept
 
     def lane_done(self) -> None:
-        """A lane finished a batch: the partition may commit up to the lowest offset still pending anywhere."""
+        """A lane finished a batch: the partition may commit every record before the lowest one still pending."""
         self.last_progress = time.monotonic()
         pending = [offset for lane in self.lanes if (offset := lane.lowest_pending()) is not None]
-        committable = min(pending) if pending else self._fed_until
-        if committable is not None:
-            self._checkpoint.completed(self.partition, committable)
+        lowest = min(pending) if pending else None
+        fed, head, covered, last = self._fed, self._head, 0, None
+        while fed and (lowest is None or fed[0][-1].offset < lowest):  # chunks handled to the end
+            covered += len(fed[0]) - head
+            last, head = fed.popleft()[-1], 0
+        if fed and lowest is not None:  # the chunk holding the lowest pending record: the records before it
+            chunk = fed[0]
+            index = bisect_left(chunk, lowest, lo=head, key=_position)
+            if index > head:
+                covered += index - head
+                last, head = chunk[index - 1], index
+        self._head = head
+        if last is not None:
+            self._checkpoint.completed(self.partition, self.reader.position_after(last), covered)
+        if self._drained is not None and lowest is None:
+            self._drained.set()
 
-    def applied(self) -> int | None:
-        """The offset every record before which is handled (the checkpoint's), if known."""
+    async def drained(self) -> None:
+        """Return once every record fed is handled (and reported to the checkpoint)."""
+        while not self.idle:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+    def applied(self) -> Position | None:
+        """The checkpoint value covering every record handled so far in order (the checkpoint's), if known."""
         return self._checkpoint.done(self.partition)
 
     def hold(self, lane: int) -> None:
@@ -159,3 +188,7 @@ class PartitionWorker:
         """Take no new batch; let invocations under way finish within `grace` seconds; never commit after."""
         self.stopping = True
         await asyncio.gather(*(lane.stop(grace) for lane in self.lanes))
+
+
+def _position(record: SourceRecord) -> Position:
+    return record.offset

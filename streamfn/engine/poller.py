@@ -3,7 +3,9 @@
 One poller per function, all in one event loop. The fetch loop never waits on a handler, so the consumer keeps
 polling (and heartbeating) while handlers are slow; backpressure is per partition, through pause and resume.
 Assignment changes come from the source's group protocol: a revoked partition's worker finishes (or abandons)
-its in-flight batch and its checkpoint is committed before the partition is given up.
+its in-flight batch and its checkpoint is committed before the partition is given up. A lost partition (another
+worker took its lease) is dropped at once, committing nothing more; an ended one (a shard's last record was
+delivered) is drained, committed and then forgotten, so its children may start.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import suppress
 from streamfn.app import StreamFunction
 from streamfn.context import function_arn
 from streamfn.engine.chain import Chains
-from streamfn.engine.checkpoint import Checkpoint
+from streamfn.engine.checkpoint import COMMIT_RETRY_SECONDS, Checkpoint
 from streamfn.engine.partition import PartitionWorker
 from streamfn.engine.runner import FunctionRunner
 from streamfn.engine.supervision import spawn
@@ -26,7 +28,7 @@ from streamfn.formats.codec import is_plain
 from streamfn.observability.logs import bind
 from streamfn.observability.stats import FunctionStats
 from streamfn.observability.telemetry import NO_TELEMETRY, FunctionTelemetry
-from streamfn.record import Partition
+from streamfn.record import Partition, Position
 from streamfn.source import SourceReader
 from streamfn.state.changelog import Changelog
 
@@ -66,6 +68,7 @@ class Poller:
             value_codec=reader.value_codec,
             key_codec=reader.key_codec,
             changelog=changelog,
+            position_after=reader.position_after,
             telemetry=telemetry,
         )
         state = self._runner.stateful
@@ -150,18 +153,17 @@ class Poller:
         committed = self.checkpoint.offsets()
         return (
             all(
-                worker.idle and (end := self.reader.end_offset(p)) is not None and committed.get(p, -1) >= end
+                worker.idle and p in committed and self.reader.lag(p, committed[p]) == 0
                 for p, worker in self.workers.items()
             )
             and self.checkpoint.is_settled()
         )
 
     def lag(self) -> dict[Partition, int]:
-        """OffsetLag of each owned partition whose end is known: records past the committed offset."""
-        committed = self.checkpoint.offsets()
-        return {
-            p: max(0, end - offset) for p, offset in committed.items() if (end := self.reader.end_offset(p)) is not None
-        }
+        """The lag of each owned partition whose end is known, in the source's unit (Kafka: OffsetLag, records past
+        the committed offset)."""
+        lag = self.reader.lag
+        return {p: behind for p, value in self.checkpoint.offsets().items() if (behind := lag(p, value)) is not None}
 
     async def _fetch_until_stopped(self) -> None:
         while not self._stopping.is_set():
@@ -183,7 +185,7 @@ class Poller:
                     worker.counts.polled += len(records)
                     worker.feed(records)
 
-    async def assigned(self, offsets: dict[Partition, int]) -> None:
+    async def assigned(self, offsets: dict[Partition, Position]) -> None:
         self.ever_assigned = True
         self.last_fetch = time.monotonic()
         stored = await self._stored_positions(list(offsets))
@@ -192,7 +194,7 @@ class Poller:
             resume = stored.get(partition, committed)
             if resume > committed:  # the outputs were stored past the commit (exactly_once): go on from there
                 log.info(
-                    "function %s: %s: outputs stored up to offset %d, committed %d: resuming at %d",
+                    "function %s: %s: outputs stored up to offset %s, committed %s: resuming at %s",
                     self.function.name,
                     partition,
                     resume,
@@ -210,7 +212,7 @@ class Poller:
             )
         log.info("function %s: partitions assigned: %s", self.function.name, _names(set(offsets)))
 
-    async def _stored_positions(self, partitions: list[Partition]) -> dict[Partition, int]:
+    async def _stored_positions(self, partitions: list[Partition]) -> dict[Partition, Position]:
         """exactly_once: where the sinks' stored outputs stop, asked until they answer. The source's group client
         logs and drops an error of the assignment callback, which would leave the partitions assigned to this
         worker and never processed; a sink that is down holds them instead, as it holds their writes."""
@@ -236,6 +238,27 @@ class Poller:
     async def revoked(self, partitions: set[Partition]) -> None:
         await self._release(partitions)
         log.info("function %s: partitions revoked: %s", self.function.name, _names(partitions))
+
+    async def lost(self, partitions: set[Partition]) -> None:
+        """Another worker owns the partitions now: forgotten first, so that nothing completing from here on is
+        committed, then their workers are stopped without waiting for what is in flight."""
+        self.checkpoint.forget(partitions)
+        workers = [self.workers.pop(p) for p in partitions if p in self.workers]
+        await asyncio.gather(*(w.stop(0) for w in workers))
+        self._runner.release([w.partition for w in workers])
+        log.info("function %s: partitions lost: %s", self.function.name, _names(partitions))
+
+    async def ended(self, partition: Partition) -> None:
+        """The partition's last record was delivered: once every record is handled and committed, forget it."""
+        worker = self.workers.get(partition)
+        if worker is not None:
+            await worker.drained()
+        while True:  # the end must be committed before the reader lets the partition's children start
+            if await self.checkpoint.flush({partition}):
+                break
+            await asyncio.sleep(COMMIT_RETRY_SECONDS)
+        await self._release({partition})
+        log.info("function %s: partition ended: %s", self.function.name, partition)
 
     async def _release(self, partitions: set[Partition]) -> None:
         """Stop the partitions' workers, commit what they completed, and stop tracking them."""

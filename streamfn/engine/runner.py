@@ -49,11 +49,11 @@ from streamfn.observability.tracing import finish, headers_of, trace_fields, wit
 from streamfn.outputs.delivery import Outputs
 from streamfn.outputs.emit import emitted_at, items, trace_context
 from streamfn.outputs.sink import Emitted, SinkContext
-from streamfn.record import TIMESTAMP_TYPES, Partition, Record, SourceRecord
+from streamfn.record import TIMESTAMP_TYPES, Partition, Position, Record, SourceRecord
 from streamfn.state.aggregate import Aggregator
 from streamfn.state.changelog import Changelog
 from streamfn.state.stateful import Stateful
-from streamfn.state.store import Busy, StateStore
+from streamfn.state.store import Busy, PositionAfter, StateStore
 from streamfn.state.tumbling import LambdaWindows
 from streamfn.style import HandlerStyle
 
@@ -72,8 +72,8 @@ class Hold:
     window's final invocation keeps failing), retried each round. Health and the live view show it."""
 
     partition: Partition
-    offset: int
-    """The lowest offset held: the partition's commit stays at or below it."""
+    offset: Position
+    """The lowest position held: the partition's commit never covers it."""
     reason: str
     since: float = field(default_factory=time.monotonic)
     rounds: int = 0
@@ -99,6 +99,7 @@ class FunctionRunner:
         value_codec: Codec,
         key_codec: Codec | None,
         changelog: Changelog | None = None,
+        position_after: PositionAfter | None = None,
         telemetry: FunctionTelemetry = NO_TELEMETRY,
     ) -> None:
         self.function = function
@@ -127,17 +128,17 @@ class FunctionRunner:
         self._failure_log = FailureLog(function.name)
         self.holds: set[Hold] = set()
         """What the function's lanes hold now (read by the health probes and the live view)."""
-        self.stateful = self._stateful(changelog)
+        self.stateful = self._stateful(changelog, position_after)
         """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
         self._payload_limited = self.stateful is None or self.stateful.payload_limited
 
-    def _stateful(self, changelog: Changelog | None) -> Stateful | None:
+    def _stateful(self, changelog: Changelog | None, position_after: PositionAfter | None) -> Stateful | None:
         function, config = self.function, self.function.config
         if not function.stateful:
             return None
-        if changelog is None:
-            raise ValueError(f"function {function.name} keeps state: it needs a changelog")
-        store = StateStore(function.name, changelog)
+        if changelog is None or position_after is None:
+            raise ValueError(f"function {function.name} keeps state: it needs a changelog and its source's positions")
+        store = StateStore(function.name, changelog, position_after)
         if function.aggregation is not None:
             return Aggregator(
                 function.name,
@@ -193,14 +194,14 @@ class FunctionRunner:
         if self.stateful is not None:
             self.stateful.release(partitions)
 
-    async def stored_positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+    async def stored_positions(self, partitions: Sequence[Partition]) -> dict[Partition, Position]:
         """processing_guarantee="exactly_once": how far the outputs' own stored offsets say each partition is done
         (a stateless function resumes there; a stateful one replays into its state and lets the sinks skip)."""
         if self.function.config.processing_guarantee != "exactly_once" or self.stateful is not None:
             return {}
         return await self._outputs.positions(partitions)
 
-    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> None:
+    async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> None:
         """A stateful function's partition without records for `quiet` seconds: close what is due, and write the
         state at once (no commit follows, the offset has not moved)."""
         if self.stateful is not None and await self.stateful.idle(partition, applied, quiet, lane):
@@ -215,7 +216,7 @@ class FunctionRunner:
         partition: Partition,
         records: Sequence[SourceRecord],
         lane: Busy,
-        predecoded: dict[int, Any] | None = None,
+        predecoded: dict[Position, Any] | None = None,
     ) -> Invoked:
         """The first half of a batch: decode, and invoke under the failure policy until each record succeeded or
         failed for good. Nothing is written yet.
@@ -252,7 +253,7 @@ class FunctionRunner:
         elif failures:
             await self._deliver(invoked.partition, failures, lane)
         if self.stateful is not None:
-            await self.stateful.completed(invoked.partition, invoked.records[-1].offset + 1, lane)
+            await self.stateful.completed(invoked.partition, invoked.records[-1], lane)
 
     async def _written(self, invoked: Invoked, lane: Busy) -> list[FailedRecord]:
         """Write what the invocations emitted; the records that failed (in invocation or in writing)."""
@@ -415,7 +416,7 @@ class FunctionRunner:
             await self._key_codec.resolve([r.key for r in records])
 
     def _decode_batch(
-        self, partition: Partition, records: Sequence[SourceRecord], predecoded: dict[int, Any] | None
+        self, partition: Partition, records: Sequence[SourceRecord], predecoded: dict[Position, Any] | None
     ) -> tuple[list[Record], list[FailedRecord]]:
         """Decode (and validate) every value once; a record that does not decode never reaches the handler.
 
@@ -443,7 +444,7 @@ class FunctionRunner:
                 failures.append(FailedRecord(partition, r, Condition.DESERIALIZATION_ERROR, 0, error, len(records)))
         return decoded, failures
 
-    def _with_predecoded(self, predecoded: dict[int, Any]) -> Callable[[SourceRecord], Any]:
+    def _with_predecoded(self, predecoded: dict[Position, Any]) -> Callable[[SourceRecord], Any]:
         """Decode by record: the filters' decoded value when there is one (validated into the model, if any)."""
         decode, model = self._value_codec.decode, self.function.config.value_model
         validate = model.model_validate if model is not None else None
@@ -486,7 +487,7 @@ class FunctionRunner:
         what: str,
         *,
         limit: int | None = None,
-        held: tuple[Partition, int] | None = None,
+        held: tuple[Partition, Position] | None = None,
     ) -> Exception | None:
         """Run `action` until it succeeds (None), with the function's backoff between attempts, or until `limit`
         retries failed too (their last error): for what must happen before the partition moves on (dead letters, a

@@ -21,7 +21,7 @@ from streamfn.engine.supervision import EngineFailure, Supervisor
 from streamfn.engine.watchdog import LoopWatchdog
 from streamfn.observability.stats import Counts, FunctionStats
 from streamfn.observability.telemetry import Telemetry
-from streamfn.record import Partition
+from streamfn.record import Partition, Position
 
 log = logging.getLogger("streamfn.worker")
 
@@ -37,7 +37,7 @@ class FunctionSummary:
     stats: Counts
     """The function's counts, all partitions added up."""
     committed_records: int
-    offsets: dict[Partition, int]
+    offsets: dict[Partition, Position]
 
 
 class Worker:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, Position, Record, SourceRecord
 
 
 class Condition(StrEnum):
@@ -54,8 +54,8 @@ class FailedWindow:
     state, flags) and the offsets of the records the window covered (they were committed with the state)."""
 
     event: dict[str, Any]
-    first_offset: int
-    last_offset: int
+    first_offset: Position
+    last_offset: Position
 
 
 class LambdaEvent(Protocol):

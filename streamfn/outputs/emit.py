@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from streamfn.failures.model import BatchItemFailures
 from streamfn.observability.tracing import TRACE_HEADERS
 from streamfn.outputs.sink import SOURCE_HEADER_PREFIX, Emitted, Output, Provenance, encode
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Position, SourceRecord
 from streamfn.style import HandlerStyle
 
 _SINGLE = (str, bytes, bytearray, Mapping, BaseModel, Output)
@@ -41,8 +41,8 @@ def items(response: Any, style: HandlerStyle) -> list[Any]:
 def emitted_at(
     function: str,
     partition: Partition,
-    first_offset: int,
-    last_offset: int,
+    first_offset: Position,
+    last_offset: Position,
     trace: tuple[tuple[str, bytes], ...],
     items: list[Any],
     step: str = "",

@@ -22,7 +22,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from streamfn.errors import StrictModel
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, Position, SourceRecord
 
 SOURCE_HEADER_PREFIX = "streamfn.source."
 """The provenance headers of an output (and of a dead letter)."""
@@ -43,9 +43,9 @@ class Provenance:
 
     function: str
     topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
+    partition: int | str
+    first_offset: Position
+    last_offset: Position
     step: str = ""
     """What emitted it besides an invocation with these records (a window's "final" invocation), for its id."""
 

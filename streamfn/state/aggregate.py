@@ -33,7 +33,7 @@ from streamfn.errors import ConfigError
 from streamfn.failures.model import Condition, FailedRecord
 from streamfn.outputs.emit import emitted_at
 from streamfn.outputs.sink import Output
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.stateful import RunSegment
 from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Hopping, Tumbling, Window, WindowSpec, epoch_ms, iso
@@ -184,11 +184,11 @@ class Aggregator:
         lateness, fold, values = aggregation.lateness_ms, self._fold, state.values
         seen: int | None = state.meta.get("seen")
         failed: list[tuple[Record, Condition, Exception]] = []
-        replaying = bool(decoded) and state.replay_until > decoded[0].offset
+        after = self.store.position_after
+        decoded = self.store.uncovered(decoded, state.floor)  # replayed after a restore: already in the state
+        replaying = bool(decoded) and after(decoded[0]) <= state.replay_until
         """Right after a restore, records an interrupted checkpoint already wrote into some keys come again."""
         for record in decoded:
-            if record.offset < state.floor:
-                continue  # replayed after a restore: already in the state (and routed, if it was late)
             try:
                 ts = time_of(record)
                 key = key_of(record)
@@ -204,7 +204,7 @@ class Aggregator:
                     continue
                 for window in open_windows:
                     name = orjson.dumps([key, window.start])
-                    if replaying and state.seen(record.offset, name):
+                    if replaying and state.seen(after(record), name):
                         continue
                     accumulator = values.get(name)
                     state.set(name, fold(accumulator, record))
@@ -220,15 +220,17 @@ class Aggregator:
         by_offset = {r.offset: r for r in records}
         return [FailedRecord(partition, by_offset[r.offset], c, 0, e, len(records)) for r, c, e in failed]
 
-    async def completed(self, partition: Partition, applied: int, lane: Busy) -> None:
-        """After a batch: emit the windows the watermark closed, then stage the state for the next commit."""
+    async def completed(self, partition: Partition, last: SourceRecord, lane: Busy) -> None:
+        """After a batch (`last`: its last record): emit the windows the watermark closed, then stage the state for
+        the next commit."""
         state = self.store[partition]
+        state.meta["last"] = last.offset
         seen = state.meta.get("seen")
         if seen is not None:
-            await self._close(partition, state, seen - self._aggregation.lateness_ms, applied, lane)
-        state.stage(applied)
+            await self._close(partition, state, seen - self._aggregation.lateness_ms, lane)
+        state.stage(self.store.position_after(last))
 
-    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> bool:
+    async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """A partition without records for `idle_seconds`: event time follows the wall clock, closing the windows
         it has passed. True if any closed."""
         ends = self._open.get(partition)
@@ -238,20 +240,20 @@ class Aggregator:
             return False
         state = self.store[partition]
         state.meta["seen"] = max(now, state.meta.get("seen") or now)
-        await self._close(partition, state, watermark, applied, lane)
+        await self._close(partition, state, watermark, lane)
         state.stage(applied)
         return True
 
-    async def _close(
-        self, partition: Partition, state: PartitionState, watermark: int, applied: int, lane: Busy
-    ) -> None:
+    async def _close(self, partition: Partition, state: PartitionState, watermark: int, lane: Busy) -> None:
+        """Emit the windows `watermark` closed; their results name the position of the last record folded."""
         ends = self._open[partition]
         closing = sorted(end for end in ends if end <= watermark)
         if not closing:
             return
         names = [name for end in closing for name in sorted(ends[end])]
         results = [self._result(name, state.values[name]) for name in names]
-        error = await self._write(emitted_at(self._function, partition, applied - 1, applied - 1, (), results), lane)
+        last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
+        error = await self._write(emitted_at(self._function, partition, last, last, (), results), lane)
         if error is not None:
             log.error(
                 "function %s: %s: writing %d window results failed: %r; the windows stay open and are emitted again",

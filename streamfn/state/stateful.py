@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from streamfn.failures.model import FailedRecord
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.store import Busy, StateStore
 
 RunSegment = Callable[[Sequence[SourceRecord]], Awaitable[list[FailedRecord]]]
@@ -49,8 +49,8 @@ class Stateful(Protocol):
     async def accepted(self, partition: Partition, records: Sequence[SourceRecord], response: Any, lane: Busy) -> Any:
         """A successful invocation's response, with what the state takes from it taken out."""
 
-    async def completed(self, partition: Partition, applied: int, lane: Busy) -> None:
-        """After a batch: emit what it closed, then stage the state for the next commit."""
+    async def completed(self, partition: Partition, last: SourceRecord, lane: Busy) -> None:
+        """After a batch (`last`: its last record): emit what it closed, then stage the state for the next commit."""
 
-    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> bool:
+    async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """A partition without records for `quiet` seconds: close what is due; True if anything closed."""

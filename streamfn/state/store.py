@@ -5,11 +5,11 @@ then, so later batches cannot alter them), and written to the changelog just bef
 offsets they cover: the log is always at least as far as the committed offset, and a worker that takes the
 partition (after a restart, a kill -9 or a rebalance) rebuilds the exact state from it.
 
-Exactness without transactions: each changelog entry carries `applied`, the offset up to which its value
+Exactness without transactions: each changelog entry carries `applied`, the checkpoint value up to which its value
 reflects the source partition. A commit writes every changed key, then the partition's metadata entry last, all
 with the same `applied`, so after a restore:
-- a record below the metadata's `applied` (the `floor`) is already in every key it touched: skipped;
-- a record below a key's own `applied` (written by a checkpoint the crash cut short, before its metadata) is
+- a record the metadata's `applied` (the `floor`) covers is already in every key it touched: skipped;
+- a record a key's own `applied` covers (written by a checkpoint the crash cut short, before its metadata) is
   already in that key: skipped for that key only;
 - anything else is folded again. So each record counts exactly once in every window, whatever the crash.
 """
@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from streamfn.outputs.sink import Emitted, encode_json
-from streamfn.record import Partition
+from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.changelog import Changelog, ChangelogEntry
 
 log = logging.getLogger("streamfn.state")
@@ -44,6 +45,12 @@ class Busy(Protocol):
 WriteOutputs = Callable[[list[Emitted], Busy], Awaitable[Exception | None]]
 """Writes a stateful function's results to its sinks (with their retries): None, or the error that outlasted them."""
 
+R = TypeVar("R", SourceRecord, Record)
+
+PositionAfter = Callable[[SourceRecord | Record], Position]
+"""The source's checkpoint value covering a record (`SourceReader.position_after`): a record is covered by
+checkpoint C iff position_after(record) <= C."""
+
 META_KEY = b"\x00meta"
 """The partition's own entry (a watermark, an open Lambda window): written last at each checkpoint."""
 
@@ -54,9 +61,9 @@ class PartitionState:
     def __init__(self, entries: Iterable[ChangelogEntry] = ()) -> None:
         self.values: dict[bytes, Any] = {}
         self.meta: dict[str, Any] = {}
-        self.floor = 0
-        """Records before this offset are reflected in the whole state (the last complete checkpoint)."""
-        applied: dict[bytes, int] = {}
+        self.floor: Position = 0
+        """Records this checkpoint value covers are reflected in the whole state (the last complete checkpoint)."""
+        applied: dict[bytes, Position] = {}
         for entry in entries:
             value = None if entry.value is None else orjson.loads(entry.value)
             if entry.key == META_KEY:
@@ -72,14 +79,15 @@ class PartitionState:
         self.replay_until = max(self._replayed.values(), default=self.floor)
         self._dirty: dict[bytes, None] = {}
         """Keys changed since the last stage, in the order they changed (a dict: deterministic, unlike a set)."""
-        self._staged: list[tuple[int, dict[bytes, bytes | None]]] = []
+        self._staged: list[tuple[Position, dict[bytes, bytes | None]]] = []
 
-    def seen(self, offset: int, key: bytes) -> bool:
-        """Whether the record at `offset` is already reflected in `key` (a record replayed after a restore)."""
-        if offset < self.floor:
+    def seen(self, after: Position, key: bytes) -> bool:
+        """Whether the record whose `position_after` is `after` is already reflected in `key` (a record replayed
+        after a restore)."""
+        if after <= self.floor:
             return True
         applied = self._replayed.get(key)
-        return applied is not None and offset < applied
+        return applied is not None and after <= applied
 
     def set(self, key: bytes, value: Any) -> None:
         self.values[key] = value
@@ -89,8 +97,8 @@ class PartitionState:
         if self.values.pop(key, None) is not None:
             self._dirty[key] = None
 
-    def stage(self, applied: int) -> None:
-        """The state now reflects every record before `applied`: stage the changes for the next commit."""
+    def stage(self, applied: Position) -> None:
+        """The state now reflects every record checkpoint `applied` covers: stage the changes for the next commit."""
         changes: dict[bytes, bytes | None] = {
             key: None if (value := self.values.get(key)) is None else encode_json(value) for key in self._dirty
         }
@@ -100,13 +108,13 @@ class PartitionState:
         if applied >= self.replay_until:
             self._replayed.clear()  # the replay is over: nothing past here was seen before
 
-    def take(self, upto: int) -> list[ChangelogEntry]:
+    def take(self, upto: Position) -> list[ChangelogEntry]:
         """The staged entries covered by a commit at `upto`, latest value per key, the metadata entry last."""
         ready = [staged for staged in self._staged if staged[0] <= upto]
         if not ready:
             return []
         self._staged = self._staged[len(ready) :]
-        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        latest: dict[bytes, tuple[Position, bytes | None]] = {}
         for applied, changes in ready:
             for key, value in changes.items():
                 latest.pop(key, None)  # re-inserted: keys keep the order of their last change
@@ -124,9 +132,10 @@ class PartitionState:
 class StateStore:
     """The state of every partition a function owns, and its changelog."""
 
-    def __init__(self, function: str, changelog: Changelog) -> None:
+    def __init__(self, function: str, changelog: Changelog, position_after: PositionAfter) -> None:
         self._function = function
         self._changelog = changelog
+        self.position_after = position_after
         self._partitions: dict[Partition, PartitionState] = {}
         self._writing: dict[Partition, asyncio.Lock] = {}
         """One changelog write per partition at a time, so a key's entries land in the order they were staged."""
@@ -135,6 +144,13 @@ class StateStore:
 
     def __getitem__(self, partition: Partition) -> PartitionState:
         return self._partitions[partition]
+
+    def uncovered(self, records: Sequence[R], checkpoint: Position) -> Sequence[R]:
+        """The records (in position order) that `checkpoint` does not cover: a bisection, not a look at each."""
+        after = self.position_after
+        if not records or checkpoint < after(records[0]):
+            return records
+        return records[bisect_right(records, checkpoint, key=after) :]
 
     async def restore(self, partition: Partition) -> PartitionState:
         """Rebuild `partition`'s state from its changelog (run by the partition's lane, off the rebalance path)."""
@@ -147,7 +163,7 @@ class StateStore:
         state = self._partitions[partition] = PartitionState(entries)
         if entries:
             log.info(
-                "function %s: %s: state restored from %d changelog entries in %.2f s (%d keys, up to offset %d)",
+                "function %s: %s: state restored from %d changelog entries in %.2f s (%d keys, up to offset %s)",
                 self._function,
                 partition,
                 len(entries),
@@ -157,7 +173,7 @@ class StateStore:
             )
         return state
 
-    async def write(self, offsets: Mapping[Partition, int]) -> None:
+    async def write(self, offsets: Mapping[Partition, Position]) -> None:
         """Write what commits at `offsets` cover to the changelog; raises if the log did not acknowledge it all
         (the commit must then wait: it would pass state that is not durable)."""
         results = await asyncio.gather(*(self._write(p, o) for p, o in offsets.items()), return_exceptions=True)
@@ -165,7 +181,7 @@ class StateStore:
         if failed:
             raise failed[0]
 
-    async def _write(self, partition: Partition, upto: int) -> None:
+    async def _write(self, partition: Partition, upto: Position) -> None:
         state = self._partitions.get(partition)
         if state is None:
             return

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streamfn.failures.model import Condition, FailedRecord, FailedWindow, LambdaEvent
 from streamfn.outputs.emit import emitted_at, items
 from streamfn.outputs.sink import encode_json
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.stateful import RunSegment
 from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
 from streamfn.state.windows import Tumbling, Window
@@ -64,7 +64,7 @@ class UntilDone(Protocol):
         what: str,
         *,
         limit: int | None = None,
-        held: tuple[Partition, int] | None = None,
+        held: tuple[Partition, Position] | None = None,
     ) -> Awaitable[Exception | None]: ...
 
 
@@ -74,8 +74,8 @@ class WindowEnd:
     its last record and its end; no key, value or headers."""
 
     topic: str
-    partition: int
-    offset: int
+    partition: int | str
+    offset: Position
     timestamp: int
     key: bytes | None = None
     value: bytes | None = None
@@ -136,12 +136,14 @@ class LambdaWindows:
         """Invoke a batch window by window, with a final invocation wherever a window ends."""
         state = self.store[partition]
         failures: list[FailedRecord] = []
-        for window, segment in self._segments(state, [r for r in records if r.offset >= state.floor]):
+        for window, segment in self._segments(state, self.store.uncovered(records, state.floor)):
             if _open(state) not in (None, window):
-                await self._final(partition, state, lane, segment[0].offset, early=False)
+                await self._final(partition, state, lane, early=False)
             if _open(state) is None:
-                state.meta = {"window": list(window), "state": {}, "first": segment[0].offset}
+                state.meta = {"window": list(window), "state": {}}
+            state.meta.setdefault("first", segment[0].offset)
             failures += await run_segment(segment)
+            state.meta["last"] = segment[-1].offset
         return failures
 
     def _segments(
@@ -180,30 +182,30 @@ class LambdaWindows:
         state.meta["state"] = window_state
         if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
             log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
-            await self._final(partition, state, lane, records[-1].offset + 1, early=True)
+            state.meta["last"] = records[-1].offset
+            await self._final(partition, state, lane, early=True)
         return {name: response[name] for name in ("outputs", "batchItemFailures") if name in response}
 
-    async def completed(self, partition: Partition, applied: int, lane: Busy) -> None:
-        self.store[partition].stage(applied)
+    async def completed(self, partition: Partition, last: SourceRecord, lane: Busy) -> None:
+        self.store[partition].stage(self.store.position_after(last))
 
-    async def idle(self, partition: Partition, applied: int, quiet: float, lane: Busy) -> bool:
+    async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """Run the final invocation of a window nothing arrived for since it ended. True if it ran."""
         state = self.store[partition]
         window = _open(state)
         if window is None or quiet < self.idle_seconds or time.time() * 1000 < window.end:
             return False
-        await self._final(partition, state, lane, applied, early=False)
+        await self._final(partition, state, lane, early=False)
         state.stage(applied)
         return True
 
-    async def _final(
-        self, partition: Partition, state: PartitionState, lane: Busy, next_offset: int, *, early: bool
-    ) -> None:
+    async def _final(self, partition: Partition, state: PartitionState, lane: Busy, *, early: bool) -> None:
         """The window's final invocation under the function's retry policy (the partition waits meanwhile, as in
         Lambda); once the retries are exhausted, the window goes to on_failure (or is dropped under an explicit
-        policy). Then the state is dropped (an early end keeps the window, with a fresh state)."""
-        last = next_offset - 1
-        first = min(state.meta.get("first", last), last)  # the window's records: the final's provenance
+        policy). Then the state is dropped (an early end keeps the window, with a fresh state, its records from
+        the next one on)."""
+        last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
+        first = state.meta.get("first", last)  # the window's records: the final's provenance
         attempts = 0
 
         async def invoke_final() -> None:
@@ -229,7 +231,7 @@ class LambdaWindows:
         window = _open(state)
         assert window is not None
         what = f"{partition}: the final invocation of window {window.shown()['start']}"
-        error = await self._until_done(invoke_final, lane, what, limit=self._retry_limit, held=(partition, next_offset))
+        error = await self._until_done(invoke_final, lane, what, limit=self._retry_limit, held=(partition, last))
         counts = self._stats.at(partition)
         if error is None:
             counts.batches += 1
@@ -247,7 +249,7 @@ class LambdaWindows:
             )
             await self._deliver(partition, [failed], lane)
         counts.windows_closed += 1
-        state.meta = {"window": state.meta["window"], "state": {}, "first": next_offset} if early else {}
+        state.meta = {"window": state.meta["window"], "state": {}} if early else {}
 
 
 def _state_of(response: Any) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""MemorySource: a function's source over a MemoryStream (no client library, no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from streamfn.connectors.memory.changelog import MemoryChangelog
+from streamfn.connectors.memory.destination import MemoryDestination
+from streamfn.connectors.memory.reader import MemoryReader
+from streamfn.connectors.memory.stream import MemoryStream
+from streamfn.errors import ConfigError
+from streamfn.formats.codec import Format, make_codec
+from streamfn.source import GroupStatus, PartitionStatus
+
+SCHEME = "memory://"
+
+
+class MemorySource:
+    def __init__(
+        self,
+        stream: MemoryStream,
+        *,
+        value_format: Format = "json",
+        key_format: Format | None = None,
+        starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON",
+        group_id: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.value_format = value_format
+        self.key_format = key_format
+        self.starting_position = starting_position
+        self.configured_group_id = group_id
+        self._destinations: dict[str, MemoryDestination] = {}
+
+    def __repr__(self) -> str:
+        return f"MemorySource({self.stream.name!r})"
+
+    @property
+    def topics(self) -> Sequence[str]:
+        return [self.stream.name]
+
+    def reader(self, *, group_id: str, default_servers: str | None) -> MemoryReader:
+        value = make_codec(self.value_format, side="value")
+        key = None if self.key_format is None else make_codec(self.key_format, side="key")
+        return MemoryReader(
+            self.stream,
+            group_id=group_id,
+            value_codec=value,
+            key_codec=key,
+            starting_position=self.starting_position,
+        )
+
+    def changelog(self, *, group_id: str, default_servers: str | None) -> MemoryChangelog:
+        return MemoryChangelog(self.stream.group(group_id).changelog)
+
+    def group_id(self, app_name: str, function_name: str) -> str:
+        return self.configured_group_id or f"{app_name}-{function_name}"
+
+    def destination(self, uri: str) -> MemoryDestination:
+        """`memory://<name>`: the same MemoryDestination (and letters) for every function naming it."""
+        if not uri.startswith(SCHEME) or not uri[len(SCHEME) :]:
+            raise ConfigError(f"on_failure={uri!r}: a memory source's destination is memory://<name>")
+        name = uri[len(SCHEME) :]
+        return self._destinations.setdefault(name, MemoryDestination(name))
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        group = self.stream.group(group_id)
+        partitions = []
+        for partition, shard in self.stream.shards.items():
+            committed = group.checkpoints.get(partition)
+            beginning = shard.positions[0] if shard.positions else 0
+            end = shard.positions[-1] if shard.positions else 0
+            lag = len(shard.positions) - shard.covered(0 if committed is None else committed)
+            partitions.append(PartitionStatus(partition, committed, beginning, end, lag))
+        members = tuple(repr(reader) for reader in group.readers)
+        state = "Stable" if members else "Empty"
+        return GroupStatus(group_id, repr(self.stream), state, members, tuple(partitions))

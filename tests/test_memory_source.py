@@ -1,0 +1,179 @@
+"""The engine on the in-memory source: opaque, non-contiguous positions, leases taken away (lost), shards that end
+(split, merge) and readers of one group sharing shards, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conftest import wait_for
+
+from streamfn import App, Record
+from streamfn.connectors.memory import MemorySource, MemoryStream
+from streamfn.connectors.memory.reader import MemoryReader
+from streamfn.engine.worker import FunctionSummary, Worker
+from streamfn.record import Partition
+
+GROUP = "g"
+
+
+class Running:
+    """A Worker running in this process until stopped."""
+
+    def __init__(self, app: App) -> None:
+        self.worker = Worker(app, None)
+        self.task = asyncio.create_task(self.worker.run(handle_signals=False))
+
+    @property
+    def reader(self) -> MemoryReader:
+        reader = self.worker.pollers[0].reader
+        assert isinstance(reader, MemoryReader)
+        return reader
+
+    async def stop(self) -> list[FunctionSummary]:
+        self.worker.stop()
+        return await self.task
+
+
+def recording_app(stream: MemoryStream, handled: list[tuple[Any, int]], **parameters: Any) -> App:
+    """An app whose function records (shard, n) of every record it handles, in order."""
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP), **parameters)
+    async def record(records: list[Record]) -> None:
+        handled.extend((r.partition, r.value["n"]) for r in records)
+
+    return app
+
+
+def put(stream: MemoryStream, shard: int, numbers: range) -> int:
+    """Put {"n": i} for each number; the last position."""
+    positions = [stream.put(shard, b'{"n": %d}' % n, key=b"k%d" % (n % 5)) for n in numbers]
+    return positions[-1]
+
+
+async def test_every_record_is_handled_and_exactly_the_last_positions_are_committed() -> None:
+    stream = MemoryStream("s", shards=2)
+    assert [stream.put(0, b'{"n": 0}'), stream.put(0, b'{"n": 1}'), stream.put(1, b'{"n": 2}')] == [10, 20, 10]
+    ends = {0: put(stream, 0, range(3, 200)), 1: put(stream, 1, range(200, 300))}
+    handled: list[tuple[Any, int]] = []
+    running = Running(recording_app(stream, handled, batch_size=7, parallelization_factor=3))
+    committed = {Partition("s", shard): end for shard, end in ends.items()}
+    await wait_for(lambda: stream.committed(GROUP) == committed, 20, "the last positions committed")
+    [summary] = await running.stop()
+    assert sorted(n for _, n in handled) == list(range(300))
+    assert (stream.committed(GROUP), summary.offsets, summary.committed_records) == (committed, committed, 300)
+    assert stream.refused(GROUP) == []
+
+
+async def test_a_taken_lease_commits_nothing_more_from_its_old_reader() -> None:
+    stream = MemoryStream("s")
+    gate = asyncio.Event()
+    handled: list[tuple[str, int]] = []
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP), batch_size=1)
+    async def record(records: list[Record]) -> None:
+        n = records[0].value["n"]
+        if n == 2 and not gate.is_set():  # the old owner's invocation hangs on until after the lease moved
+            handled.append(("started", n))
+            await gate.wait()
+        handled.append(("handled", n))
+
+    put(stream, 0, range(1, 4))  # positions 10, 20, 30
+    old = Running(app)
+    await wait_for(lambda: ("started", 2) in handled, 10, "the old owner stuck on n=2")
+    assert stream.committed(GROUP) == {Partition("s", 0): 10}
+    new = Running(app)
+    await wait_for(lambda: len(stream.group(GROUP).readers) == 2, 10, "the new reader started")
+    stream.take(GROUP, 0, by=new.reader)
+    await wait_for(lambda: not old.reader.accepted, 10, "the old reader told its engine of the lost lease")
+    gate.set()  # whatever the old invocation would do now comes too late
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): 30}, 10, "the new owner's commit")
+    [old_summary] = await old.stop()
+    [new_summary] = await new.stop()
+    assert handled[:2] == [("handled", 1), ("started", 2)]
+    assert handled[2:] == [("started", 2), ("handled", 2), ("handled", 3)]  # the new owner's; the old one stopped
+    assert stream.refused(GROUP) == []  # the old reader never even tried to commit after losing the lease
+    assert (old_summary.offsets, new_summary.offsets) == ({Partition("s", 0): 10}, {Partition("s", 0): 30})
+    assert stream.committed(GROUP) == {Partition("s", 0): 30}
+
+
+async def test_a_split_shard_finishes_and_checkpoints_its_end_before_either_child_starts() -> None:
+    stream = MemoryStream("s")
+    parent_end = put(stream, 0, range(0, 50))
+    left, right = stream.split(0)
+    ends = {left: put(stream, 1, range(50, 60)), right: put(stream, 2, range(60, 75))}
+    parent = Partition("s", 0)
+    seen_at_child_start: list[tuple[dict[Partition, int], set[Partition]]] = []
+    handled: list[tuple[Any, int]] = []
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP), batch_size=4)
+    async def record(records: list[Record]) -> None:
+        if records[0].partition != 0 and not seen_at_child_start:
+            seen_at_child_start.append((stream.committed(GROUP), stream.finished(GROUP)))
+        await asyncio.sleep(0.005)  # the parent's batches take a while: children must wait for them
+        handled.extend((r.partition, r.value["n"]) for r in records)
+
+    running = Running(app)
+    wanted = {parent: parent_end, **ends}
+    await wait_for(lambda: stream.committed(GROUP) == wanted, 20, "every shard committed to its end")
+    await running.stop()
+    assert [n for shard, n in handled[:50]] == list(range(50)) and {s for s, _ in handled[:50]} == {0}
+    assert sorted(n for _, n in handled[50:]) == list(range(50, 75))
+    assert [(committed[parent], finished) for committed, finished in seen_at_child_start] == [(parent_end, {parent})]
+    assert stream.finished(GROUP) == {parent}
+
+
+async def test_a_merged_shard_starts_only_once_both_parents_are_finished() -> None:
+    stream = MemoryStream("s", shards=2)
+    ends = {Partition("s", 0): put(stream, 0, range(0, 30)), Partition("s", 1): put(stream, 1, range(30, 40))}
+    child = stream.merge(0, 1)
+    ends[child] = put(stream, 2, range(40, 50))
+    handled: list[tuple[Any, int]] = []
+    seen_at_child_start: list[set[Partition]] = []
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP), batch_size=3)
+    async def record(records: list[Record]) -> None:
+        if records[0].partition == 2 and not seen_at_child_start:
+            seen_at_child_start.append(stream.finished(GROUP))
+        await asyncio.sleep(0.005)
+        handled.extend((r.partition, r.value["n"]) for r in records)
+
+    running = Running(app)
+    await wait_for(lambda: stream.committed(GROUP) == ends, 20, "every shard committed to its end")
+    await running.stop()
+    first_child = next(i for i, (shard, _) in enumerate(handled) if shard == 2)
+    assert sorted(n for _, n in handled[:first_child]) == list(range(40))
+    assert [n for _, n in handled[first_child:]] == list(range(40, 50))
+    assert seen_at_child_start == [{Partition("s", 0), Partition("s", 1)}]
+
+
+async def test_two_workers_share_the_shards_and_rebalance_when_one_stops() -> None:
+    stream = MemoryStream("s", shards=4)
+    handled: list[tuple[Any, int]] = []
+    app = recording_app(stream, handled, batch_size=5)
+    first = Running(app)
+    await wait_for(lambda: owners(stream) == {id(first.reader): 4}, 10, "the first worker owning every shard")
+    second = Running(app)
+    await wait_for(lambda: owners(stream) == {id(first.reader): 2, id(second.reader): 2}, 10, "two shards each")
+    for shard in range(4):
+        put(stream, shard, range(shard * 100, shard * 100 + 50))
+    await wait_for(lambda: len(handled) == 200, 10, "the first records")
+    await second.stop()
+    await wait_for(lambda: owners(stream) == {id(first.reader): 4}, 10, "the first worker owning every shard again")
+    ends = {Partition("s", shard): put(stream, shard, range(shard * 100 + 50, shard * 100 + 100)) for shard in range(4)}
+    await wait_for(lambda: stream.committed(GROUP) == ends, 10, "every shard committed to its end")
+    await first.stop()
+    assert sorted(n for _, n in handled) == sorted(n for s in range(4) for n in range(s * 100, s * 100 + 100))
+    assert stream.refused(GROUP) == []
+
+
+def owners(stream: MemoryStream) -> dict[int, int]:
+    """How many shards each reader holds (by the reader's id)."""
+    counts: dict[int, int] = {}
+    for owner in stream.group(GROUP).owners.values():
+        counts[id(owner)] = counts.get(id(owner), 0) + 1
+    return counts
