@@ -71,6 +71,9 @@ class Stream(Protocol):
     def take(self, group: str, partition: int) -> None:
         """Another worker (outside this process) takes the partition's lease now: its reader finds it lost."""
 
+    def refused(self, group: str) -> list[Any]:
+        """Checkpoints the source refused because the committing worker no longer held the lease."""
+
     # Only with the harness's `shard_ends` capability:
     def split(self, partition: int) -> tuple[int, int]:
         """End the partition; its two children take its place."""
@@ -97,13 +100,17 @@ class Harness(Protocol):
         """Release what the streams of the test hold (clients)."""
 
 
+MAX_VIOLATIONS = 10
+"""A ledger stops checking after this many: the first ones say what went wrong."""
+
+
 def needs(harness: Harness, capability: str, why: str) -> None:
     """Skip the scenario, saying so, for a source without `capability` (one of the harness's flags)."""
     if not getattr(harness, capability):
         pytest.skip(f"{harness.name} cannot express this: {why}")
 
 
-@dataclass
+@dataclass(repr=False)  # its records and samples would bury an assertion's message
 class Ledger:
     """What the handlers of a run did, and every checkpoint sampled while it ran, checked against each other.
 
@@ -162,6 +169,8 @@ class Ledger:
             await asyncio.sleep(every)
 
     def _check(self, now: float, covered: dict[int, int]) -> None:
+        if len(self.violations) >= MAX_VIOLATIONS:
+            return
         if self.samples:
             before = self.samples[-1][1]
             back = {p: (before.get(p, 0), n) for p, n in covered.items() if n < before.get(p, 0)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -43,6 +44,9 @@ class MemoryStreamOf:
 
     def take(self, group: str, partition: int) -> None:
         self.memory.take(group, partition)
+
+    def refused(self, group: str) -> list[Any]:
+        return list(self.memory.refused(group))
 
     def split(self, partition: int) -> tuple[int, int]:
         a, b = self.memory.split(partition)

@@ -48,6 +48,8 @@ async def test_a_slow_record_holds_the_checkpoint_below_it_and_is_never_skipped(
             release.set()
 
     releasing = asyncio.create_task(release_when_held())
-    await run_until_covered(harness, app, stream, ledger, {0: RECORDS})
-    await releasing
+    try:
+        await run_until_covered(harness, app, stream, ledger, {0: RECORDS})
+    finally:
+        await releasing  # if the checkpoint did not hold, that is the failure to report
     assert all(ledger.times_handled(i) == 1 for i in range(RECORDS))
