@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from conftest import wait_for
@@ -177,3 +178,61 @@ def owners(stream: MemoryStream) -> dict[int, int]:
     for owner in stream.group(GROUP).owners.values():
         counts[id(owner)] = counts.get(id(owner), 0) + 1
     return counts
+
+
+async def test_filtered_out_records_are_committed_past_without_any_arithmetic_on_positions() -> None:
+    stream = MemoryStream("s")
+    end = put(stream, 0, range(100))  # the last ten are filtered out: the commit still reaches the end
+    handled: list[tuple[Any, int]] = []
+    running = Running(
+        recording_app(
+            stream,
+            handled,
+            batch_size=6,
+            parallelization_factor=4,
+            filter_criteria={"Filters": [{"Pattern": '{"value": {"n": [{"numeric": ["<", 90]}]}}'}]},
+        )
+    )
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): end}, 10, "the end committed")
+    [summary] = await running.stop()
+    assert sorted(n for _, n in handled) == list(range(90))
+    assert (summary.stats.filtered_out, summary.committed_records) == (10, 100)
+
+
+async def test_latest_starts_after_the_records_already_in_the_shard() -> None:
+    stream = MemoryStream("s")
+    before = put(stream, 0, range(5))
+    handled: list[tuple[Any, int]] = []
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP, starting_position="LATEST"))
+    async def record(records: list[Record]) -> None:
+        handled.extend((r.partition, r.value["n"]) for r in records)
+
+    running = Running(app)
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): before}, 10, "the starting position")
+    end = put(stream, 0, range(5, 8))
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): end}, 10, "the new records committed")
+    await running.stop()
+    assert handled == [(0, 5), (0, 6), (0, 7)]
+
+
+async def test_a_lambda_style_handler_gets_kinesis_shaped_records() -> None:
+    stream = MemoryStream("s")
+    stream.put(0, b'{"n": 1}', key=b"user-1")
+    end = stream.put(0, b'{"n": 2}', key=b"user-2")
+    events: list[dict[str, Any]] = []
+    app = App("mem")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP))
+    def record(event: dict[str, Any], context: Any) -> None:
+        events.append(event)
+
+    running = Running(app)
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): end}, 10, "the batch committed")
+    await running.stop()
+    [event] = events
+    assert [r["kinesis"]["sequenceNumber"] for r in event["Records"]] == ["10", "20"]
+    assert [r["kinesis"]["partitionKey"] for r in event["Records"]] == ["user-1", "user-2"]
+    assert [base64.b64decode(r["kinesis"]["data"]) for r in event["Records"]] == [b'{"n": 1}', b'{"n": 2}']
+    assert {r["eventID"] for r in event["Records"]} == {"shardId-000000000000:10", "shardId-000000000000:20"}

@@ -138,7 +138,7 @@ class LambdaWindows:
         failures: list[FailedRecord] = []
         for window, segment in self._segments(state, self.store.uncovered(records, state.floor)):
             if _open(state) not in (None, window):
-                await self._final(partition, state, lane, early=False)
+                await self._final(partition, state, lane, segment[0].offset, early=False)
             if _open(state) is None:
                 state.meta = {"window": list(window), "state": {}}
             state.meta.setdefault("first", segment[0].offset)
@@ -183,7 +183,7 @@ class LambdaWindows:
         if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
             log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
             state.meta["last"] = records[-1].offset
-            await self._final(partition, state, lane, early=True)
+            await self._final(partition, state, lane, records[-1].offset, early=True)
         return {name: response[name] for name in ("outputs", "batchItemFailures") if name in response}
 
     async def completed(self, partition: Partition, last: SourceRecord, lane: Busy) -> None:
@@ -195,15 +195,17 @@ class LambdaWindows:
         window = _open(state)
         if window is None or quiet < self.idle_seconds or time.time() * 1000 < window.end:
             return False
-        await self._final(partition, state, lane, early=False)
+        await self._final(partition, state, lane, state.meta.get("last", state.floor), early=False)
         state.stage(applied)
         return True
 
-    async def _final(self, partition: Partition, state: PartitionState, lane: Busy, *, early: bool) -> None:
+    async def _final(
+        self, partition: Partition, state: PartitionState, lane: Busy, held: Position, *, early: bool
+    ) -> None:
         """The window's final invocation under the function's retry policy (the partition waits meanwhile, as in
-        Lambda); once the retries are exhausted, the window goes to on_failure (or is dropped under an explicit
-        policy). Then the state is dropped (an early end keeps the window, with a fresh state, its records from
-        the next one on)."""
+        Lambda, shown held at `held`); once the retries are exhausted, the window goes to on_failure (or is dropped
+        under an explicit policy). Then the state is dropped (an early end keeps the window, with a fresh state,
+        its records from the next one on)."""
         last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
         first = state.meta.get("first", last)  # the window's records: the final's provenance
         attempts = 0
@@ -231,7 +233,7 @@ class LambdaWindows:
         window = _open(state)
         assert window is not None
         what = f"{partition}: the final invocation of window {window.shown()['start']}"
-        error = await self._until_done(invoke_final, lane, what, limit=self._retry_limit, held=(partition, last))
+        error = await self._until_done(invoke_final, lane, what, limit=self._retry_limit, held=(partition, held))
         counts = self._stats.at(partition)
         if error is None:
             counts.batches += 1
