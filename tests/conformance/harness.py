@@ -49,7 +49,6 @@ class Letter:
 class Stream(Protocol):
     """A stream (Kafka: a topic) of the harness's source with its partitions (shards), made for one test."""
 
-    partitions: int
     group: str
     """A checkpoint group (Kafka: consumer group) of this stream's own, for the functions of the test."""
     on_failure: Any

@@ -15,7 +15,7 @@ from streamfn.connectors.kafka import KafkaSource, KafkaTopic
 
 
 @dataclass
-class KafkaStream:
+class KafkaHarnessStream:
     servers: str
     topic: str
     partitions: int
@@ -63,12 +63,12 @@ class KafkaHarness:
     name = "kafka"
     leases = False  # a consumer group moves partitions only through a rebalance both members take part in
     shard_ends = False  # a Kafka partition never ends
-    streams: list[KafkaStream] = field(default_factory=list)
+    streams: list[KafkaHarnessStream] = field(default_factory=list)
 
-    async def stream(self, partitions: int) -> KafkaStream:
+    async def stream(self, partitions: int) -> KafkaHarnessStream:
         topic = self.names("t")
         await create_topic(self.servers, topic, partitions)
-        stream = KafkaStream(self.servers, topic, partitions, self.names("g"), KafkaTopic(self.names("dlq")))
+        stream = KafkaHarnessStream(self.servers, topic, partitions, self.names("g"), KafkaTopic(self.names("dlq")))
         self.streams.append(stream)
         return stream
 

@@ -16,12 +16,11 @@ _streams = itertools.count()
 
 
 @dataclass
-class MemoryStreamOf:
+class MemoryHarnessStream:
     """The harness's view of one MemoryStream; `memory` is the stream itself, for what only it can do (take a lease,
     split, merge)."""
 
     memory: MemoryStream
-    partitions: int
     on_failure: MemoryDestination
     group = "g"  # the stream is the test's own
 
@@ -38,7 +37,7 @@ class MemoryStreamOf:
 
     async def letters(self) -> list[Letter]:
         return [
-            Letter(int(letter.partition.partition), orjson.loads(letter.value or b"null")["id"], letter.condition)
+            Letter(int(letter.partition.partition), orjson.loads(letter.value or b"")["id"], letter.condition)
             for letter in self.on_failure.letters
         ]
 
@@ -65,8 +64,8 @@ class MemoryHarness:
     leases = True
     shard_ends = True
 
-    async def stream(self, partitions: int) -> MemoryStreamOf:
+    async def stream(self, partitions: int) -> MemoryHarnessStream:
         n = next(_streams)
-        return MemoryStreamOf(MemoryStream(f"s{n}", shards=partitions), partitions, MemoryDestination(f"dlq{n}"))
+        return MemoryHarnessStream(MemoryStream(f"s{n}", shards=partitions), MemoryDestination(f"dlq{n}"))
 
     async def close(self) -> None: ...
