@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from typing import Any
 
 from conftest import wait_for
@@ -69,34 +70,35 @@ async def test_every_record_is_handled_and_exactly_the_last_positions_are_commit
 
 async def test_a_taken_lease_commits_nothing_more_from_its_old_reader() -> None:
     stream = MemoryStream("s")
-    gate = asyncio.Event()
+    gate = threading.Event()
     handled: list[tuple[str, int]] = []
     app = App("mem")
 
     @app.function(source=MemorySource(stream, group_id=GROUP), batch_size=1)
-    async def record(records: list[Record]) -> None:
+    def record(records: list[Record]) -> None:  # sync: an invocation cut off by the lost lease still completes
         n = records[0].value["n"]
-        if n == 2 and not gate.is_set():  # the old owner's invocation hangs on until after the lease moved
+        if n == 2:
             handled.append(("started", n))
-            await gate.wait()
+            gate.wait(10)
         handled.append(("handled", n))
 
     put(stream, 0, range(1, 4))  # positions 10, 20, 30
     old = Running(app)
-    await wait_for(lambda: ("started", 2) in handled, 10, "the old owner stuck on n=2")
+    await wait_for(lambda: ("started", 2) in handled, 10, "the old owner's invocation of n=2 under way")
     assert stream.committed(GROUP) == {Partition("s", 0): 10}
     new = Running(app)
     await wait_for(lambda: len(stream.group(GROUP).readers) == 2, 10, "the new reader started")
     stream.take(GROUP, 0, by=new.reader)
     await wait_for(lambda: not old.reader.accepted, 10, "the old reader told its engine of the lost lease")
-    gate.set()  # whatever the old invocation would do now comes too late
+    await wait_for(lambda: handled.count(("started", 2)) == 2, 10, "the new owner's invocation of n=2")
+    gate.set()  # both invocations of n=2 complete now: the old one too late
     await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): 30}, 10, "the new owner's commit")
+    await wait_for(lambda: handled.count(("handled", 2)) == 2, 10, "the old invocation's late completion")
     [old_summary] = await old.stop()
     [new_summary] = await new.stop()
-    assert handled[:2] == [("handled", 1), ("started", 2)]
-    assert handled[2:] == [("started", 2), ("handled", 2), ("handled", 3)]  # the new owner's; the old one stopped
     assert stream.refused(GROUP) == []  # the old reader never even tried to commit after losing the lease
     assert (old_summary.offsets, new_summary.offsets) == ({Partition("s", 0): 10}, {Partition("s", 0): 30})
+    assert (old_summary.committed_records, new_summary.committed_records) == (1, 2)
     assert stream.committed(GROUP) == {Partition("s", 0): 30}
 
 
@@ -236,3 +238,38 @@ async def test_a_lambda_style_handler_gets_kinesis_shaped_records() -> None:
     assert [r["kinesis"]["partitionKey"] for r in event["Records"]] == ["user-1", "user-2"]
     assert [base64.b64decode(r["kinesis"]["data"]) for r in event["Records"]] == [b'{"n": 1}', b'{"n": 2}']
     assert {r["eventID"] for r in event["Records"]} == {"shardId-000000000000:10", "shardId-000000000000:20"}
+
+
+async def test_lag_comes_from_the_source_and_until_idle_stops_once_caught_up() -> None:
+    stream = MemoryStream("s", shards=2)
+    ends = {Partition("s", 0): put(stream, 0, range(40)), Partition("s", 1): put(stream, 1, range(40, 50))}
+    handled: list[tuple[Any, int]] = []
+    app = recording_app(stream, handled, batch_size=10)
+    source = app.functions["record"].source
+    assert source is not None
+    before = await source.status(group_id=GROUP, default_servers=None)
+    assert [(p.committed, p.lag) for p in before.partitions] == [(None, 40), (None, 10)]
+    worker = Worker(app, None)
+    [summary] = await asyncio.wait_for(worker.run(until_idle=0.2, handle_signals=False), 20)  # stops by itself
+    assert (summary.offsets, len(handled)) == (ends, 50)
+    assert worker.pollers[0].lag() == {}  # its partitions were released when it stopped
+    after = await source.status(group_id=GROUP, default_servers=None)
+    assert [(p.committed, p.end, p.lag) for p in after.partitions] == [(400, 400, 0), (100, 100, 0)]
+    assert (after.total_lag, after.max_lag) == (0, 0)
+
+
+async def test_a_lease_taken_by_another_process_stops_the_shard_here_and_keeps_the_rest_going() -> None:
+    stream = MemoryStream("s", shards=2)
+    handled: list[tuple[Any, int]] = []
+    running = Running(recording_app(stream, handled, batch_size=5))
+    first = {Partition("s", 0): put(stream, 0, range(10)), Partition("s", 1): put(stream, 1, range(10, 20))}
+    await wait_for(lambda: stream.committed(GROUP) == first, 10, "the first records committed")
+    stream.take(GROUP, Partition("s", 0))  # a phantom owner: a worker of another process
+    await wait_for(lambda: Partition("s", 0) not in running.reader.accepted, 10, "the lost lease noticed")
+    put(stream, 0, range(20, 30))  # the other process's to handle
+    end = put(stream, 1, range(30, 40))
+    await wait_for(lambda: stream.committed(GROUP)[Partition("s", 1)] == end, 10, "the kept shard committed")
+    [summary] = await running.stop()
+    assert sorted(n for _, n in handled) == list(range(20)) + list(range(30, 40))
+    assert stream.committed(GROUP) == {Partition("s", 0): first[Partition("s", 0)], Partition("s", 1): end}
+    assert summary.offsets == stream.committed(GROUP) and stream.refused(GROUP) == []

@@ -168,14 +168,14 @@ class MemoryStream:
         """Commits of shards whose lease the committing reader no longer held (none, if the engine is right)."""
         return list(self.group(group_id).refused)
 
-    def owner(self, group_id: str, shard: int | str) -> MemoryReader | str | None:
+    def owner(self, group_id: str, shard: int | str | Partition) -> MemoryReader | str | None:
         return self.group(group_id).owners.get(self.partition(shard))
 
-    def take(self, group_id: str, shard: int | str, by: MemoryReader | None = None) -> None:
-        """Move the shard's lease to `by` (another reader of the group) or to a phantom owner outside this process,
-        at once: its current reader finds it lost."""
+    def take(self, group_id: str, partition: int | str | Partition, by: MemoryReader | None = None) -> None:
+        """Move a shard's lease (`partition`: the shard or its Partition) to `by` (another reader of the group) or to
+        a phantom owner outside this process, at once: its current reader finds it lost."""
         group = self.group(group_id)
-        partition = self.partition(shard)
+        partition = self.partition(partition)
         owner: MemoryReader | str = PHANTOM if by is None else by
         group.owners[partition] = group.taken[partition] = owner
         self._changed()
