@@ -320,3 +320,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault-injection figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# --- order: the slow tests first --------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests (processes, kill -9, several workers; the longest, at 10 to 35 s each) run first, so that
+    pytest-xdist spreads them over its workers from the start and the run does not end waiting on one of them while
+    the other workers are idle. The order is otherwise unchanged (a stable sort)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

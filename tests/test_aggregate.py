@@ -280,6 +280,12 @@ def launch(tmp_path: Path, broker: str, topic: str, group: str, db: Path, **env:
     return launch_pipeline(tmp_path, PIPELINE, broker, TOPIC=topic, GROUP=group, DB=str(db), **env)
 
 
+def worker_logs(directory: Path) -> set[Path]:
+    """The logs of the `streamfn run` workers launched into `directory` (one each: launch_pipeline)."""
+    return set(directory.glob("worker-*.log"))
+
+
+@pytest.mark.slow
 async def test_kill_9_at_random_moments_mid_window_keeps_every_count_exact(
     broker: str, name: Any, tmp_path: Path
 ) -> None:
@@ -303,6 +309,7 @@ async def test_kill_9_at_random_moments_mid_window_keeps_every_count_exact(
     assert await committed(broker, group, topic) == {p: 600 for p in range(4)}
 
 
+@pytest.mark.slow
 async def test_a_rebalance_mid_window_between_two_workers_keeps_every_count_exact(
     broker: str, name: Any, tmp_path: Path
 ) -> None:
@@ -313,8 +320,11 @@ async def test_a_rebalance_mid_window_between_two_workers_keeps_every_count_exac
     a = launch(tmp_path, broker, topic, group, db, STARTED=str(tmp_path / "a"))
     await wait_for(lambda: (tmp_path / "a").exists(), 30, "the first worker to fold records")
     await wait_for(lambda: len(rows(db)) >= 8, 30, "the first windows to close")
+    logs = worker_logs(tmp_path)
     b = launch(tmp_path, broker, topic, group, db, STARTED=str(tmp_path / "b"))
-    await asyncio.sleep(1)
+    (b_log,) = worker_logs(tmp_path) - logs
+    # Only once b holds partitions: else a may fold every record before b has joined (a busy machine starts b slowly)
+    await wait_for(lambda: "partitions assigned" in b_log.read_text(), 40, "the second worker to join")
     await produce(broker, topic, second)  # the open windows go on in whichever worker owns them now
     await wait_for(lambda: (tmp_path / "b").exists(), 40, "the second worker to take partitions over")
     a.send_signal(signal.SIGTERM)  # and back: b restores a's partitions from the changelog
@@ -390,6 +400,7 @@ def stamp(records):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guarantee", ["exactly_once"])
 async def test_exactly_once_table_rows_under_kill_9_at_random_moments(
     broker: str, name: Any, tmp_path: Path, guarantee: str

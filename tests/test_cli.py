@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import committed, create_topic, produce_values, read_topic, run_cli, write_pipeline
 
@@ -25,6 +26,7 @@ def _parse(line: str) -> dict[str, Any] | None:
     return order if "unit_price" in order else None
 
 
+@pytest.mark.slow
 def test_main_job_runs_on_the_embedded_broker_and_reports_what_it_did() -> None:
     result = run_cli(
         "run",
@@ -55,6 +57,7 @@ def test_main_job_runs_on_the_embedded_broker_and_reports_what_it_did() -> None:
         assert (cells[2], cells[6], cells[8], cells[9], cells[10]) == ("1003", "1000", "3", "0", "1003"), cells
 
 
+@pytest.mark.slow
 def test_chained_example_enriches_through_a_topic_into_a_table_per_customer(tmp_path: Path) -> None:
     result = run_cli(
         "run",
@@ -91,6 +94,7 @@ def test_chained_example_enriches_through_a_topic_into_a_table_per_customer(tmp_
     assert (totals[2], totals[6], totals[10]) == ("1000", "1000", "1000"), totals
 
 
+@pytest.mark.slow
 async def test_produce_puts_each_line_on_the_topic_keyed_by_a_field(broker: str, name: Any, tmp_path: Path) -> None:
     topic = name("t")
     await create_topic(broker, topic, 1)
@@ -111,6 +115,7 @@ async def test_produce_puts_each_line_on_the_topic_keyed_by_a_field(broker: str,
     assert await committed(broker, "nobody", topic, 1) == {0: None}
 
 
+@pytest.mark.slow
 async def test_produce_sends_lines_without_the_key_field_unkeyed_and_says_so(
     broker: str, name: Any, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, write_pipeline
 
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
+
 HEADER = """
 from streamfn import App
 from streamfn.connectors.kafka import KafkaSource

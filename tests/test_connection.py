@@ -126,6 +126,7 @@ def run_on_terminal(command: list[str], env: dict[str, str]) -> subprocess.Compl
     return subprocess.run(script, env=env, capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.slow
 async def test_pipeline_runs_end_to_end_over_mutual_tls(tls: TlsCluster, name: Any, tmp_path: Path) -> None:
     """Seeded, read, handled, written to an output and dead-lettered, all through the TLS terminator with a client
     certificate whose key has a password read from a file; the group's commit and both topics read back over TLS."""
@@ -200,6 +201,7 @@ async def test_state_changelog_over_mutual_tls(tls: TlsCluster, name: Any) -> No
         ("expired client certificate", "the broker refused the connection: sslv3 alert certificate expired"),
     ],
 )
+@pytest.mark.slow
 def test_tls_failures_end_in_one_line(tls: TlsCluster, name: Any, tmp_path: Path, case: str, expected: str) -> None:
     settings = {
         "wrong CA": f"ssl_cafile={str(tls.other_ca)!r}, ssl_certfile={str(tls.client_cert)!r}, "
@@ -511,6 +513,7 @@ def handle(records):
 """
 
 
+@pytest.mark.slow
 async def test_no_secret_is_ever_shown(aws: dict[str, str], tls: TlsCluster, name: Any, tmp_path: Path) -> None:
     """A run that fails and dead-letters with a private-key password, a SCRAM secret and a PLAIN password
     configured, then status, validate and config errors: none of their outputs holds any of the three."""

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import committed, read_topic, run_cli
+
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
 
 ROOT = Path(__file__).resolve().parent.parent
 CLICKS = ROOT / "examples/clicks/clicks.jsonl"

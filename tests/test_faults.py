@@ -45,7 +45,7 @@ from streamfn.connectors.kafka.embedded import free_port
 from streamfn.connectors.table import Table
 from streamfn.engine.worker import Worker
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 POISON_EVERY = 37
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Out, committed, create_topic, produce, run_cli, run_worker, source, wait_for
 
 from streamfn import App, Record
@@ -94,6 +95,7 @@ async def test_lambda_style_handlers_get_an_event_of_matching_records_only(broke
     assert await committed(broker, group, topic, 1) == {0: 3}
 
 
+@pytest.mark.slow
 def test_an_invalid_pattern_stops_start_up_with_lambdas_message(tmp_path: Path) -> None:
     pipeline = tmp_path / "pipeline.py"
     pattern = json.dumps({"value": {"amount": [{"numeric": [">", 5, "<", 1]}]}})

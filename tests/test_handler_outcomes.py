@@ -143,6 +143,7 @@ async def test_batch_item_failures_without_the_flag_fail_the_invocation(broker: 
     assert letter["requestContext"]["approximateInvokeCount"] == 2
 
 
+@pytest.mark.slow
 def test_a_native_handler_naming_batch_item_failures_needs_the_flag(tmp_path: Path) -> None:
     app = App("declared")
     with pytest.raises(ConfigError) as refused:

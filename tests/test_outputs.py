@@ -200,6 +200,7 @@ BAD_OUTPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
 def test_bad_outputs_are_one_line_config_errors(case: str, tmp_path: Path) -> None:
     body, expected = BAD_OUTPUTS[case]

@@ -25,6 +25,8 @@ from conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
+
 PIPELINE = f"""
 import os, time
 from streamfn import App

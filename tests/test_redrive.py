@@ -47,6 +47,7 @@ def handle(records): ...
 """
 
 
+@pytest.mark.slow
 async def test_redrive_round_trip(broker: str, name: Any, tmp_path: Path, monkeypatch: Any) -> None:
     topic, group, dlq = name("t"), name("g"), name("dlq")
     await create_topic(broker, topic, 2)
@@ -206,6 +207,7 @@ async def test_redrive_puts_back_registry_framed_avro_byte_for_byte(broker: str,
     assert redriven == raw(records)
 
 
+@pytest.mark.slow
 async def test_redrive_reads_a_record_whose_letter_dropped_its_payload_back_from_the_source(
     broker: str, name: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:

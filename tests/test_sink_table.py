@@ -729,6 +729,7 @@ def handler(records):
 """
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart_leaves_every_row_exactly_once(
     broker: str, name: Any, tmp_path: Path
 ) -> None:

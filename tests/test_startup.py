@@ -11,9 +11,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
 from conftest import SESSION_MS, committed, create_topic, produce_values, run_cli, start_cli, wait_for, write_pipeline
 
 from streamfn.connectors.kafka.embedded import free_port
+
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
 
 PIPELINE = """
 from streamfn import App

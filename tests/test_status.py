@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     SESSION_MS,
     Out,
@@ -23,6 +24,8 @@ from conftest import (
 
 from streamfn.cli.loader import load_app
 from streamfn.connectors.kafka.embedded import free_port
+
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
 
 PIPELINE = f"""
 import os

@@ -66,6 +66,7 @@ async def test_an_engine_task_that_dies_stops_the_worker_loudly_after_committing
     assert await committed(broker, group, topic, 2) == {0: 5, 1: 10}
 
 
+@pytest.mark.slow
 def test_the_cli_exits_70_after_an_engine_failure(broker: str, name: Any, tmp_path: Path) -> None:
     topic, group = name("t"), name("g")
     asyncio.run(create_topic(broker, topic, 2))

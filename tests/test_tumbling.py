@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from conftest import (
     SESSION_MS,
@@ -572,6 +573,7 @@ async def kill_9_and_restart(broker: str, name: Any, directory: Path, kill: str)
     return at_kill
 
 
+@pytest.mark.slow
 async def test_window_state_survives_kill_9_and_each_record_counts_once(broker: str, name: Any, tmp_path: Path) -> None:
     """Three restarts in parallel (each pays the session timeout of the killed member)."""
     kills = ["after-commit", "before-commit", "random"]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     SESSION_MS,
     committed,
@@ -28,6 +29,8 @@ from conftest import (
     wait_for,
     write_pipeline,
 )
+
+pytestmark = pytest.mark.slow  # every test here starts streamfn processes
 
 PIPELINE = f"""
 import os, time
