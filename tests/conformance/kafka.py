@@ -42,7 +42,7 @@ class KafkaHarnessStream:
     async def letters(self) -> list[Letter]:
         """Every letter the topic holds now (destinations deliver before the commit: all of them, once covered)."""
         found = []
-        count = await self.on_failure.depth(self.servers)
+        count = await self.on_failure.depth()
         for record in await read_topic(self.servers, self.on_failure.topic, count):
             letter = orjson.loads(record.value)
             ((failed,),) = letter["payload"]["records"].values()  # the event of the one failed record
@@ -68,7 +68,13 @@ class KafkaHarness:
     async def stream(self, partitions: int) -> KafkaHarnessStream:
         topic = self.names("t")
         await create_topic(self.servers, topic, partitions)
-        stream = KafkaHarnessStream(self.servers, topic, partitions, self.names("g"), KafkaTopic(self.names("dlq")))
+        stream = KafkaHarnessStream(
+            self.servers,
+            topic,
+            partitions,
+            self.names("g"),
+            KafkaTopic(self.names("dlq"), bootstrap_servers=self.servers),
+        )
         self.streams.append(stream)
         return stream
 

@@ -36,8 +36,8 @@ async def test_a_second_worker_joins_every_record_is_handled_and_none_after_its_
     await stream.put(ledger.plan([Put(i % PARTITIONS, i) for i in range(PARTITIONS * PER_PARTITION)]))
     handled_by: dict[str, set[int]] = {"a": set(), "b": set()}
     done = dict.fromkeys(range(PARTITIONS), PER_PARTITION)
-    a = Worker(declare(stream.source(stream.group), ledger, "a", handled_by), harness.servers)
-    b = Worker(declare(stream.source(stream.group), ledger, "b", handled_by), harness.servers)
+    a = Worker(declare(stream.source(stream.group), ledger, "a", handled_by))
+    b = Worker(declare(stream.source(stream.group), ledger, "b", handled_by))
     watching = asyncio.create_task(ledger.watch(stream, stream.group))
     running = [asyncio.create_task(a.run(handle_signals=False))]
     try:
