@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
 import threading
 from typing import Any
 
@@ -13,6 +14,7 @@ from conftest import wait_for
 from streamfn import App, Record
 from streamfn.connectors.memory import MemorySource, MemoryStream
 from streamfn.connectors.memory.reader import MemoryReader
+from streamfn.connectors.table import Table
 from streamfn.engine.worker import FunctionSummary, Worker
 from streamfn.record import Partition
 
@@ -275,3 +277,39 @@ async def test_a_lease_taken_by_another_process_stops_the_shard_here_and_keeps_t
     assert sorted(n for _, n in handled) == list(range(20)) + list(range(30, 40))
     assert stream.committed(GROUP) == {Partition("s", 0): first[Partition("s", 0)], Partition("s", 1): end}
     assert summary.offsets == stream.committed(GROUP) and stream.refused(GROUP) == []
+
+
+async def test_an_exactly_once_table_stores_the_sources_checkpoint_values(tmp_path: Any) -> None:
+    """The Table stores what the source commits (here: the last position handled, not Kafka's next offset), and a
+    worker whose commit was lost resumes from it."""
+    stream = MemoryStream("s")
+    first_end = put(stream, 0, range(20))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+
+    def table_app() -> App:
+        app = App("mem")
+
+        @app.function(
+            source=MemorySource(stream, group_id=GROUP),
+            outputs=[Table(url, "numbers", key="n")],
+            processing_guarantee="exactly_once",
+            batch_size=6,
+        )
+        def copy(records: list[Record]) -> list[dict[str, Any]]:
+            return [{"n": r.value["n"]} for r in records]
+
+        return app
+
+    running = Running(table_app())
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): first_end}, 10, "the end committed")
+    await running.stop()
+    stored = sqlite3.connect(tmp_path / "results.db").execute("SELECT partition, next_offset FROM streamfn_offsets")
+    assert stored.fetchall() == [(0, first_end)]  # 200: the position of record 19, as the memory source commits
+
+    stream.group(GROUP).checkpoints.clear()  # the commit is lost (a crash before it): the table still knows
+    end = put(stream, 0, range(20, 25))
+    running = Running(table_app())
+    await wait_for(lambda: stream.committed(GROUP) == {Partition("s", 0): end}, 10, "the new end committed")
+    await running.stop()
+    rows = sqlite3.connect(tmp_path / "results.db").execute("SELECT n FROM numbers ORDER BY n").fetchall()
+    assert rows == [(n,) for n in range(25)]

@@ -109,7 +109,7 @@ async def column_types(url: str, table: str) -> dict[str, str]:
 
 def emitted(*values: Any) -> list[Emitted]:
     """Outputs as the engine hands them over: of one invocation, in order."""
-    source = Provenance("load", "in", 0, 100, 100 + len(values) - 1)
+    source = Provenance("load", "in", 0, 100, 100 + len(values) - 1, covers=100 + len(values))
     return [Emitted(value=v, key=None, headers=(), source=source, index=i) for i, v in enumerate(values)]
 
 
@@ -367,8 +367,9 @@ def exactly_once(group: str) -> SinkContext:
 
 
 def batch(partition: int, first: int, last: int, *values: Any) -> list[Emitted]:
-    """The outputs of one invocation of the records `first`..`last` of source partition in-`partition`."""
-    source = Provenance("load", "in", partition, first, last)
+    """The outputs of one invocation of the records `first`..`last` of source partition in-`partition` (a Kafka
+    topic: the checkpoint value covering `last` is the next offset)."""
+    source = Provenance("load", "in", partition, first, last, covers=last + 1)
     return [Emitted(value=v, key=None, headers=(), source=source, index=i) for i, v in enumerate(values)]
 
 
@@ -498,7 +499,7 @@ async def test_offsets_are_stored_next_to_the_table_and_only_for_exactly_once(ur
 
 def shard_batch(shard: str, first: int, last: int, *values: Any) -> list[Emitted]:
     """Like `batch`, for a source whose partition ids are strs and positions 128-bit integers (a Kinesis shard)."""
-    source = Provenance("load", "stream", shard, first, last)  # type: ignore[arg-type]
+    source = Provenance("load", "stream", shard, first, last, covers=last + 1)
     return [Emitted(value=v, key=None, headers=(), source=source, index=i) for i, v in enumerate(values)]
 
 

@@ -91,12 +91,14 @@ class Offsets:
             log.info("%s: upgraded %s to store any source's partition ids and positions", self._sink, self._table)
 
     async def claim(self, transaction: Transaction, outputs: Sequence[Emitted]) -> set[Partition]:
-        """Store, within `transaction`, the offset each source partition of `outputs` reaches (its last offset + 1)
-        where that moves it forward; return those partitions, whose outputs are to be written. The others are
-        already stored as far (or further): their outputs were written before."""
+        """Store, within `transaction`, the checkpoint value each source partition of `outputs` reaches (the
+        source's, `Provenance.covers`) where that moves it forward; return those partitions, whose outputs are to be
+        written. The others are already stored as far (or further): their outputs were written before."""
         reached: dict[Partition, int] = {}
         for output in outputs:
-            partition, after = source_partition(output), output.source.last_offset + 1
+            partition, after = source_partition(output), output.source.covers
+            if after is None:  # exactly_once is refused at declaration for functions without a source
+                raise ValueError(f"{output.source}: an output without its source's checkpoint value")
             reached[partition] = max(reached.get(partition, after), after)
         if not reached:
             return set()

@@ -107,6 +107,7 @@ class FunctionRunner:
     ) -> None:
         self.function = function
         self.stats = stats
+        self._position_after = position_after
         event = dialect.lambda_event(connection, value_codec, key_codec)
         self.origin = FailureOrigin(function.name, function_arn(function.name), event, dialect.batch_info(connection))
         """What its dead letters say of where they came from (the source's event and batch-info block)."""
@@ -366,7 +367,9 @@ class FunctionRunner:
         if emitting := items(response, self.function.style):
             trace = trace_context(records) if span is None else headers_of(span)
             first, last = records[0].offset, records[-1].offset
-            invocations.append((records, emitted_at(self.function.name, partition, first, last, trace, emitting)))
+            covers = None if self._position_after is None else self._position_after(records[-1])
+            emitted = emitted_at(self.function.name, partition, first, last, trace, emitting, covers=covers)
+            invocations.append((records, emitted))
         # What the failure policy reads: a partial batch response; the outputs are not one.
         if self._native:
             return response if isinstance(response, BatchItemFailures) else None

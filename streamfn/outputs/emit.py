@@ -46,10 +46,12 @@ def emitted_at(
     trace: tuple[tuple[str, bytes], ...],
     items: list[Any],
     step: str = "",
+    covers: Position | None = None,
 ) -> list[Emitted]:
     """Items emitted on behalf of records `first_offset`..`last_offset` of `partition` (a window's results name
-    the offsets at which it closed; `step` tells a window's final invocation apart), as sinks receive them."""
-    source = Provenance(function, partition.topic, partition.partition, first_offset, last_offset, step)
+    the offsets at which it closed; `step` tells a window's final invocation apart), as sinks receive them;
+    `covers`: the source's checkpoint value covering `last_offset` (see Provenance.covers)."""
+    source = Provenance(function, partition.topic, partition.partition, first_offset, last_offset, step, covers)
     common = (
         (f"{SOURCE_HEADER_PREFIX}function", function.encode()),
         (f"{SOURCE_HEADER_PREFIX}topic", partition.topic.encode()),

@@ -48,6 +48,9 @@ class Provenance:
     last_offset: Position
     step: str = ""
     """What emitted it besides an invocation with these records (a window's "final" invocation), for its id."""
+    covers: Position | None = None
+    """The source's checkpoint value covering `last_offset` (`SourceReader.position_after`), which exactly-once
+    sinks store; None for outputs of a function fed by another (`Function(...)`), which has no source of its own."""
 
     def __str__(self) -> str:
         where = f"{self.function}/{self.topic}-{self.partition}/{self.first_offset}-{self.last_offset}"
@@ -127,13 +130,14 @@ class OffsetStoringWriter(SinkWriter, Protocol):
     """A writer that can serve processing_guarantee="exactly_once" (its sink declares `stores_offsets = True`).
 
     Opened with `SinkContext.exactly_once`, each `write` stores, in the same transaction as the outputs, the
-    offset after the last source record they cover, per source partition (from each output's `source`
-    provenance: `last_offset + 1`), under the context's consumer `group`; outputs whose offsets are already
+    source's checkpoint value covering the last source record they come from, per source partition (each output's
+    `source.covers`), under the context's consumer `group`; outputs whose offsets are already
     covered by what is stored (a batch replayed after a crash, or written late by a worker that lost the
     partition) are skipped, not written again."""
 
     async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
-        """Per source partition, the offset after the last record whose outputs are stored (absent if none)."""
+        """Per source partition, the checkpoint value covering the records whose outputs are stored (absent if
+        none)."""
 
 
 class Sink(Protocol):

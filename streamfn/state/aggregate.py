@@ -225,6 +225,7 @@ class Aggregator:
         the next commit."""
         state = self.store[partition]
         state.meta["last"] = last.offset
+        state.meta["covers"] = self.store.position_after(last)
         seen = state.meta.get("seen")
         if seen is not None:
             await self._close(partition, state, seen - self._aggregation.lateness_ms, lane)
@@ -253,7 +254,8 @@ class Aggregator:
         names = [name for end in closing for name in sorted(ends[end])]
         results = [self._result(name, state.values[name]) for name in names]
         last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
-        error = await self._write(emitted_at(self._function, partition, last, last, (), results), lane)
+        covers = state.meta.get("covers", state.floor)
+        error = await self._write(emitted_at(self._function, partition, last, last, (), results, covers=covers), lane)
         if error is not None:
             log.error(
                 "function %s: %s: writing %d window results failed: %r; the windows stay open and are emitted again",

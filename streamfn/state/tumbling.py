@@ -144,6 +144,7 @@ class LambdaWindows:
             state.meta.setdefault("first", segment[0].offset)
             failures += await run_segment(segment)
             state.meta["last"] = segment[-1].offset
+            state.meta["covers"] = self.store.position_after(segment[-1])
         return failures
 
     def _segments(
@@ -183,6 +184,7 @@ class LambdaWindows:
         if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
             log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
             state.meta["last"] = records[-1].offset
+            state.meta["covers"] = self.store.position_after(records[-1])
             await self._final(partition, state, lane, records[-1].offset, early=True)
         return {name: response[name] for name in ("outputs", "batchItemFailures") if name in response}
 
@@ -208,6 +210,7 @@ class LambdaWindows:
         its records from the next one on)."""
         last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
         first = state.meta.get("first", last)  # the window's records: the final's provenance
+        covers = state.meta.get("covers", state.floor)
         attempts = 0
 
         async def invoke_final() -> None:
@@ -220,7 +223,7 @@ class LambdaWindows:
                 _state_of(response)
                 emitting = items({k: v for k, v in response.items() if k != "state"}, HandlerStyle.LAMBDA)
                 error = await self._write(
-                    emitted_at(self._function, partition, first, last, (), emitting, "final"), lane
+                    emitted_at(self._function, partition, first, last, (), emitting, "final", covers), lane
                 )
                 if error is not None:
                     raise error
