@@ -29,7 +29,6 @@ from streamfn.connectors.shards import (
     LeaseCoordinator,
     LeaseLost,
     LeaseTable,
-    Lost,
     Shard,
 )
 from streamfn.connectors.shards.lineage import cleanable, plan, takeable
@@ -329,7 +328,8 @@ async def test_two_workers_never_both_hold_a_shard(fleet: Fleet) -> None:
             assert earlier.end is not None and earlier.end <= later.start, (shard, earlier, later)
     assert moved >= 8  # shards really changed hands
     for shard, worker, at in accepted:
-        assert any(h.worker == worker and h.start <= at and (h.end is None or at <= h.end) for h in fleet.holdings[shard])
+        holdings = fleet.holdings[shard]
+        assert any(h.worker == worker and h.start <= at and (h.end is None or at <= h.end) for h in holdings)
     assert len(accepted) > 100
 
 
