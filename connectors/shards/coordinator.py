@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from streamfn.connectors.shards.lease import SENTINELS, SHARD_END, TRIM_HORIZON, Checkpoint, Lease, Shard
-from streamfn.connectors.shards.lineage import cleanable, plan, takeable
+from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
 from streamfn.connectors.shards.table import LeaseError, LeaseLost, LeaseTable, LeaseTableError
 
 log = logging.getLogger("streamfn.shards")
@@ -126,6 +126,7 @@ class LeaseCoordinator:
         """Per lease: the counter last scanned and when (this clock) it was first seen with that value."""
         self._cleanable_since: dict[str, float] = {}
         self._taker: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._random = random.Random()
 
     def __str__(self) -> str:
@@ -136,22 +137,30 @@ class LeaseCoordinator:
     def start(self) -> None:
         """Start scanning and taking (the first scan at once); held leases are renewed by their own tasks."""
         if self._taker is None:
+            self._stopping.clear()
             self._taker = asyncio.create_task(self._take_loop(), name=f"lease taker {self.worker_id}")
 
     async def stop_taking(self) -> None:
-        """Take no more leases (the first step of a graceful stop); held ones are still renewed."""
+        """Take no more leases (the first step of a graceful stop); held ones are still renewed. A scan under way
+        finishes first: cancelled half way, a take could go through in the table unknown to this worker, which
+        would then neither renew nor release that lease."""
         if self._taker is not None:
-            self._taker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._taker
+            self._stopping.set()
+            await self._taker
             self._taker = None
 
     async def stop(self, release: bool = True) -> None:
         """Stop taking and renewing; with `release`, give every held lease up in the table first. Without it the
-        leases stay owned and expire after the lease duration, as if the process had been killed."""
-        await self.stop_taking()
+        leases stay owned and expire after the lease duration, as if the process had been killed (the taker is
+        then cancelled at once, whatever it is doing)."""
         if release:
+            await self.stop_taking()
             await self.release_all()
+        elif self._taker is not None:
+            self._taker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._taker
+            self._taker = None
         for key in list(self._held):
             await self._forget(key)
 
@@ -164,14 +173,19 @@ class LeaseCoordinator:
         return held is not None and held.announce_at is None and _now() < held.valid_until
 
     async def sync(self, shards: Sequence[Shard]) -> list[str]:
-        """Create the leases the listing calls for (see lineage.plan); the shards whose lease this call created."""
-        existing = {lease.key for lease in await self.table.scan()}
+        """Create the leases the listing (every shard the stream still has) calls for (see lineage.plan), and
+        delete finished leases of shards it no longer has (lineage.vanished); the shards whose lease it created."""
+        leases = {lease.key: lease for lease in await self.table.scan()}
         created = []
-        for lease in plan(shards, existing, self.initial_position):
+        for lease in plan(shards, leases.keys(), self.initial_position):
             if await self.table.create(lease):
                 created.append(lease.key)
         if created:
             log.info("%s: created leases for %s", self, ", ".join(created))
+        listed = {shard.id for shard in shards}
+        for key, lease in leases.items():
+            if vanished(lease, leases, listed) and await self.table.delete_ended(key):
+                log.info("%s: deleted the finished lease of %s, a shard the stream no longer has", self, key)
         return created
 
     async def checkpoint(self, shard: str, sequence: int) -> None:
@@ -296,12 +310,15 @@ class LeaseCoordinator:
     # --- taking --------------------------------------------------------------------------------------------------
 
     async def _take_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._take_pass()
             except LeaseTableError as error:
                 log.warning("%s: lease scan failed, trying again: %s", self, error)
-            await asyncio.sleep(self.take_period)
+            except Exception:  # a bug must not end taking for good: log it, try again next period
+                log.exception("%s: lease scan failed", self)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.take_period)
 
     async def _take_pass(self) -> None:
         """One scan: note counter changes, notice leases taken from this worker, clean up, take and steal."""
@@ -317,7 +334,7 @@ class LeaseCoordinator:
                 await self._lose(key, held, "the table shows it " + ("deleted" if found is None else "taken"))
         await self._clean(leases, now)
 
-        workable = {key: lease for key, lease in leases.items() if not lease.ended and takeable(lease, leases)}
+        workable = {key: lease for key, lease in leases.items() if takeable(lease, leases)}
         live = {key: lease for key, lease in workable.items() if not self._available(lease, now)}
         loads = Counter(lease.owner for key, lease in live.items() if key not in self._held)
         loads.pop(self.worker_id, None)
@@ -328,8 +345,7 @@ class LeaseCoordinator:
         available = [lease for key, lease in workable.items() if key not in live and key not in self._held]
         if available:
             self._random.shuffle(available)
-            for lease in available[:needed]:
-                await self._take(lease, stolen=False)
+            await asyncio.gather(*(self._take(lease, stolen=False) for lease in available[:needed]))
             return
         if not loads:
             return

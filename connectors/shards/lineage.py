@@ -13,7 +13,8 @@ LeaseCleanupManager):
   finished, as in KCL: parents expired from the stream, skipped at LATEST, or cleaned up), so a key's records
   keep their order across a split or merge.
 - A finished lease may be deleted once its parents' leases are gone and every child has started (its checkpoint
-  is past the initial sentinels): deleting it earlier would unblock, or replay, part of the lineage.
+  is past the initial sentinels), after a delay (the stream's retention): deleting it earlier would unblock, or
+  replay, part of the lineage. A finished lease whose shard is no longer listed (expired) goes at once.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def cleanable(lease: Lease, leases: Mapping[str, Lease]) -> bool:
     if not lease.ended or any(parent in leases for parent in lease.parents) or not lease.children:
         return False
     return all(child in leases and leases[child].checkpoint not in UNSTARTED for child in lease.children)
+
+
+def vanished(lease: Lease, leases: Mapping[str, Lease], listed: Collection[str]) -> bool:
+    """Whether a finished lease's shard has expired from the stream (not listed): deletable once its parents'
+    leases are gone (oldest first), as no listing can bring it back and a missing lease counts as finished."""
+    return lease.ended and lease.key not in listed and not any(parent in leases for parent in lease.parents)
 
 
 def _parents_first(listed: Mapping[str, Shard]) -> list[Shard]:
