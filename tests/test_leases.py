@@ -264,6 +264,31 @@ async def test_a_graceful_stop_releases_so_another_worker_takes_at_once(fleet: F
     record_property("fault_figures", f"leases: released leases taken in {took:.2f} s (take period {TAKE_PERIOD} s)")
 
 
+async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes_it(
+    fleet: Fleet, record_property: Any
+) -> None:
+    """The table stops answering one worker (its renewals hang): it reports the lease lost once the lease
+    duration has passed since its last successful renew, and the other worker's takeover comes after that."""
+    holder = await fleet.start("a")
+    await holder.sync(EIGHT[:1])
+    shard = EIGHT[0].id
+    await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await fleet.start("b")
+
+    async def unanswered(lease: Lease) -> Lease:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    holder.table.renew = unanswered  # type: ignore[method-assign]
+    await wait_for(lambda: len(fleet.holdings[shard]) == 2, 10, "b takes the shard")
+    gave_up, taken = fleet.holdings[shard]
+    assert (gave_up.worker, taken.worker) == ("a", "b")
+    assert gave_up.end is not None and gave_up.end <= taken.start
+    assert not holder.owns(shard) and holder.held() == {}
+    margin = taken.start - gave_up.end
+    record_property("fault_figures", f"leases: a lease its holder cannot renew is given up {margin:.2f} s before taken")
+
+
 async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone(fleet: Fleet) -> None:
     holder = await fleet.start("a")
     await holder.sync(EIGHT[:1])

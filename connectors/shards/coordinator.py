@@ -203,18 +203,20 @@ class LeaseCoordinator:
 
     async def release_all(self) -> None:
         """Give every held lease up (conditionally) so that other workers take them at their next scan."""
-        for key in list(self._held):
-            held = self._held.get(key)
-            if held is None:
-                continue
-            async with held.lock:
-                lease = held.lease
-                await self._forget(key)
-            try:
-                await self.table.release(lease)
-            except LeaseError as error:
-                log.info("%s: release of %s: %s", self, key, error)
+        await asyncio.gather(*(self._release(key) for key in list(self._held)))
         log.info("%s: released its leases", self)
+
+    async def _release(self, shard: str) -> None:
+        held = self._held.get(shard)
+        if held is None:
+            return
+        async with held.lock:  # after a checkpoint under way; dropped before the write, so never held by two
+            lease = held.lease
+            await self._forget(shard)
+        try:
+            await self.table.release(lease)
+        except LeaseError as error:  # lost meanwhile, or the table failed: then it expires
+            log.info("%s: release of %s: %s", self, shard, error)
 
     # --- holding -------------------------------------------------------------------------------------------------
 
