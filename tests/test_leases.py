@@ -30,6 +30,7 @@ from streamfn.connectors.shards import (
     LeaseLost,
     LeaseTable,
     Shard,
+    default_table_name,
 )
 from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
 
@@ -255,12 +256,13 @@ async def test_a_graceful_stop_releases_so_another_worker_takes_at_once(fleet: F
     await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
     await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
     b_leases = set(fleet.coordinators["b"].held())
+    started = time.monotonic()
     await fleet.stop("b", release=True)
+    await wait_for(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
+    took = time.monotonic() - started
+    assert took < TAKE_PERIOD + 0.3 < DURATION  # the stop and one scan: no waiting for expiry
     async with opened(fleet) as table:
-        found = await leases(table)
-    assert "b" not in {found[key].owner for key in b_leases}  # None, or "a" already
-    took = await timed(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
-    assert took < TAKE_PERIOD + 0.3 < DURATION  # one scan: no waiting for expiry
+        assert {(await leases(table))[key].owner for key in b_leases} == {"a"}
     record_property("fault_figures", f"leases: released leases taken in {took:.2f} s (take period {TAKE_PERIOD} s)")
 
 
@@ -290,20 +292,23 @@ async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes
 
 
 async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone(fleet: Fleet) -> None:
-    holder = await fleet.start("a")
+    """The holder has not renewed nor scanned since the steal (a long lease, taking stopped), so nothing but the
+    checkpoint's condition can stop it."""
+    holder = await fleet.start("a", lease_duration=30.0, take_period=0.2)
     await holder.sync(EIGHT[:1])
     shard = EIGHT[0].id
     await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await holder.stop_taking()
     await holder.checkpoint(shard, 100)
     async with opened(fleet) as table:
         stolen = await table.take((await leases(table))[shard], "thief")
         await table.checkpoint(stolen, 150)
         with pytest.raises(LeaseLost, match="checkpoint refused \\(held by 'thief'"):
-            await holder.checkpoint(shard, 200)  # before "a" renewed: only the condition stops it
+            await holder.checkpoint(shard, 200)
         after = (await leases(table))[shard]
     assert (after.owner, after.checkpoint) == ("thief", 150)
     assert not holder.owns(shard) and holder.held() == {}
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match="checkpoint by 'a': not held"):
         await holder.checkpoint(shard, 300)
     await wait_for(lambda: fleet.holdings[shard][0].end is not None, 2, "a's Lost event")
     assert [h.worker for h in fleet.holdings[shard]] == ["a"]
@@ -429,6 +434,13 @@ async def test_finished_leases_are_cleaned_up_after_the_delay_and_not_recreated(
         assert time.monotonic() - started >= CLEANUP_DELAY
         assert await worker.sync(RESHARDED[:1] + RESHARDED[3:5]) == []  # still listed, not recreated
         assert set(await leases(table)) == {"s3", "s4"}
+
+
+def test_default_table_name_is_one_dynamodb_accepts() -> None:
+    assert default_table_name("clicks", "count") == "streamfn-clicks-count"
+    assert default_table_name("my app", "handle:v2/ü") == "streamfn-my-app-handle-v2-"
+    with pytest.raises(ValueError, match="not a DynamoDB table name"):
+        LeaseTable(None, "a b")
 
 
 def test_lineage_rules() -> None:

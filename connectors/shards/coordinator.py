@@ -189,7 +189,9 @@ class LeaseCoordinator:
         return created
 
     async def checkpoint(self, shard: str, sequence: int) -> None:
-        """Record that `shard` is handled up to and including `sequence`; LeaseLost if it is not held any more."""
+        """Record that `shard` is handled up to and including `sequence`. LeaseLost (and a Lost event) if it is not
+        held any more: the table keeps the new holder's checkpoint. LeaseTableError if the table failed: the
+        lease is still held, the checkpoint may be tried again."""
         await self._write(shard, "checkpoint", lambda lease: self.table.checkpoint(lease, sequence))
 
     async def end(self, shard: str, children: Sequence[Shard] = ()) -> None:
@@ -225,11 +227,11 @@ class LeaseCoordinator:
         `forget`, the lease is dropped under the same lock, so no renew follows the write."""
         held = self._held.get(shard)
         if held is None or held.announce_at is not None:
-            raise LeaseLost(shard, f"{action} by {self.worker_id!r}")
+            raise LeaseLost(shard, f"{action} by {self.worker_id!r}: not held")
         try:
             async with asyncio.timeout_at(held.valid_until), held.lock:
                 if self._held.get(shard) is not held:
-                    raise LeaseLost(shard, f"{action} by {self.worker_id!r}")
+                    raise LeaseLost(shard, f"{action} by {self.worker_id!r}: lost while waiting for the lease")
                 started = _now()
                 held.lease = await write(held.lease)
                 held.valid_until = started + self.lease_duration
@@ -237,7 +239,7 @@ class LeaseCoordinator:
                     await self._forget(shard)
         except TimeoutError:
             await self._lose(shard, held, "its validity ended before the write")
-            raise LeaseLost(shard, f"{action} by {self.worker_id!r} (validity ended)") from None
+            raise LeaseLost(shard, f"{action} by {self.worker_id!r}: not renewed within the lease duration") from None
         except LeaseLost as error:
             await self._lose(shard, held, str(error))
             raise
