@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from streamfn.connectors.shards import (
     Shard,
     default_table_name,
 )
+from streamfn.connectors.shards.balance import Expiry, choose
 from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
 
 DURATION = 1.0
@@ -472,3 +474,44 @@ def test_lineage_rules() -> None:
     assert not vanished(table["q"], table, set())  # not finished
     table["q"] = Lease("q", checkpoint=SHARD_END, parents=frozenset({"p"}))
     assert not vanished(table["q"], table, set())  # its parent's lease goes first
+
+
+def test_expiry_is_counted_on_this_workers_clock_from_the_last_counter_change() -> None:
+    expiry = Expiry(duration=10)
+    owned, unowned = Lease("s0", counter=4, owner="a"), Lease("s1", counter=9)
+    expiry.observe({"s0": owned, "s1": unowned}, now=100)
+    assert not expiry.available(owned, 109) and expiry.available(unowned, 100)  # first sight: the clock starts
+    expiry.observe({"s0": owned}, now=105)
+    assert expiry.available(owned, 110.5)  # unchanged since 100
+    renewed = Lease("s0", counter=5, owner="a")
+    expiry.observe({"s0": renewed}, now=110.6)
+    assert not expiry.available(renewed, 120) and expiry.available(renewed, 120.7)
+
+
+def test_fair_share_choice() -> None:
+    def table(**owners: str | None) -> dict[str, Lease]:
+        return {key: Lease(key, owner=owner) for key, owner in owners.items()}
+
+    def chosen(leases: dict[str, Lease], mine: set[str], expired: frozenset[str] = frozenset(), steal: int = 1) -> Any:
+        available = {key: lease.owner is None or key in expired for key, lease in leases.items()}
+        choice = choose(leases, mine, "me", available, steal, random.Random(7))
+        return sorted(lease.key for lease in choice.take), [lease.owner for lease in choice.steal]
+
+    eight = {f"s{i}": None for i in range(8)}
+    assert chosen(table(**eight), set()) == ([f"s{i}" for i in range(8)], [])  # alone: everything
+    all_a = table(**dict.fromkeys(eight, "a"))
+    assert chosen(all_a, set()) == ([], ["a"])  # target 4: one steal per scan
+    assert chosen(all_a, set(), steal=8) == ([], ["a"] * 4)  # never below the target
+    four_four = table(**{f"s{i}": "a" if i < 4 else "b" for i in range(8)})
+    assert chosen(four_four, set()) == ([], ["a"])  # target 3; a is above it
+    three_three_two = table(**{f"s{i}": "a" if i < 3 else "b" if i < 6 else "me" for i in range(8)})
+    assert chosen(three_three_two, {"s6", "s7"}) == ([], [])  # fair: 3/3/2 is ceil(8/3) at most
+    # an expired lease is taken before anything is stolen, and its dead owner is not counted as a worker
+    assert chosen(four_four, set(), expired=frozenset({"s7"})) == (["s7"], [])
+    # finished leases and children waiting for their parents do not count
+    lineage = {
+        "p": Lease("p", owner="a"),
+        "c": Lease("c", parents=frozenset({"p"})),
+        "done": Lease("done", checkpoint=SHARD_END),
+    }
+    assert chosen(lineage, set()) == ([], [])
