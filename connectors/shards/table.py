@@ -132,13 +132,6 @@ class LeaseTable:
             raise LeaseTableError(f"{self}: Scan failed: {error}") from error
         return leases
 
-    async def get(self, shard: str) -> Lease | None:
-        try:
-            found = await self._client.get_item(TableName=self.name, Key=_key(shard), ConsistentRead=True)
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
-            raise LeaseTableError(f"{self}: GetItem of {shard!r} failed: {error}") from error
-        return Lease.from_item(found["Item"]) if "Item" in found else None
-
     async def create(self, lease: Lease) -> bool:
         """Put a new lease unless one exists for the shard (then False: another worker created it first)."""
         try:
