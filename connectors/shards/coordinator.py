@@ -66,6 +66,9 @@ class Lost:
 
     shard: str
     at: float
+    """When the lease stopped being this worker's (loop clock): its deadline when it expired (no write of this
+    worker's can land after it: each runs under that deadline), else when the table refused a write. An event
+    loop slowed by load may announce it later than that."""
 
 
 LeaseEvent = Acquired | Lost
@@ -297,7 +300,7 @@ class LeaseCoordinator:
         await self._forget(shard)
         log.warning("%s: lost %s: %s", self, shard, why)
         if announced:
-            self.events.put_nowait(Lost(shard, _now()))
+            self.events.put_nowait(Lost(shard, min(_now(), held.valid_until)))
 
     async def _forget(self, shard: str) -> None:
         """Drop a lease locally (no event, no write) and stop its keeper."""
