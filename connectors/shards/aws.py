@@ -1,0 +1,74 @@
+"""How a shard source reaches AWS (or moto, LocalStack): region, endpoint and credentials, one aiobotocore client
+per service.
+
+Whatever is not given comes from the standard AWS configuration chain: the region from AWS_REGION or the profile,
+credentials from the environment, profile or instance role, and the endpoint from `AWS_ENDPOINT_URL_<SERVICE>`
+(AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_KINESIS...) or `AWS_ENDPOINT_URL`, so one pipeline runs against AWS
+or an emulator without a code change. An `endpoint_url` given here applies to every service the source uses
+(an emulator serves them all on one port).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from streamfn.config import http_url
+from streamfn.errors import StrictModel
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 5.0
+"""Short: a lease write that hangs longer than a renew period is worth abandoning and trying again."""
+ATTEMPTS = 3
+"""botocore's own retries (throttling, 5xx); a retried conditional write is told apart by the lease table."""
+
+
+class AwsAccess(StrictModel):
+    """Region, endpoint and explicit credentials; every field optional (the AWS chain fills the rest)."""
+
+    owner = "AwsAccess"
+
+    region_name: str | None = Field(None, min_length=1)
+    endpoint_url: str | None = None
+    aws_access_key_id: str | None = Field(None, min_length=1)
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    """With temporary credentials (an assumed role) given explicitly."""
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> AwsAccess:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
+        if self.aws_session_token is not None and self.aws_access_key_id is None:
+            raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+        return self
+
+    def client(self, service: str) -> AbstractAsyncContextManager[Any]:
+        """An aiobotocore client for `service` ("dynamodb", "kinesis", "dynamodbstreams"), as a context manager."""
+        config = AioConfig(
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
+        )
+        return get_session().create_client(  # type: ignore[no-any-return]
+            service,
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=_secret(self.aws_secret_access_key),
+            aws_session_token=_secret(self.aws_session_token),
+            config=config,
+        )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()

@@ -1,0 +1,462 @@
+"""The shard lease machinery (streamfn.connectors.shards) against moto's DynamoDB in server mode: fair shares,
+takeover after a kill, graceful release, fenced checkpoints, no two holders at once, parents before children,
+lease creation at LATEST and TRIM_HORIZON, cleanup; and the lineage rules on their own.
+
+Lease durations are 1 s (take period 0.5 s) so every scenario takes seconds; each test has its own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from pydantic import SecretStr
+
+from streamfn.connectors.shards import (
+    LATEST,
+    SHARD_END,
+    TRIM_HORIZON,
+    Acquired,
+    AwsAccess,
+    Lease,
+    LeaseCoordinator,
+    LeaseLost,
+    LeaseTable,
+    Shard,
+)
+from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
+
+DURATION = 1.0
+TAKE_PERIOD = 0.5
+CLEANUP_DELAY = 0.6
+_tables = itertools.count()
+EIGHT = [Shard(f"shardId-{i:012d}") for i in range(8)]
+# shardId-0 split into 3 and 4; shardId-1 and shardId-2 merged into 5.
+RESHARDED = [
+    Shard("s0", closed=True),
+    Shard("s1", closed=True),
+    Shard("s2", closed=True),
+    Shard("s3", parents=("s0",)),
+    Shard("s4", parents=("s0",)),
+    Shard("s5", parents=("s1", "s2")),
+]
+
+
+def access(endpoint: str) -> AwsAccess:
+    return AwsAccess(
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key=SecretStr("testing"),
+    )
+
+
+@dataclass
+class Holding:
+    worker: str
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class Fleet:
+    """Coordinators on one table, each with its own client, and every holding their events announced."""
+
+    endpoint: str
+    name: str
+    coordinators: dict[str, LeaseCoordinator] = field(default_factory=dict)
+    holdings: dict[str, list[Holding]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, worker: str, **options: Any) -> LeaseCoordinator:
+        table = await LeaseTable.open(self.name, access(self.endpoint))
+        options = {"lease_duration": DURATION, "take_period": TAKE_PERIOD, **options}
+        coordinator = LeaseCoordinator(table, worker, **options)
+        self.coordinators[worker] = coordinator
+        self._tasks.append(asyncio.create_task(self._record(coordinator)))
+        coordinator.start()
+        return coordinator
+
+    async def _record(self, coordinator: LeaseCoordinator) -> None:
+        while True:
+            event = await coordinator.events.get()
+            if isinstance(event, Acquired):
+                self.holdings.setdefault(event.shard, []).append(Holding(coordinator.worker_id, event.at))
+            else:
+                self._close(coordinator.worker_id, event.at, event.shard)
+
+    def _close(self, worker: str, at: float, shard: str | None = None) -> None:
+        for key, holdings in self.holdings.items():
+            for holding in holdings:
+                if holding.worker == worker and holding.end is None and shard in (None, key):
+                    holding.end = at
+
+    async def stop(self, worker: str, release: bool) -> None:
+        """A graceful stop (release) or a kill -9 (tasks cancelled, nothing written); its holdings end now."""
+        coordinator = self.coordinators.pop(worker)
+        self._close(worker, asyncio.get_running_loop().time())
+        await coordinator.stop(release=release)
+        await coordinator.table.close()
+
+    def counts(self) -> dict[str, int]:
+        return {worker: len(c.held()) for worker, c in self.coordinators.items()}
+
+    async def close(self) -> None:
+        for worker in list(self.coordinators):
+            await self.stop(worker, release=False)
+        for task in self._tasks:
+            task.cancel()
+
+
+@pytest.fixture
+async def fleet(moto_endpoint: str) -> AsyncIterator[Fleet]:
+    group = Fleet(moto_endpoint, f"leases-{next(_tables)}")
+    try:
+        yield group
+    finally:
+        await group.close()
+
+
+@asynccontextmanager
+async def opened(fleet: Fleet) -> AsyncIterator[LeaseTable]:
+    """A client of the fleet's table, for setting it up and reading what the workers wrote."""
+    table = await LeaseTable.open(fleet.name, access(fleet.endpoint))
+    try:
+        yield table
+    finally:
+        await table.close()
+
+
+async def leases(table: LeaseTable) -> dict[str, Lease]:
+    return {lease.key: lease for lease in await table.scan()}
+
+
+def fair(counts: dict[str, int], shards: int) -> bool:
+    return sum(counts.values()) == shards and max(counts.values()) - min(counts.values()) <= 1
+
+
+async def timed(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    await wait_for(condition, timeout, what)
+    return time.monotonic() - started
+
+
+# --- the table ------------------------------------------------------------------------------------------------------
+
+
+async def test_table_is_created_on_demand_with_kcl_attribute_names(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The standard AWS chain finds moto through AWS_ENDPOINT_URL_DYNAMODB; the items carry KCL 2.x's names."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    name = f"leases-{next(_tables)}"
+    table = await LeaseTable.open(name)
+    try:
+        described = await table._client.describe_table(TableName=name)
+        assert described["Table"]["TableStatus"] == "ACTIVE"
+        assert described["Table"]["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+        assert described["Table"]["KeySchema"] == [{"AttributeName": "leaseKey", "KeyType": "HASH"}]
+        await (await LeaseTable.open(name)).close()  # a second worker finds it
+        assert await table.create(Lease("s5", parents=frozenset({"s1", "s2"})))
+        assert not await table.create(Lease("s5"))  # attribute_not_exists(leaseKey): the first one stays
+        taken = await table.take(Lease("s5", parents=frozenset({"s1", "s2"})), "worker-a")
+        sequence = 49590338271490256608559692538361571095921575989136588898  # 56 digits, as Kinesis's
+        checkpointed = await table.checkpoint(taken, sequence)
+        ended = await table.end(checkpointed, ["s7"])
+        item = (await table._client.get_item(TableName=name, Key={"leaseKey": {"S": "s5"}}))["Item"]
+        assert item == {
+            "leaseKey": {"S": "s5"},
+            "leaseCounter": {"N": "3"},
+            "checkpoint": {"S": SHARD_END},
+            "checkpointSubSequenceNumber": {"N": "0"},
+            "ownerSwitchesSinceCheckpoint": {"N": "0"},
+            "parentShardId": {"SS": ["s1", "s2"]},
+            "childShardIds": {"SS": ["s7"]},
+        }
+        assert ended == Lease.from_item(item)
+        assert taken.owner_switches == 1 and checkpointed.checkpoint == sequence
+    finally:
+        await table.close()
+
+
+async def test_writes_are_conditional_on_the_counter_and_a_retried_write_that_went_through_succeeds(
+    fleet: Fleet,
+) -> None:
+    async with opened(fleet) as table:
+        await table.create(Lease("s0"))
+        seen = (await leases(table))["s0"]
+        taken = await table.take(seen, "a")
+        # botocore retried a take whose first attempt went through: the item holds what it meant to write
+        assert await table.take(seen, "a") == taken
+        with pytest.raises(LeaseLost, match="take refused \\(held by 'a', counter 1\\)"):
+            await table.take(seen, "b")  # the counter moved on since `seen`
+        renewed = await table.renew(taken)
+        with pytest.raises(LeaseLost):
+            await table.checkpoint(taken, 7)  # stale counter
+        released = await table.release(renewed)
+        assert released.owner is None and (await leases(table))["s0"] == released
+        with pytest.raises(LeaseLost):
+            await table.renew(renewed)
+        assert not await table.delete_ended("s0")  # only finished leases are deleted
+
+
+# --- sharing --------------------------------------------------------------------------------------------------------
+
+
+async def test_two_then_three_workers_converge_to_a_fair_share(fleet: Fleet, record_property: Any) -> None:
+    first = await fleet.start("a")
+    assert len(await first.sync(EIGHT)) == 8
+    await wait_for(lambda: fleet.counts() == {"a": 8}, 5, "one worker holds all eight")
+    await fleet.start("b")
+    two = await timed(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    assert sorted(fleet.counts().values()) == [4, 4]
+    await fleet.start("c")
+    three = await timed(lambda: fair(fleet.counts(), 8), 10, "a 3/3/2 share")
+    assert sorted(fleet.counts().values()) == [2, 3, 3]
+    async with opened(fleet) as table:
+        owners = {key: lease.owner for key, lease in (await leases(table)).items()}
+    assert owners == {shard: worker for worker, c in fleet.coordinators.items() for shard in c.held()}
+    # stable once fair: nothing moves during two more lease durations
+    before = {worker: set(c.held()) for worker, c in fleet.coordinators.items()}
+    await asyncio.sleep(2 * DURATION)
+    assert {worker: set(c.held()) for worker, c in fleet.coordinators.items()} == before
+    record_property("fault_figures", f"leases: fair share of 8 shards in {two:.1f} s (2 workers), {three:.1f} s (3)")
+
+
+async def test_a_killed_workers_leases_are_taken_within_the_lease_duration_and_two_take_periods(
+    fleet: Fleet, record_property: Any
+) -> None:
+    first = await fleet.start("a")
+    await first.sync(EIGHT)
+    await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
+    await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    await fleet.stop("b", release=False)  # kill -9: nothing written, its leases stay owned by "b"
+    took = await timed(lambda: fleet.counts() == {"a": 8}, 10, "a holds all eight")
+    # expired once its counter has not moved for DURATION (its last renew was at most DURATION/3 before the kill)
+    assert DURATION * 2 / 3 < took < DURATION + 2 * TAKE_PERIOD + 0.5
+    async with opened(fleet) as table:
+        assert {lease.owner for lease in (await leases(table)).values()} == {"a"}
+    record_property("fault_figures", f"leases: killed worker's 4 leases taken in {took:.2f} s (duration {DURATION} s)")
+
+
+async def test_a_graceful_stop_releases_so_another_worker_takes_at_once(fleet: Fleet, record_property: Any) -> None:
+    first = await fleet.start("a")
+    await first.sync(EIGHT)
+    await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
+    await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    b_leases = set(fleet.coordinators["b"].held())
+    await fleet.stop("b", release=True)
+    async with opened(fleet) as table:
+        found = await leases(table)
+    assert "b" not in {found[key].owner for key in b_leases}  # None, or "a" already
+    took = await timed(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
+    assert took < TAKE_PERIOD + 0.3 < DURATION  # one scan: no waiting for expiry
+    record_property("fault_figures", f"leases: released leases taken in {took:.2f} s (take period {TAKE_PERIOD} s)")
+
+
+async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes_it(
+    fleet: Fleet, record_property: Any
+) -> None:
+    """The table stops answering one worker (its renewals hang): it reports the lease lost once the lease
+    duration has passed since its last successful renew, and the other worker's takeover comes after that."""
+    holder = await fleet.start("a")
+    await holder.sync(EIGHT[:1])
+    shard = EIGHT[0].id
+    await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await fleet.start("b")
+
+    async def unanswered(lease: Lease) -> Lease:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    holder.table.renew = unanswered  # type: ignore[method-assign]
+    await wait_for(lambda: len(fleet.holdings[shard]) == 2, 10, "b takes the shard")
+    gave_up, taken = fleet.holdings[shard]
+    assert (gave_up.worker, taken.worker) == ("a", "b")
+    assert gave_up.end is not None and gave_up.end <= taken.start
+    assert not holder.owns(shard) and holder.held() == {}
+    margin = taken.start - gave_up.end
+    record_property("fault_figures", f"leases: a lease its holder cannot renew is given up {margin:.2f} s before taken")
+
+
+async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone(fleet: Fleet) -> None:
+    holder = await fleet.start("a")
+    await holder.sync(EIGHT[:1])
+    shard = EIGHT[0].id
+    await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await holder.checkpoint(shard, 100)
+    async with opened(fleet) as table:
+        stolen = await table.take((await leases(table))[shard], "thief")
+        await table.checkpoint(stolen, 150)
+        with pytest.raises(LeaseLost, match="checkpoint refused \\(held by 'thief'"):
+            await holder.checkpoint(shard, 200)  # before "a" renewed: only the condition stops it
+        after = (await leases(table))[shard]
+    assert (after.owner, after.checkpoint) == ("thief", 150)
+    assert not holder.owns(shard) and holder.held() == {}
+    with pytest.raises(LeaseLost):
+        await holder.checkpoint(shard, 300)
+    await wait_for(lambda: fleet.holdings[shard][0].end is not None, 2, "a's Lost event")
+    assert [h.worker for h in fleet.holdings[shard]] == ["a"]
+
+
+async def test_two_workers_never_both_hold_a_shard(fleet: Fleet) -> None:
+    """Workers join, are killed and leave while all of them checkpoint what they hold as fast as they can: every
+    shard's holdings (from the events) never overlap, and every checkpoint the table accepted was made inside a
+    holding of its writer (it started inside one: a kill or a stop may end the holding while the write is on its
+    way)."""
+    accepted: list[tuple[str, str, float]] = []
+    refused = 0
+    sequence = itertools.count(1)
+
+    async def checkpointing() -> None:
+        nonlocal refused
+        while True:
+            for worker, coordinator in list(fleet.coordinators.items()):
+                for shard in coordinator.held():
+                    if fleet.coordinators.get(worker) is not coordinator:
+                        break  # stopped (killed or released): its holdings ended, as for a reader that stops
+                    started = asyncio.get_running_loop().time()
+                    try:
+                        await coordinator.checkpoint(shard, next(sequence))
+                        accepted.append((shard, worker, started))
+                    except LeaseLost:
+                        refused += 1
+            await asyncio.sleep(0.02)
+
+    loop = asyncio.create_task(checkpointing())
+    try:
+        first = await fleet.start("a")
+        await first.sync(EIGHT)
+        await fleet.start("b")
+        await fleet.start("c")
+        await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 3/3/2 share")
+        await fleet.stop("a", release=False)
+        await wait_for(lambda: fair(fleet.counts(), 8), 10, "b and c share eight")
+        await fleet.start("d")
+        await wait_for(lambda: fair(fleet.counts(), 8) and fleet.counts()["d"] >= 2, 10, "d has its share")
+        await fleet.stop("b", release=True)
+        await wait_for(lambda: fair(fleet.counts(), 8), 10, "c and d share eight")
+    finally:
+        loop.cancel()
+    moved = 0
+    for shard, holdings in fleet.holdings.items():
+        ordered = sorted(holdings, key=lambda h: h.start)
+        moved += len(ordered) - 1
+        for earlier, later in itertools.pairwise(ordered):
+            assert earlier.end is not None and earlier.end <= later.start, (shard, earlier, later)
+    assert moved >= 8  # shards really changed hands
+    for shard, worker, at in accepted:
+        holdings = fleet.holdings[shard]
+        assert any(h.worker == worker and h.start <= at and (h.end is None or at <= h.end) for h in holdings)
+    assert len(accepted) > 100
+
+
+# --- lineage --------------------------------------------------------------------------------------------------------
+
+
+async def test_children_of_a_split_and_a_merge_wait_for_their_parents(fleet: Fleet) -> None:
+    worker = await fleet.start("a")
+    assert sorted(await worker.sync(RESHARDED)) == ["s0", "s1", "s2", "s3", "s4", "s5"]
+    await wait_for(lambda: set(worker.held()) == {"s0", "s1", "s2"}, 5, "the parents are taken")
+    await asyncio.sleep(2 * TAKE_PERIOD)  # two more take passes
+    assert set(worker.held()) == {"s0", "s1", "s2"}  # the children are not takeable
+    await worker.checkpoint("s0", 41)
+    await worker.end("s0", [Shard("s3", ("s0",)), Shard("s4", ("s0",))])
+    await wait_for(lambda: set(worker.held()) == {"s1", "s2", "s3", "s4"}, 5, "the split's children are taken")
+    assert worker.held()["s3"] == TRIM_HORIZON
+    await worker.end("s1", [Shard("s5", ("s1", "s2"))])
+    await asyncio.sleep(2 * TAKE_PERIOD)  # two more take passes
+    assert "s5" not in worker.held()  # one of the merge's parents has not ended
+    await worker.end("s2", [Shard("s5", ("s1", "s2"))])
+    await wait_for(lambda: "s5" in worker.held(), 5, "the merge's child is taken")
+    acquired = [h.start for shard in ("s0", "s3", "s5") for h in fleet.holdings[shard]]
+    assert acquired == sorted(acquired)
+    async with opened(fleet) as table:
+        ended = (await leases(table))["s0"]
+        assert (ended.checkpoint, ended.owner, ended.children) == (SHARD_END, None, {"s3", "s4"})
+        # s0 expired from the stream: its finished lease goes; s1 and s2 are still listed and stay
+        assert await worker.sync([shard for shard in RESHARDED if shard.id != "s0"]) == []
+        assert sorted(await leases(table)) == ["s1", "s2", "s3", "s4", "s5"]
+
+
+async def test_lease_creation_at_latest_and_trim_horizon(fleet: Fleet) -> None:
+    latest = await fleet.start("latest", initial_position=LATEST)
+    assert sorted(await latest.sync(RESHARDED)) == ["s3", "s4", "s5"]
+    assert await latest.sync(RESHARDED) == []  # the closed parents are skipped for good
+    async with opened(fleet) as table:
+        found = await leases(table)
+    assert {key: lease.checkpoint for key, lease in found.items()} == {"s3": LATEST, "s4": LATEST, "s5": LATEST}
+    # the parents have no lease, which counts as finished: the children are takeable at once
+    await wait_for(lambda: set(latest.held()) == {"s3", "s4", "s5"}, 5, "the open shards are taken")
+
+    other = Fleet(fleet.endpoint, fleet.name + "-trim")
+    try:
+        trim = await other.start("trim", initial_position=TRIM_HORIZON)
+        assert sorted(await trim.sync(RESHARDED)) == ["s0", "s1", "s2", "s3", "s4", "s5"]
+        async with opened(other) as table:
+            found = await leases(table)
+        assert {lease.checkpoint for lease in found.values()} == {TRIM_HORIZON}
+        assert found["s5"].parents == {"s1", "s2"} and found["s3"].parents == {"s0"}
+    finally:
+        await other.close()
+
+
+async def test_finished_leases_are_cleaned_up_after_the_delay_and_not_recreated(fleet: Fleet) -> None:
+    worker = await fleet.start("a", cleanup_delay=CLEANUP_DELAY)
+    await worker.sync(RESHARDED[:1] + RESHARDED[3:5])  # s0 split into s3 and s4
+    await wait_for(lambda: set(worker.held()) == {"s0"}, 5, "the parent is taken")
+    await worker.end("s0", [Shard("s3", ("s0",)), Shard("s4", ("s0",))])
+    await wait_for(lambda: set(worker.held()) == {"s3", "s4"}, 5, "the children are taken")
+    await worker.checkpoint("s3", 5)
+    async with opened(fleet) as table:
+        await asyncio.sleep(CLEANUP_DELAY + 2 * TAKE_PERIOD)
+        assert "s0" in await leases(table)  # s4 has not started: deleting s0 could replay it
+        await worker.checkpoint("s4", 9)
+        started = time.monotonic()
+        while "s0" in await leases(table):
+            assert time.monotonic() - started < 5, "the parent's lease is not deleted"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - started >= CLEANUP_DELAY
+        assert await worker.sync(RESHARDED[:1] + RESHARDED[3:5]) == []  # still listed, not recreated
+        assert set(await leases(table)) == {"s3", "s4"}
+
+
+def test_lineage_rules() -> None:
+    # a chain 0 -> 1 -> 2 (each closed shard split into one child, for brevity)
+    chain = [Shard("0", closed=True), Shard("1", ("0",), closed=True), Shard("2", ("1",))]
+    assert [lease.key for lease in plan(chain, {"1"}, TRIM_HORIZON)] == ["2"]  # "0" ended and was cleaned up
+    assert [(lease.key, lease.checkpoint) for lease in plan(chain, set(), LATEST)] == [("2", LATEST)]
+    assert [lease.key for lease in plan(chain, {"2"}, TRIM_HORIZON)] == []
+    # a child of a shard with a lease starts at TRIM_HORIZON whatever the initial position
+    assert [(lease.key, lease.checkpoint) for lease in plan(chain, {"0"}, LATEST)] == [
+        ("1", TRIM_HORIZON),
+        ("2", TRIM_HORIZON),
+    ]
+    # parents not listed any more (expired) do not block the listing
+    assert [lease.key for lease in plan([Shard("9", ("gone",))], set(), TRIM_HORIZON)] == ["9"]
+    table = {
+        "p": Lease("p", checkpoint=SHARD_END, children=frozenset({"c"})),
+        "q": Lease("q", checkpoint=17),
+        "c": Lease("c", parents=frozenset({"p", "q"})),
+        "d": Lease("d", parents=frozenset({"p", "gone"})),
+    }
+    assert not takeable(table["c"], table)  # q has not ended
+    assert takeable(table["d"], table)  # p ended, "gone" has no lease
+    assert not takeable(table["p"], table)  # finished leases are never taken
+    assert not cleanable(table["p"], table)  # its child c has not started
+    table["c"] = Lease("c", checkpoint=3, parents=frozenset({"p", "q"}))
+    assert cleanable(table["p"], table)
+    assert vanished(table["p"], table, {"q", "c", "d"}) and not vanished(table["p"], table, {"p"})
+    assert not vanished(table["q"], table, set())  # not finished
+    table["q"] = Lease("q", checkpoint=SHARD_END, parents=frozenset({"p"}))
+    assert not vanished(table["q"], table, set())  # its parent's lease goes first
