@@ -65,11 +65,12 @@ ITERATOR_AGE: Final = LagMetric(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamLocation:
     """Where a function's streams are, as Lambda's events and failure records name them: the region and account of
     the stream ARNs, and the identity the records are read with (the event's `invokeIdentityArn`; on AWS the
-    event source mapping's execution role). It is the Kinesis reader's `connection`."""
+    event source mapping's execution role). It is the Kinesis reader's `connection`, which the engine takes
+    before the reader connects: the reader fills it in once it has asked AWS (the events read it when built)."""
 
     region: str
     account: str

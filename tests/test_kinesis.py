@@ -1,0 +1,184 @@
+"""KinesisSource against moto in server mode (Kinesis, and DynamoDB for the lease table): Lambda's Kinesis event,
+Powertools handlers, native records, checkpoints in the lease table, restarts, dead letters, throttling.
+
+Each test has its own stream and lease table. moto numbers records 1, 2, 3... per shard (AWS: 56-digit sequence
+numbers); the source treats them as opaque integers either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from conftest import run_worker
+
+from streamfn import App, Record
+from streamfn.connectors.kinesis import KinesisSource
+from streamfn.connectors.kinesis import reader as kinesis_reader
+from streamfn.errors import ConfigError
+
+REGION = "us-east-1"
+_names = itertools.count()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Dummy credentials for moto; caught-up shards polled every 0.1 s instead of Lambda's 1 s, to keep tests fast."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setattr(kinesis_reader, "POLL_INTERVAL_SECONDS", 0.1)
+    return moto_endpoint
+
+
+class Stream:
+    """A stream made for one test, with a sync client to put records and read the lease table."""
+
+    def __init__(self, endpoint: str, shards: int) -> None:
+        self.endpoint = endpoint
+        self.name = f"stream-{next(_names)}-{id(self):x}"
+        self.table = f"leases-{self.name}"
+        self.kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name=REGION)
+        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
+        self.kinesis.create_stream(StreamName=self.name, ShardCount=shards)
+        self.shards = [s["ShardId"] for s in self.kinesis.list_shards(StreamName=self.name)["Shards"]]
+
+    def source(self, **kw: Any) -> KinesisSource:
+        return KinesisSource(
+            stream=self.name, endpoint_url=self.endpoint, region_name=REGION, lease_table=self.table, **kw
+        )
+
+    def put(self, values: list[Any], key: Callable[[Any], str] = str) -> dict[str, list[tuple[int, Any]]]:
+        """Put each value (JSON) with its partition key; per shard, (sequence number, value) in order."""
+        placed: dict[str, list[tuple[int, Any]]] = {}
+        for value in values:
+            answer = self.kinesis.put_record(StreamName=self.name, Data=orjson.dumps(value), PartitionKey=key(value))
+            placed.setdefault(answer["ShardId"], []).append((int(answer["SequenceNumber"]), value))
+        return placed
+
+    def checkpoints(self) -> dict[str, str]:
+        """The lease table's checkpoint per shard ({} before the table exists)."""
+        try:
+            items = self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
+        except self.dynamodb.exceptions.ResourceNotFoundException:
+            return {}
+        return {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in items}
+
+    def owners(self) -> dict[str, str | None]:
+        items = self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
+        return {item["leaseKey"]["S"]: item.get("leaseOwner", {}).get("S") for item in items}
+
+
+@pytest.fixture
+def stream(aws: str) -> Iterator[Callable[..., Stream]]:
+    made: list[Stream] = []
+
+    def make(shards: int = 1) -> Stream:
+        made.append(Stream(aws, shards))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.kinesis.delete_stream(StreamName=s.name)
+
+
+def last_sequences(placed: dict[str, list[tuple[int, Any]]]) -> dict[str, str]:
+    return {shard: str(records[-1][0]) for shard, records in placed.items()}
+
+
+async def test_a_lambda_style_handler_gets_lambdas_kinesis_event(stream: Callable[..., Stream]) -> None:
+    s = stream()
+    placed = s.put([{"n": 1}, {"n": 2}, {"n": 3}], key=lambda v: f"user-{v['n']}")
+    events: list[dict[str, Any]] = []
+    app = App("kin")
+
+    @app.function(source=s.source(), batch_size=10)
+    def handler(event: dict[str, Any], context: Any) -> None:
+        events.append(event)
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=30)
+    records = [r for event in events for r in event["Records"]]
+    [shard] = s.shards
+    arn = f"arn:aws:kinesis:{REGION}:123456789012:stream/{s.name}"
+    described = s.kinesis.get_records(
+        ShardIterator=s.kinesis.get_shard_iterator(StreamName=s.name, ShardId=shard, ShardIteratorType="TRIM_HORIZON")[
+            "ShardIterator"
+        ]
+    )["Records"]
+    assert records == [
+        {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": f"user-{n}",
+                "sequenceNumber": str(sequence),
+                "data": base64.b64encode(orjson.dumps({"n": n})).decode(),
+                "approximateArrivalTimestamp": round(item["ApproximateArrivalTimestamp"].timestamp() * 1000) / 1000,
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": f"{shard}:{sequence}",
+            "eventName": "aws:kinesis:record",
+            "invokeIdentityArn": "arn:aws:sts::123456789012:user/moto",
+            "awsRegion": REGION,
+            "eventSourceARN": arn,
+        }
+        for (sequence, _), n, item in zip(placed[shard], (1, 2, 3), described, strict=True)
+    ]
+
+
+async def test_native_handlers_get_records_and_every_shard_is_checkpointed_at_its_last_sequence_number(
+    stream: Callable[..., Stream],
+) -> None:
+    s = stream(shards=3)
+    placed = s.put([{"n": n} for n in range(60)], key=lambda v: f"key-{v['n'] % 7}")
+    handled: list[Record] = []
+    app = App("kin")
+
+    @app.function(source=s.source(), batch_size=7)
+    async def native(records: list[Record]) -> None:
+        handled.extend(records)
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=30)
+    by_shard: dict[Any, list[tuple[int, Any]]] = {}
+    for r in handled:
+        by_shard.setdefault(r.partition, []).append((r.offset, r.value))
+        assert (r.topic, r.key) == (s.name, f"key-{r.value['n'] % 7}".encode())
+    assert by_shard == placed  # each shard's records once, in order, the sequence number as position
+    assert set(s.owners().values()) == {None}  # a graceful stop releases the leases
+
+
+async def test_a_restart_resumes_after_the_checkpoint(stream: Callable[..., Stream]) -> None:
+    s = stream()
+    first = s.put([{"n": n} for n in range(5)])
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source())
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(first), timeout=30)
+    second = s.put([{"n": n} for n in range(5, 9)])
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(second), timeout=30)
+    assert handled == list(range(9))
+
+
+def test_configuration_errors_are_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^KinesisSource: give the stream's name"):
+        KinesisSource()
+    with pytest.raises(ConfigError, match=r"^KinesisSource: EventSourceArn='arn:nope' is invalid: must be a Kinesis"):
+        KinesisSource(EventSourceArn="arn:nope")
+    with pytest.raises(ConfigError, match=r"starting_position='EARLIEST' is invalid: .*'TRIM_HORIZON', 'LATEST'"):
+        KinesisSource(stream="s", starting_position="EARLIEST")
+    with pytest.raises(ConfigError, match=r"lease_duration_seconds=0 is invalid: allowed: >= 1 and <= 3600"):
+        KinesisSource(stream="s", lease_duration_seconds=0)
+    with pytest.raises(ConfigError, match=r"starting_position_timestamp \(Unix seconds\) is required"):
+        KinesisSource(stream="s", StartingPosition="AT_TIMESTAMP")
+    source = KinesisSource(EventSourceArn="arn:aws:kinesis:eu-west-1:123456789012:stream/clicks")
+    assert (source.topics, source.access().region_name) == (["clicks"], "eu-west-1")
+    assert source.group_id("my app", "enrich") == "my-app-enrich"
