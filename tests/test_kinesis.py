@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from conftest import run_worker
+from conftest import read_topic, run_worker
 
 from streamfn import App, Record
 from streamfn.connectors.kinesis import KinesisSource
@@ -182,3 +182,63 @@ def test_configuration_errors_are_one_line() -> None:
     source = KinesisSource(EventSourceArn="arn:aws:kinesis:eu-west-1:123456789012:stream/clicks")
     assert (source.topics, source.access().region_name) == (["clicks"], "eu-west-1")
     assert source.group_id("my app", "enrich") == "my-app-enrich"
+
+
+async def test_a_powertools_handler_runs_unchanged_and_its_failed_record_is_dead_lettered_by_sequence_number(
+    stream: Callable[..., Stream], broker: str
+) -> None:
+    """AWS Lambda Powertools' parser model and BatchProcessor for Kinesis, as a Lambda function would use them: its
+    partial failure (n = 3) is bisected at that sequence number and retried alone, then dead-lettered with Lambda's
+    failure record (`KinesisBatchInfo`, the record's own event as payload); the others are handled and the shard
+    checkpointed at its last sequence number."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.parser import parse
+    from aws_lambda_powertools.utilities.parser.models import KinesisDataStreamModel, KinesisDataStreamRecord
+
+    from streamfn.connectors.kafka import KafkaTopic
+
+    s = stream()
+    placed = s.put([{"n": n} for n in range(6)])
+    [(shard, records)] = placed.items()
+    poison = records[3][0]
+    processor = BatchProcessor(event_type=EventType.KinesisDataStreams, model=KinesisDataStreamRecord)
+    handled: list[int] = []
+    dlq = f"dlq-{s.name}"
+    app = App("kin")
+
+    def record_handler(record: KinesisDataStreamRecord) -> None:
+        value = orjson.loads(record.kinesis.data)
+        if value["n"] == 3:
+            raise ValueError("poison")
+        handled.append(value["n"])
+
+    @app.function(
+        source=s.source(),
+        function_response_types=["ReportBatchItemFailures"],
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=1,
+        on_failure=KafkaTopic(dlq, bootstrap_servers=broker),
+    )
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        parse(event=event, model=KinesisDataStreamModel)  # the whole event validates as Powertools models it
+        return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=40)
+    assert sorted(set(handled)) == [0, 1, 2, 4, 5]
+    [letter] = await read_topic(broker, dlq, 1)
+    failure = orjson.loads(letter.value)
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    # The whole batch, its half (4-5), then the record alone twice: there Powertools raises, all records failed.
+    assert failure["requestContext"]["approximateInvokeCount"] == 5
+    assert (failure["responseContext"]["functionError"], failure["errorType"]) == ("Unhandled", "BatchProcessingError")
+    arrival = failure["KinesisBatchInfo"].pop("approximateArrivalOfFirstRecord")
+    assert failure["KinesisBatchInfo"] == {
+        "shardId": shard,
+        "startSequenceNumber": str(poison),
+        "endSequenceNumber": str(poison),
+        "approximateArrivalOfLastRecord": arrival,
+        "batchSize": 1,
+        "streamArn": f"arn:aws:kinesis:{REGION}:123456789012:stream/{s.name}",
+    }
+    [item] = failure["payload"]["Records"]
+    assert (item["eventID"], base64.b64decode(item["kinesis"]["data"])) == (f"{shard}:{poison}", b'{"n":3}')
