@@ -221,7 +221,9 @@ async def test_a_powertools_handler_runs_unchanged_and_its_failed_record_is_dead
     )
     def handler(event: dict[str, Any], context: Any) -> Any:
         parse(event=event, model=KinesisDataStreamModel)  # the whole event validates as Powertools models it
-        return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
 
     await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=40)
     assert sorted(set(handled)) == [0, 1, 2, 4, 5]
