@@ -7,19 +7,25 @@ numbers); the source treats them as opaque integers either way.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import boto3
 import orjson
 import pytest
-from conftest import read_topic, run_worker
+from botocore.exceptions import ClientError
+from conftest import read_topic, run_worker, wait_for
 
 from streamfn import App, Record
 from streamfn.connectors.kinesis import KinesisSource
 from streamfn.connectors.kinesis import reader as kinesis_reader
+from streamfn.connectors.kinesis.reader import KinesisReader
+from streamfn.connectors.shards import AwsAccess, LeaseTable
+from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError
 
 REGION = "us-east-1"
@@ -244,3 +250,135 @@ async def test_a_powertools_handler_runs_unchanged_and_its_failed_record_is_dead
     }
     [item] = failure["payload"]["Records"]
     assert (item["eventID"], base64.b64decode(item["kinesis"]["data"])) == (f"{shard}:{poison}", b'{"n":3}')
+
+
+GetRecords = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def intercept_get_records(monkeypatch: pytest.MonkeyPatch, fault: Callable[[GetRecords, dict[str, Any]], Any]) -> None:
+    """Route every GetRecords of the readers connected from now on through `fault(real_call, arguments)`: moto
+    neither throttles nor ends a shard (its closed shards never return a null NextShardIterator)."""
+    connect = KinesisReader.connect
+
+    async def connect_then_intercept(reader: KinesisReader) -> None:
+        await connect(reader)
+        real = reader._kinesis.get_records
+        if getattr(real, "intercepted", False):
+            return
+
+        async def get_records(**arguments: Any) -> Any:
+            return await fault(real, arguments)
+
+        get_records.intercepted = True  # type: ignore[attr-defined]
+        reader._kinesis.get_records = get_records
+
+    monkeypatch.setattr(KinesisReader, "connect", connect_then_intercept)
+
+
+def iterator_shard(arguments: dict[str, Any]) -> tuple[str, int]:
+    """The shard and last sequence number a moto shard iterator names (base64 of "stream:shard:sequence")."""
+    _, shard, sequence = base64.decodebytes(arguments["ShardIterator"].encode()).decode().split(":")
+    return shard, int(sequence)
+
+
+async def test_throttling_is_backed_off_and_never_reaches_the_handler(
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream()
+    placed = s.put([{"n": n} for n in range(10)])
+    throttles: list[float] = []
+
+    async def throttle_five_times(real: GetRecords, arguments: dict[str, Any]) -> Any:
+        if len(throttles) < 5:
+            throttles.append(time.monotonic())
+            error = {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded for shard"}
+            raise ClientError({"Error": error}, "GetRecords")
+        return await real(**arguments)
+
+    intercept_get_records(monkeypatch, throttle_five_times)
+    monkeypatch.setattr(kinesis_reader, "BACKOFF_BASE_SECONDS", 0.05)
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source())
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    [summary] = await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=30)
+    assert len(throttles) == 5
+    assert handled == list(range(10))
+    assert (summary.stats.failed_invocations, summary.stats.retries, summary.stats.dead_lettered) == (0, 0, 0)
+
+
+async def test_a_lease_taken_by_another_worker_is_lost_at_once_and_nothing_more_is_committed_for_it(
+    stream: Callable[..., Stream],
+) -> None:
+    s = stream()
+    first = s.put([{"n": n} for n in range(3)])
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source(lease_duration_seconds=3))
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        await wait_for(lambda: s.checkpoints() == last_sequences(first), 20, "the first records checkpointed")
+        [shard] = s.shards
+        table = await LeaseTable.open(s.table, AwsAccess(endpoint_url=s.endpoint, region_name=REGION))
+        lease = await table.get(shard)
+        assert lease is not None
+        await table.take(lease, "another-worker")  # as a worker elsewhere would steal it
+        await table.close()
+        poller = worker.pollers[0]
+        await wait_for(lambda: not poller.workers, 10, "the shard lost (within a renew period)")
+        s.put([{"n": n} for n in range(3, 6)])
+        await asyncio.sleep(1)  # ten polls of a caught-up shard, were it still read
+    finally:
+        worker.stop()
+        await running
+    assert handled == [0, 1, 2]
+    assert (s.checkpoints(), s.owners()) == (last_sequences(first), {shard: "another-worker"})
+
+
+async def test_a_shard_end_drains_the_parent_then_its_children_start(
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split parent is read to its end (here: the null NextShardIterator AWS sends, injected since moto never
+    does), handled, checkpointed at its last record, then SHARD_END with its children; only then are the children
+    read (their leases wait for their parent's end)."""
+    s = stream()
+    placed = s.put([{"n": n} for n in range(5)])
+    [parent] = s.shards
+    s.kinesis.split_shard(StreamName=s.name, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    children = sorted({sh["ShardId"] for sh in s.kinesis.list_shards(StreamName=s.name)["Shards"]} - {parent})
+    last = placed[parent][-1][0]
+    reads: list[str] = []
+
+    async def end_parent_after_its_last_record(real: GetRecords, arguments: dict[str, Any]) -> Any:
+        shard, after = iterator_shard(arguments)
+        reads.append(shard)
+        if shard == parent and after >= last:
+            return {"Records": [], "MillisBehindLatest": 0}  # no NextShardIterator: the shard is closed and read
+        return await real(**arguments)
+
+    intercept_get_records(monkeypatch, end_parent_after_its_last_record)
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source(lease_duration_seconds=2))
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    def children_read() -> bool:
+        return set(children) <= set(reads) and s.checkpoints().get(parent) == "SHARD_END"
+
+    await run_worker(app, None, children_read, timeout=30)
+    assert handled == list(range(5))
+    first_child_read = min(reads.index(child) for child in children)
+    assert set(reads[:first_child_read]) == {parent} and parent not in reads[first_child_read:]
+    leases = s.dynamodb.scan(TableName=s.table, ConsistentRead=True)["Items"]
+    lineage = {item["leaseKey"]["S"]: sorted(item.get("childShardIds", {}).get("SS", [])) for item in leases}
+    assert lineage == {parent: children, **{child: [] for child in children}}
