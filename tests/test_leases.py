@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,7 +31,9 @@ from streamfn.connectors.shards import (
     LeaseLost,
     LeaseTable,
     Shard,
+    default_table_name,
 )
+from streamfn.connectors.shards.balance import Expiry, choose
 from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
 
 DURATION = 1.0
@@ -255,12 +258,13 @@ async def test_a_graceful_stop_releases_so_another_worker_takes_at_once(fleet: F
     await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
     await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
     b_leases = set(fleet.coordinators["b"].held())
+    started = time.monotonic()
     await fleet.stop("b", release=True)
+    await wait_for(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
+    took = time.monotonic() - started
+    assert took < TAKE_PERIOD + 0.3 < DURATION  # the stop and one scan: no waiting for expiry
     async with opened(fleet) as table:
-        found = await leases(table)
-    assert "b" not in {found[key].owner for key in b_leases}  # None, or "a" already
-    took = await timed(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
-    assert took < TAKE_PERIOD + 0.3 < DURATION  # one scan: no waiting for expiry
+        assert {(await leases(table))[key].owner for key in b_leases} == {"a"}
     record_property("fault_figures", f"leases: released leases taken in {took:.2f} s (take period {TAKE_PERIOD} s)")
 
 
@@ -290,20 +294,23 @@ async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes
 
 
 async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone(fleet: Fleet) -> None:
-    holder = await fleet.start("a")
+    """The holder has not renewed nor scanned since the steal (a long lease, taking stopped), so nothing but the
+    checkpoint's condition can stop it."""
+    holder = await fleet.start("a", lease_duration=30.0, take_period=0.2)
     await holder.sync(EIGHT[:1])
     shard = EIGHT[0].id
     await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await holder.stop_taking()
     await holder.checkpoint(shard, 100)
     async with opened(fleet) as table:
         stolen = await table.take((await leases(table))[shard], "thief")
         await table.checkpoint(stolen, 150)
         with pytest.raises(LeaseLost, match="checkpoint refused \\(held by 'thief'"):
-            await holder.checkpoint(shard, 200)  # before "a" renewed: only the condition stops it
+            await holder.checkpoint(shard, 200)
         after = (await leases(table))[shard]
     assert (after.owner, after.checkpoint) == ("thief", 150)
     assert not holder.owns(shard) and holder.held() == {}
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match="checkpoint by 'a': not held"):
         await holder.checkpoint(shard, 300)
     await wait_for(lambda: fleet.holdings[shard][0].end is not None, 2, "a's Lost event")
     assert [h.worker for h in fleet.holdings[shard]] == ["a"]
@@ -431,6 +438,13 @@ async def test_finished_leases_are_cleaned_up_after_the_delay_and_not_recreated(
         assert set(await leases(table)) == {"s3", "s4"}
 
 
+def test_default_table_name_is_one_dynamodb_accepts() -> None:
+    assert default_table_name("clicks", "count") == "streamfn-clicks-count"
+    assert default_table_name("my app", "handle:v2/ü") == "streamfn-my-app-handle-v2-"
+    with pytest.raises(ValueError, match="not a DynamoDB table name"):
+        LeaseTable(None, "a b")
+
+
 def test_lineage_rules() -> None:
     # a chain 0 -> 1 -> 2 (each closed shard split into one child, for brevity)
     chain = [Shard("0", closed=True), Shard("1", ("0",), closed=True), Shard("2", ("1",))]
@@ -460,3 +474,44 @@ def test_lineage_rules() -> None:
     assert not vanished(table["q"], table, set())  # not finished
     table["q"] = Lease("q", checkpoint=SHARD_END, parents=frozenset({"p"}))
     assert not vanished(table["q"], table, set())  # its parent's lease goes first
+
+
+def test_expiry_is_counted_on_this_workers_clock_from_the_last_counter_change() -> None:
+    expiry = Expiry(duration=10)
+    owned, unowned = Lease("s0", counter=4, owner="a"), Lease("s1", counter=9)
+    expiry.observe({"s0": owned, "s1": unowned}, now=100)
+    assert not expiry.available(owned, 109) and expiry.available(unowned, 100)  # first sight: the clock starts
+    expiry.observe({"s0": owned}, now=105)
+    assert expiry.available(owned, 110.5)  # unchanged since 100
+    renewed = Lease("s0", counter=5, owner="a")
+    expiry.observe({"s0": renewed}, now=110.6)
+    assert not expiry.available(renewed, 120) and expiry.available(renewed, 120.7)
+
+
+def test_fair_share_choice() -> None:
+    def table(**owners: str | None) -> dict[str, Lease]:
+        return {key: Lease(key, owner=owner) for key, owner in owners.items()}
+
+    def chosen(leases: dict[str, Lease], mine: set[str], expired: frozenset[str] = frozenset(), steal: int = 1) -> Any:
+        available = {key: lease.owner is None or key in expired for key, lease in leases.items()}
+        choice = choose(leases, mine, "me", available, steal, random.Random(7))
+        return sorted(lease.key for lease in choice.take), [lease.owner for lease in choice.steal]
+
+    eight = {f"s{i}": None for i in range(8)}
+    assert chosen(table(**eight), set()) == ([f"s{i}" for i in range(8)], [])  # alone: everything
+    all_a = table(**dict.fromkeys(eight, "a"))
+    assert chosen(all_a, set()) == ([], ["a"])  # target 4: one steal per scan
+    assert chosen(all_a, set(), steal=8) == ([], ["a"] * 4)  # never below the target
+    four_four = table(**{f"s{i}": "a" if i < 4 else "b" for i in range(8)})
+    assert chosen(four_four, set()) == ([], ["a"])  # target 3; a is above it
+    three_three_two = table(**{f"s{i}": "a" if i < 3 else "b" if i < 6 else "me" for i in range(8)})
+    assert chosen(three_three_two, {"s6", "s7"}) == ([], [])  # fair: 3/3/2 is ceil(8/3) at most
+    # an expired lease is taken before anything is stolen, and its dead owner is not counted as a worker
+    assert chosen(four_four, set(), expired=frozenset({"s7"})) == (["s7"], [])
+    # finished leases and children waiting for their parents do not count
+    lineage = {
+        "p": Lease("p", owner="a"),
+        "c": Lease("c", parents=frozenset({"p"})),
+        "done": Lease("done", checkpoint=SHARD_END),
+    }
+    assert chosen(lineage, set()) == ([], [])

@@ -19,7 +19,7 @@ from streamfn.connectors.shards.lease import (
     Lease,
     Shard,
 )
-from streamfn.connectors.shards.table import LeaseError, LeaseLost, LeaseTable, LeaseTableError
+from streamfn.connectors.shards.table import LeaseError, LeaseLost, LeaseTable, LeaseTableError, default_table_name
 
 __all__ = [
     "AT_TIMESTAMP",
@@ -38,5 +38,6 @@ __all__ = [
     "LeaseTableError",
     "Lost",
     "Shard",
+    "default_table_name",
     "default_worker_id",
 ]

@@ -1,9 +1,8 @@
 """The lease coordinator of one worker: which shards it holds, kept by renewing, found by scanning and taking.
 
 KCL 2.x's algorithm (the reference's lease-table section), with these choices:
-- **Expiry without clocks in the table.** Each scan notes, on this worker's own monotonic clock, when it last saw
-  each lease's counter change (the time the Scan answered, never earlier than the change); a lease whose counter
-  has not moved for longer than the lease duration, or that nobody owns, is available. Hosts' clocks never meet.
+- **Expiry without clocks in the table** (balance.Expiry): a lease is available when nobody owns it or its
+  counter has not moved for longer than the lease duration on this worker's own clock. Hosts' clocks never meet.
 - **The holder gives up first.** A held lease is valid until the start of its last successful write plus the
   lease duration; past that (renewals failing or hanging) the holder drops it and reports it lost, before any
   other worker can see it expired. A renew or checkpoint refused on its condition loses the lease at once.
@@ -12,9 +11,8 @@ KCL 2.x's algorithm (the reference's lease-table section), with these choices:
   either been refused a renew or seen its own validity end, so the two never both believe they hold the shard
   (KCL 2.x announces at once, and the victim goes on processing until its next renew, #265). Expired and
   unowned leases are announced at once: their previous holder has already given them up.
-- **Fair shares.** Every take period: take unowned and expired leases (shuffled, so workers collide less) up to
-  the target ceil(leases / workers); only when none is available, steal `max_steal` (default 1) at a time from
-  the most loaded worker while it is above the target (or at it while this worker needs two or more). Leases
+- **Fair shares** (balance.choose): every take period, unowned and expired leases first, up to the target
+  ceil(leases / workers), then steals from the most loaded worker, `max_steal` (default 1) at a time. Leases
   count only when workable: finished leases (SHARD_END, never owned) and children still waiting for their
   parents do not.
 - **Renew and checkpoint never race.** Both bump the counter, so each lease has one asyncio lock around both.
@@ -36,12 +34,12 @@ import os
 import random
 import socket
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from streamfn.connectors.shards.balance import Expiry, choose
 from streamfn.connectors.shards.lease import SENTINELS, SHARD_END, TRIM_HORIZON, Checkpoint, Lease, Shard
-from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
+from streamfn.connectors.shards.lineage import cleanable, plan, vanished
 from streamfn.connectors.shards.table import LeaseError, LeaseLost, LeaseTable, LeaseTableError
 
 log = logging.getLogger("streamfn.shards")
@@ -122,8 +120,7 @@ class LeaseCoordinator:
         self.max_steal = max_steal
         self.events: asyncio.Queue[LeaseEvent] = asyncio.Queue()
         self._held: dict[str, _Held] = {}
-        self._seen: dict[str, tuple[int, float]] = {}
-        """Per lease: the counter last scanned and when (this clock) it was first seen with that value."""
+        self._expiry = Expiry(lease_duration)
         self._cleanable_since: dict[str, float] = {}
         self._taker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -189,7 +186,9 @@ class LeaseCoordinator:
         return created
 
     async def checkpoint(self, shard: str, sequence: int) -> None:
-        """Record that `shard` is handled up to and including `sequence`; LeaseLost if it is not held any more."""
+        """Record that `shard` is handled up to and including `sequence`. LeaseLost (and a Lost event) if it is not
+        held any more: the table keeps the new holder's checkpoint. LeaseTableError if the table failed: the
+        lease is still held, the checkpoint may be tried again."""
         await self._write(shard, "checkpoint", lambda lease: self.table.checkpoint(lease, sequence))
 
     async def end(self, shard: str, children: Sequence[Shard] = ()) -> None:
@@ -225,11 +224,11 @@ class LeaseCoordinator:
         `forget`, the lease is dropped under the same lock, so no renew follows the write."""
         held = self._held.get(shard)
         if held is None or held.announce_at is not None:
-            raise LeaseLost(shard, f"{action} by {self.worker_id!r}")
+            raise LeaseLost(shard, f"{action} by {self.worker_id!r}: not held")
         try:
             async with asyncio.timeout_at(held.valid_until), held.lock:
                 if self._held.get(shard) is not held:
-                    raise LeaseLost(shard, f"{action} by {self.worker_id!r}")
+                    raise LeaseLost(shard, f"{action} by {self.worker_id!r}: lost while waiting for the lease")
                 started = _now()
                 held.lease = await write(held.lease)
                 held.valid_until = started + self.lease_duration
@@ -237,7 +236,7 @@ class LeaseCoordinator:
                     await self._forget(shard)
         except TimeoutError:
             await self._lose(shard, held, "its validity ended before the write")
-            raise LeaseLost(shard, f"{action} by {self.worker_id!r} (validity ended)") from None
+            raise LeaseLost(shard, f"{action} by {self.worker_id!r}: not renewed within the lease duration") from None
         except LeaseLost as error:
             await self._lose(shard, held, str(error))
             raise
@@ -326,40 +325,18 @@ class LeaseCoordinator:
         """One scan: note counter changes, notice leases taken from this worker, clean up, take and steal."""
         leases = {lease.key: lease for lease in await self.table.scan()}
         now = _now()
-        self._seen = {
-            key: self._seen[key] if self._seen.get(key, (None,))[0] == lease.counter else (lease.counter, now)
-            for key, lease in leases.items()
-        }
+        self._expiry.observe(leases, now)
         for key, held in list(self._held.items()):
             found = leases.get(key)
             if found is None or (found.owner != self.worker_id and found.counter > held.lease.counter):
                 await self._lose(key, held, "the table shows it " + ("deleted" if found is None else "taken"))
         await self._clean(leases, now)
 
-        workable = {key: lease for key, lease in leases.items() if takeable(lease, leases)}
-        live = {key: lease for key, lease in workable.items() if not self._available(lease, now)}
-        loads = Counter(lease.owner for key, lease in live.items() if key not in self._held)
-        loads.pop(self.worker_id, None)
-        target = math.ceil(len(workable) / (len(loads) + 1))
-        needed = target - len(self._held)
-        if needed <= 0:
-            return
-        available = [lease for key, lease in workable.items() if key not in live and key not in self._held]
-        if available:
-            self._random.shuffle(available)
-            await asyncio.gather(*(self._take(lease, stolen=False) for lease in available[:needed]))
-            return
-        if not loads:
-            return
-        victim, load = loads.most_common(1)[0]
-        steal = min(needed, load - target) if load > target else (1 if load == target and needed > 1 else 0)
-        candidates = [lease for lease in live.values() if lease.owner == victim]
-        for lease in self._random.sample(candidates, min(steal, self.max_steal, len(candidates))):
+        available = {key: self._expiry.available(lease, now) for key, lease in leases.items()}
+        choice = choose(leases, self._held.keys(), self.worker_id, available, self.max_steal, self._random)
+        await asyncio.gather(*(self._take(lease, stolen=False) for lease in choice.take))
+        for lease in choice.steal:
             await self._take(lease, stolen=True)
-
-    def _available(self, lease: Lease, now: float) -> bool:
-        """Unowned, or its counter unchanged for longer than the lease duration on this worker's clock."""
-        return lease.owner is None or now - self._seen[lease.key][1] > self.lease_duration
 
     async def _take(self, lease: Lease, stolen: bool) -> None:
         started = _now()

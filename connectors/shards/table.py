@@ -16,6 +16,7 @@ Why these choices (KCL 2.x's, see the reference's lease-table section):
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Collection
 from contextlib import AsyncExitStack
@@ -29,6 +30,15 @@ from streamfn.connectors.shards.lease import SHARD_END, Lease
 
 ACTIVE_TIMEOUT_SECONDS = 120.0
 """How long `ensure` waits for a new table to become ACTIVE (seconds on AWS, at once on moto)."""
+TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+"""DynamoDB's rule for table names."""
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def default_table_name(app: str, function: str) -> str:
+    """The lease table of a function unless configured: one per app and function (KCL: one per application),
+    `streamfn-<app>-<function>` with characters DynamoDB refuses replaced by '-'."""
+    return _NOT_IN_NAME.sub("-", f"streamfn-{app}-{function}")[:255]
 
 
 class LeaseError(Exception):
@@ -38,12 +48,11 @@ class LeaseError(Exception):
 class LeaseLost(LeaseError):
     """A conditional write found the lease changed by someone else (taken, released, deleted): it is not ours."""
 
-    def __init__(self, shard: str, action: str, found: Lease | None = None) -> None:
-        owner = "nobody" if found is None or found.owner is None else repr(found.owner)
-        state = "no lease any more" if found is None else f"held by {owner}, counter {found.counter}"
-        super().__init__(f"lease of shard {shard!r} lost: {action} refused ({state})")
+    def __init__(self, shard: str, reason: str, found: Lease | None = None) -> None:
+        super().__init__(f"lease of shard {shard!r} lost: {reason}")
         self.shard = shard
         self.found = found
+        """The lease as the refused write found it (None: deleted, or not known)."""
 
 
 class LeaseTableError(LeaseError):
@@ -54,6 +63,8 @@ class LeaseTable:
     """One function's lease table, reached through one aiobotocore DynamoDB client."""
 
     def __init__(self, client: Any, name: str, stack: AsyncExitStack | None = None) -> None:
+        if not TABLE_NAME.match(name):
+            raise ValueError(f"not a DynamoDB table name (3 to 255 letters, digits, '_', '-', '.'): {name!r}")
         self._client = client
         self.name = name
         self._stack = stack
@@ -120,13 +131,6 @@ class LeaseTable:
         except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
             raise LeaseTableError(f"{self}: Scan failed: {error}") from error
         return leases
-
-    async def get(self, shard: str) -> Lease | None:
-        try:
-            found = await self._client.get_item(TableName=self.name, Key=_key(shard), ConsistentRead=True)
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
-            raise LeaseTableError(f"{self}: GetItem of {shard!r} failed: {error}") from error
-        return Lease.from_item(found["Item"]) if "Item" in found else None
 
     async def create(self, lease: Lease) -> bool:
         """Put a new lease unless one exists for the shard (then False: another worker created it first)."""
@@ -212,7 +216,10 @@ class LeaseTable:
             found = None if item is None else Lease.from_item(item)
             if found == wanted:  # a retried request whose first attempt went through
                 return wanted
-            raise LeaseLost(seen.key, action, found) from None
+            if found is None:
+                raise LeaseLost(seen.key, f"{action} refused (no lease any more)") from None
+            holder = "nobody" if found.owner is None else repr(found.owner)
+            raise LeaseLost(seen.key, f"{action} refused (held by {holder}, counter {found.counter})", found) from None
         except (BotoCoreError, OSError, TimeoutError) as error:
             raise LeaseTableError(f"{self}: {action} of {seen.key!r} failed: {error}") from error
         return wanted
