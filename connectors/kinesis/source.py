@@ -7,8 +7,8 @@ role), so one pipeline runs against AWS, LocalStack or moto unchanged. A stream 
 when no region is given.
 
 The shards are shared by every worker of a function through a lease table in DynamoDB (connectors/shards), one
-per function: `lease_table`, by default "<app>-<function>"; a worker that stops releases its leases, a killed one's
-are taken after `lease_duration_seconds`.
+per function: `lease_table`, by default "streamfn-<app>-<function>"; a worker that stops releases its leases, a
+killed one's are taken after `lease_duration_seconds`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from streamfn.config import http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.kinesis.reader import KinesisReader
-from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards import AwsAccess, default_table_name
+from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.errors import ConfigError
 from streamfn.failures.model import Destination
 from streamfn.source import GroupStatus
@@ -33,7 +34,6 @@ _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 _STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):stream/(?P<stream>[a-zA-Z0-9_.-]{1,128})$"
 )
-_TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 
 
 class KinesisSource(TopicFormat):
@@ -57,8 +57,8 @@ class KinesisSource(TopicFormat):
     aws_access_key_id: str | None = Field(None, min_length=1)
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
-    lease_table: str | None = Field(None, pattern=_TABLE_NAME.pattern)
-    """The DynamoDB table of the function's shard leases and checkpoints; by default "<app>-<function>"."""
+    lease_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
+    """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
     lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
     """How long a lease lives without renewal: a killed worker's shards move to others after about this long."""
 
@@ -137,8 +137,8 @@ class KinesisSource(TopicFormat):
         )
 
     def group_id(self, app_name: str, function_name: str) -> str:
-        """The lease table's name: configured, else "<app>-<function>" (characters DynamoDB refuses become `-`)."""
-        return self.lease_table or re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{app_name}-{function_name}")[:255]
+        """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""
+        return self.lease_table or default_table_name(app_name, function_name)
 
     def changelog(self, *, group_id: str) -> Changelog:
         raise ConfigError(
