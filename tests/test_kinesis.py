@@ -23,10 +23,13 @@ from conftest import read_topic, run_worker, wait_for
 from streamfn import App, Record
 from streamfn.connectors.kinesis import KinesisSource
 from streamfn.connectors.kinesis import reader as kinesis_reader
-from streamfn.connectors.kinesis.reader import KinesisReader
+from streamfn.connectors.kinesis.reader import KinesisReader, KinesisRecord
+from streamfn.connectors.kinesis.source import DIALECT
 from streamfn.connectors.shards import AwsAccess, LeaseTable
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError
+from streamfn.failures.model import InvalidResponse, first_failed_index
+from streamfn.record import Partition
 
 REGION = "us-east-1"
 _names = itertools.count()
@@ -381,3 +384,149 @@ async def test_a_shard_end_drains_the_parent_then_its_children_start(
     leases = s.dynamodb.scan(TableName=s.table, ConsistentRead=True)["Items"]
     lineage = {item["leaseKey"]["S"]: sorted(item.get("childShardIds", {}).get("SS", [])) for item in leases}
     assert lineage == {parent: children, **{child: [] for child in children}}
+
+
+def passthrough(calls: list[str]) -> Callable[[GetRecords, dict[str, Any]], Awaitable[Any]]:
+    async def record_call(real: GetRecords, arguments: dict[str, Any]) -> Any:
+        calls.append(iterator_shard(arguments)[0])
+        return await real(**arguments)
+
+    return record_call
+
+
+async def test_latest_starts_after_the_records_already_in_the_stream(
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream()
+    s.put([{"n": n} for n in range(3)])
+    calls: list[str] = []
+    intercept_get_records(monkeypatch, passthrough(calls))
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source(starting_position="LATEST"))
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        await wait_for(lambda: bool(calls), 20, "the shard read from its LATEST iterator")
+        later = s.put([{"n": n} for n in range(3, 6)])
+        await wait_for(lambda: s.checkpoints() == last_sequences(later), 20, "the later records checkpointed")
+    finally:
+        worker.stop()
+        await running
+    assert handled == [3, 4, 5]
+
+
+async def test_at_timestamp_starts_at_the_first_record_that_arrived_at_or_after_it(
+    stream: Callable[..., Stream],
+) -> None:
+    s = stream()
+    s.put([{"n": n} for n in range(3)])
+    await asyncio.sleep(0.05)
+    since = time.time()
+    await asyncio.sleep(0.05)
+    placed = s.put([{"n": n} for n in range(3, 6)])
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source(StartingPosition="AT_TIMESTAMP", StartingPositionTimestamp=since))
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=30)
+    assert handled == [3, 4, 5]
+
+
+async def test_an_expired_iterator_is_renewed_after_the_last_record_fetched(
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream()
+    first = s.put([{"n": n} for n in range(3)])
+    expired: list[str] = []
+
+    async def expire_once_after_the_first_records(real: GetRecords, arguments: dict[str, Any]) -> Any:
+        _, after = iterator_shard(arguments)
+        if after >= first[s.shards[0]][-1][0] and not expired:
+            expired.append(arguments["ShardIterator"])
+            error = {"Code": "ExpiredIteratorException", "Message": "Iterator expired"}
+            raise ClientError({"Error": error}, "GetRecords")
+        return await real(**arguments)
+
+    intercept_get_records(monkeypatch, expire_once_after_the_first_records)
+    handled: list[int] = []
+    app = App("kin")
+
+    @app.function(source=s.source())
+    async def native(records: list[Record]) -> None:
+        handled.extend(r.value["n"] for r in records)
+
+    later: list[dict[str, list[tuple[int, Any]]]] = []
+
+    def second_round() -> bool:
+        """Once the iterator expired, more records: read after the last record fetched, none twice, none missed."""
+        if expired and not later:
+            later.append(s.put([{"n": n} for n in range(3, 6)]))
+        return bool(later) and s.checkpoints() == last_sequences(later[0])
+
+    await run_worker(app, None, second_round, timeout=30)
+    assert (len(expired), handled) == (1, list(range(6)))
+
+
+@pytest.mark.parametrize(
+    "response",
+    [None, {}, [], "", {"batchItemFailures": []}, {"batchItemFailures": None}],
+    ids=["null", "empty object", "empty list", "empty string", "no failures", "null failures"],
+)
+def test_partial_responses_that_are_a_complete_success(response: Any) -> None:
+    assert first_failed_index(response, PARTITION, BATCH, DIALECT.failed_item) is None
+
+
+@pytest.mark.parametrize(
+    "item",
+    [{"itemIdentifier": ""}, {"itemIdentifier": None}, {"itemidentifier": "20"}, {"itemIdentifier": "123"}, "20"],
+    ids=["empty identifier", "null identifier", "bad key name", "not in the batch", "not an object"],
+)
+def test_partial_responses_that_fail_the_whole_batch(item: Any) -> None:
+    with pytest.raises(InvalidResponse):
+        first_failed_index({"batchItemFailures": [item]}, PARTITION, BATCH, DIALECT.failed_item)
+
+
+def test_a_partial_response_names_records_by_sequence_number_and_the_lowest_is_the_checkpoint() -> None:
+    response = {"batchItemFailures": [{"itemIdentifier": "30"}, {"itemIdentifier": "20"}]}
+    assert first_failed_index(response, PARTITION, BATCH, DIALECT.failed_item) == 1
+
+
+PARTITION = Partition("s", "shardId-000000000000")
+BATCH = [KinesisRecord("s", "shardId-000000000000", n, 0, b"k", b"{}") for n in (10, 20, 30)]
+
+
+def test_kinesis_defaults_and_filters_follow_lambdas_kinesis_rules() -> None:
+    """A 0 s batching window by default; filter patterns see `data` (JSON) and the kinesis metadata, and a pattern
+    on a field Kinesis records lack (Kafka's `value`) is refused in one line."""
+    app = App("kin")
+
+    @app.function(
+        source=KinesisSource(stream="s"),
+        filter_criteria={"Filters": [{"Pattern": '{"data": {"n": [{"numeric": [">", 1]}]}, "partitionKey": ["a"]}'}]},
+    )
+    async def native(records: list[Record]) -> None: ...
+
+    config = app.functions["native"].config
+    assert config.maximum_batching_window_in_seconds == 0
+    criteria = config.filter_criteria
+    assert [criteria.matches(KinesisRecord("s", "shard", 1, 0, key, data)) for key, data in CANDIDATES] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    with pytest.raises(ConfigError, match=r"a Kinesis record has no field 'value'; its fields are data, partitionKey"):
+
+        @app.function(source=KinesisSource(stream="s"), filter_criteria={"Filters": [{"Pattern": '{"value": [1]}'}]})
+        async def other(records: list[Record]) -> None: ...
+
+
+CANDIDATES = [(b"a", b'{"n": 2}'), (b"b", b'{"n": 2}'), (b"a", b'{"n": 1}'), (b"a", b"not json")]
