@@ -35,16 +35,6 @@ REGION = "us-east-1"
 _names = itertools.count()
 
 
-@pytest.fixture
-def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Dummy credentials for moto; caught-up shards polled every 0.1 s instead of Lambda's 1 s, to keep tests fast."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setattr(kinesis_reader, "POLL_INTERVAL_SECONDS", 0.1)
-    return moto_endpoint
-
-
 class Stream:
     """A stream made for one test, with a sync client to put records and read the lease table."""
 

@@ -38,6 +38,7 @@ from streamfn.connectors.shards import (
     LeaseCoordinator,
     LeaseError,
     LeaseEvent,
+    LeaseLost,
     LeaseTable,
     Shard,
 )
@@ -161,6 +162,11 @@ class KinesisReader:
         """Shards the engine has a worker for."""
         self.ending: set[Partition] = set()
         """Shards whose end the engine is draining."""
+        self.refused: list[tuple[Partition, int]] = []
+        """Checkpoints of shards the engine had been told were lost (or never had), refused by the lease table: the
+        engine commits nothing for a lost shard, so this stays empty (the conformance suite checks it). A commit
+        made before the loss was known (another worker took the lease since the last renew) is refused by the
+        table's fence too, as it must be, and is not counted here: nothing could have prevented the attempt."""
         self._shards: dict[Partition, _Shard] = {}
         self._stack = AsyncExitStack()
         self._kinesis: Any = None
@@ -342,13 +348,16 @@ class KinesisReader:
             self._wakeup.set()
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """A fenced checkpoint per shard (LeaseLost if its lease is gone: the coordinator then reports it lost)."""
+        """A fenced checkpoint per shard; LeaseLost if a lease is gone (the coordinator then reports it lost)."""
         assert self.coordinator is not None
         coordinator = self.coordinator
+        moved = [(p, value, p in self.accepted) for p, value in offsets.items() if value]  # 0: nothing handled yet
         results = await asyncio.gather(
-            *(coordinator.checkpoint(str(p.partition), value) for p, value in offsets.items() if value),
-            return_exceptions=True,
+            *(coordinator.checkpoint(str(p.partition), value) for p, value, _ in moved), return_exceptions=True
         )
+        for (partition, value, known), result in zip(moved, results, strict=True):
+            if isinstance(result, LeaseLost) and not known:
+                self.refused.append((partition, value))
         for result in results:
             if isinstance(result, BaseException):
                 raise result
