@@ -27,7 +27,7 @@ from streamfn.connectors.kinesis.reader import KinesisReader, KinesisRecord
 from streamfn.connectors.kinesis.source import DIALECT
 from streamfn.connectors.shards import AwsAccess, LeaseTable
 from streamfn.engine.worker import Worker
-from streamfn.errors import ConfigError
+from streamfn.errors import ConfigError, Unreachable
 from streamfn.failures.model import InvalidResponse, first_failed_index
 from streamfn.record import Partition
 
@@ -520,3 +520,17 @@ def test_kinesis_defaults_and_filters_follow_lambdas_kinesis_rules() -> None:
 
 
 CANDIDATES = [(b"a", b'{"n": 2}'), (b"b", b'{"n": 2}'), (b"a", b'{"n": 1}'), (b"a", b"not json")]
+
+
+async def test_a_stream_that_does_not_exist_is_reported_in_one_line(aws: str) -> None:
+    app = App("kin")
+
+    @app.function(source=KinesisSource(stream="no-such-stream", endpoint_url=aws, region_name=REGION))
+    async def native(records: list[Record]) -> None: ...
+
+    with pytest.raises(Unreachable) as raised:
+        await Worker(app, connect_timeout=0.5).run(handle_signals=False)
+    assert str(raised.value) == (
+        f"function 'native': Kinesis stream no-such-stream ({REGION}, {aws}): no such stream; "
+        "gave up after 0.5 s (--connect-timeout)"
+    )

@@ -192,7 +192,8 @@ class KinesisReader:
             if self._table is None:
                 self._table = await LeaseTable.open(self.lease_table, self.access)
         except ClientError as error:
-            raise Unreachable(f"{self.description}: {_code(error) or error}") from None
+            missing = _code(error) == "ResourceNotFoundException"
+            raise Unreachable(f"{self.description}: " + ("no such stream" if missing else str(error))) from None
         except (BotoCoreError, OSError, LeaseError) as error:
             raise Unreachable(f"{self.description}: {error}") from None
         _, _, _, region, account, _ = summary["StreamARN"].split(":", 5)
