@@ -335,12 +335,14 @@ async def test_a_lease_taken_by_another_worker_is_lost_at_once_and_nothing_more_
     assert (s.checkpoints(), s.owners()) == (last_sequences(first), {shard: "another-worker"})
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["ChildShards named (AWS)", "no ChildShards (emulators)"])
 async def test_a_shard_end_drains_the_parent_then_its_children_start(
-    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch, named: bool
 ) -> None:
     """A split parent is read to its end (here: the null NextShardIterator AWS sends, injected since moto never
     does), handled, checkpointed at its last record, then SHARD_END with its children; only then are the children
-    read (their leases wait for their parent's end)."""
+    read (their leases wait for their parent's end). The children recorded are the ChildShards of the last
+    response when it names them (here one only, to tell), else the listed shards naming the parent."""
     s = stream()
     placed = s.put([{"n": n} for n in range(5)])
     [parent] = s.shards
@@ -353,7 +355,10 @@ async def test_a_shard_end_drains_the_parent_then_its_children_start(
         shard, after = iterator_shard(arguments)
         reads.append(shard)
         if shard == parent and after >= last:
-            return {"Records": [], "MillisBehindLatest": 0}  # no NextShardIterator: the shard is closed and read
+            ended: dict[str, Any] = {"Records": [], "MillisBehindLatest": 0}  # no NextShardIterator: the end
+            if named:
+                ended["ChildShards"] = [{"ShardId": children[0], "ParentShards": [parent], "HashKeyRange": {}}]
+            return ended
         return await real(**arguments)
 
     intercept_get_records(monkeypatch, end_parent_after_its_last_record)
@@ -373,7 +378,7 @@ async def test_a_shard_end_drains_the_parent_then_its_children_start(
     assert set(reads[:first_child_read]) == {parent} and parent not in reads[first_child_read:]
     leases = s.dynamodb.scan(TableName=s.table, ConsistentRead=True)["Items"]
     lineage = {item["leaseKey"]["S"]: sorted(item.get("childShardIds", {}).get("SS", [])) for item in leases}
-    assert lineage == {parent: children, **{child: [] for child in children}}
+    assert lineage == {parent: children[:1] if named else children, **{child: [] for child in children}}
 
 
 def passthrough(calls: list[str]) -> Callable[[GetRecords, dict[str, Any]], Awaitable[Any]]:

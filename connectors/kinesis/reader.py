@@ -12,7 +12,8 @@ else at the lease's starting position; then GetRecords again at once while the s
 for the engine at a time, and none is fetched while the engine pauses the shard (backpressure). Throttles
 (ProvisionedThroughputExceeded, LimitExceeded) and service errors back off with full jitter and never reach the
 handler; an expired iterator is renewed after the last record fetched. The shard ends when GetRecords returns no
-NextShardIterator (AWS's signal; moto never sends it, kinesalite does).
+NextShardIterator (AWS's signal; moto never sends it, kinesalite does); its children are the ChildShards AWS sends
+with it, else (emulators send none) the listed shards that name it as ParentShardId or AdjacentParentShardId.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class _Shard:
     paused: bool = False
     closed: bool = False
     """GetRecords returned no NextShardIterator: everything fetched is the shard's last."""
+    children: list[Shard] = field(default_factory=list)
+    """The ChildShards AWS names with the shard's end (emulators name none: then the listing says)."""
     behind: int | None = None
     """MillisBehindLatest of the last GetRecords."""
     pages: deque[tuple[int, int]] = field(default_factory=deque)
@@ -322,7 +325,7 @@ class KinesisReader:
             return
         shard = str(partition.partition)
         try:
-            children = [s for s in await self.shards() if shard in s.parents]
+            children = self._shards[partition].children or [s for s in await self.shards() if shard in s.parents]
             await self.coordinator.end(shard, children)
         except (ClientError, BotoCoreError, OSError, LeaseError) as error:
             log.warning("%s: the end of shard %s was not recorded (its next owner ends it): %s", self, shard, error)
@@ -438,6 +441,10 @@ class KinesisReader:
                 self._wakeup.set()
             iterator = response.get("NextShardIterator")
             if iterator is None:
+                shard.children = [
+                    Shard(child["ShardId"], tuple(child.get("ParentShards", ())))
+                    for child in response.get("ChildShards", [])
+                ]
                 shard.closed = True
                 self._wakeup.set()
                 return
