@@ -332,3 +332,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     pytest-xdist spreads them over its workers from the start and the run does not end waiting on one of them while
     the other workers are idle. The order is otherwise unchanged (a stable sort)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# --- Kinesis (moto) ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """moto's endpoint, with dummy credentials and region in the environment (as the AWS chain reads them), and
+    caught-up Kinesis shards polled every 0.1 s instead of Lambda's 1 s, to keep tests fast."""
+    from streamfn.connectors.kinesis import reader
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(reader, "POLL_INTERVAL_SECONDS", 0.1)
+    return moto_endpoint

@@ -86,8 +86,9 @@ class KafkaTopic(TopicFormat):
     def _cluster(self, source_connection: KafkaConnection | None) -> tuple[str | None, KafkaConnection | None]:
         """Where it is written (its servers) and how it is reached, for a function whose source is reached
         through `source_connection` (which names the source's cluster)."""
-        source_servers = join_servers(source_connection.bootstrap_servers) if source_connection is not None else None
-        return self.servers(source_servers), self.reached(source_connection)
+        if not isinstance(source_connection, KafkaConnection):  # no source, or not on Kafka (a Kinesis stream)
+            return self.servers(None), self.connection
+        return self.servers(join_servers(source_connection.bootstrap_servers)), self.reached(source_connection)
 
     async def open(self, context: SinkContext) -> TopicWriter:
         servers, connection = self._cluster(context.connection)

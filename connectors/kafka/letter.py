@@ -117,6 +117,8 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
     message["payload"] = payload
     if window is not None:  # its records were handled and committed with the state: nothing to restore
         return message
+    if "records" not in payload:  # another source's event (Kinesis's `Records`): it carries the original bytes
+        return message
     original = None if record.value is None else b64encode(record.value).decode("ascii")
     (item,) = payload["records"][str(failure.partition)]
     if item.get("value") != original:

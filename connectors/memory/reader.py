@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Literal
 
+from streamfn.connectors.memory.dialect import LOCATION
 from streamfn.connectors.memory.stream import MemoryRecord, MemoryStream
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
 from streamfn.record import Partition, Record, SourceRecord
@@ -37,8 +38,8 @@ class MemoryReader:
     ) -> None:
         self.stream = stream
         self.group_id = group_id
-        self.connection = f"memory://{stream.name}"
-        """Where the source is, as failure records and sinks would see it (opaque to the engine)."""
+        self.connection = LOCATION
+        """Where the source is, as events and failure records name it (opaque to the engine)."""
         self.description = f"stream {stream.name} in memory"
         self.value_codec, self.key_codec = value_codec, key_codec
         self._starting_position = starting_position

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.memory.changelog import MemoryChangelog
 from streamfn.connectors.memory.destination import MemoryDestination
-from streamfn.connectors.memory.dialect import MemoryDialect
+from streamfn.connectors.memory.dialect import DIALECT
 from streamfn.connectors.memory.reader import MemoryReader
 from streamfn.connectors.memory.stream import MemoryStream
 from streamfn.errors import ConfigError
@@ -15,7 +16,6 @@ from streamfn.formats.codec import Format, make_codec
 from streamfn.source import GroupStatus, PartitionStatus
 
 SCHEME = "memory://"
-DIALECT = MemoryDialect()
 
 
 class MemorySource:
@@ -39,7 +39,7 @@ class MemorySource:
         return f"MemorySource({self.stream.name!r})"
 
     @property
-    def dialect(self) -> MemoryDialect:
+    def dialect(self) -> KinesisDialect:
         return DIALECT
 
     @property

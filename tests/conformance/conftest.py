@@ -8,15 +8,21 @@ import pytest
 
 from conformance.harness import Harness
 from conformance.kafka import KafkaHarness
+from conformance.kinesis import KinesisHarness
 from conformance.memory import MemoryHarness
 
 
-@pytest.fixture(params=["memory", "kafka"])
+@pytest.fixture(params=["memory", "kafka", "kinesis"])
 async def harness(request: pytest.FixtureRequest, name: Callable[[str], str]) -> AsyncIterator[Harness]:
-    """The source under test; the Kafka one on the session's broker (started only when a Kafka case runs)."""
-    made: Harness = (
-        MemoryHarness() if request.param == "memory" else KafkaHarness(request.getfixturevalue("broker"), name)
-    )
+    """The source under test; the Kafka one on the session's broker, the Kinesis one on moto (each started only
+    when a case of it runs)."""
+    made: Harness
+    if request.param == "memory":
+        made = MemoryHarness()
+    elif request.param == "kafka":
+        made = KafkaHarness(request.getfixturevalue("broker"), name)
+    else:
+        made = KinesisHarness(request.getfixturevalue("aws"))
     try:
         yield made
     finally:

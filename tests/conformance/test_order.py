@@ -17,8 +17,8 @@ async def test_each_keys_records_in_put_order_with_several_batches_of_a_partitio
     ledger = Ledger()
     await stream.put(ledger.plan([Put(i % KEYS % PARTITIONS, i, b"key-%d" % (i % KEYS)) for i in range(RECORDS)]))
     seen: dict[bytes, list[int]] = defaultdict(list)
-    in_flight = dict.fromkeys(range(PARTITIONS), 0)
-    most_in_flight = dict.fromkeys(range(PARTITIONS), 0)
+    in_flight: dict[object, int] = defaultdict(int)  # by the source's partition id (a Kinesis shard's is a str)
+    most_in_flight: dict[object, int] = defaultdict(int)
     app = App("order")
 
     @app.function(
@@ -42,4 +42,5 @@ async def test_each_keys_records_in_put_order_with_several_batches_of_a_partitio
     await run_until_covered(harness, app, stream, ledger, {p: RECORDS // PARTITIONS for p in range(PARTITIONS)})
     # every key's records once, in the order they were put
     assert dict(seen) == {b"key-%d" % k: list(range(k, RECORDS, KEYS)) for k in range(KEYS)}
+    assert len(most_in_flight) == PARTITIONS
     assert min(most_in_flight.values()) >= 3  # batches of one partition really ran together

@@ -1,0 +1,156 @@
+"""KinesisSource: a function reading an Amazon Kinesis data stream, with the AWS names of a Kinesis event source
+mapping (EventSourceArn, StartingPosition, StartingPositionTimestamp).
+
+Region, endpoint and credentials: what is given here, else the AWS configuration chain (AWS_REGION, the
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL_DYNAMODB variables, the profile, the instance
+role), so one pipeline runs against AWS, LocalStack or moto unchanged. A stream ARN names its region, which is used
+when no region is given.
+
+The shards are shared by every worker of a function through a lease table in DynamoDB (connectors/shards), one
+per function: `lease_table`, by default "streamfn-<app>-<function>"; a worker that stops releases its leases, a
+killed one's are taken after `lease_duration_seconds`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+
+from streamfn.config import http_url
+from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kinesis.dialect import KinesisDialect
+from streamfn.connectors.kinesis.reader import KinesisReader
+from streamfn.connectors.shards import AwsAccess, default_table_name
+from streamfn.connectors.shards.table import TABLE_NAME
+from streamfn.errors import ConfigError
+from streamfn.failures.model import Destination
+from streamfn.source import GroupStatus
+from streamfn.state.changelog import Changelog
+
+DIALECT = KinesisDialect()
+_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):stream/(?P<stream>[a-zA-Z0-9_.-]{1,128})$"
+)
+
+
+class KinesisSource(TopicFormat):
+    """Where a function reads from: one Kinesis data stream. Values and keys (the partition key, as UTF-8 bytes)
+    are decoded as KafkaSource's are (TopicFormat)."""
+
+    owner = "KinesisSource"
+
+    stream: str | None = Field(None, pattern=_STREAM_NAME.pattern)
+    stream_arn: str | None = Field(None, validation_alias=AliasChoices("stream_arn", "EventSourceArn"))
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        "TRIM_HORIZON", validation_alias=AliasChoices("starting_position", "StartingPosition")
+    )
+    """Where a shard without a checkpoint starts (once per lease table: the shard's first lease records it)."""
+    starting_position_timestamp: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("starting_position_timestamp", "StartingPositionTimestamp")
+    )
+    region_name: str | None = Field(None, min_length=1)
+    endpoint_url: str | None = None
+    """For Kinesis-compatible servers (moto, LocalStack); it serves the lease table's DynamoDB too."""
+    aws_access_key_id: str | None = Field(None, min_length=1)
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    lease_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
+    """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
+    lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
+    """How long a lease lives without renewal: a killed worker's shards move to others after about this long."""
+
+    @field_validator("stream_arn")
+    @classmethod
+    def _arn(cls, value: str | None) -> str | None:
+        if value is not None and not _STREAM_ARN.match(value):
+            raise ValueError("must be a Kinesis stream ARN, arn:aws:kinesis:<region>:<account>:stream/<name>")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KinesisSource:
+        if (self.stream is None) == (self.stream_arn is None):
+            raise ValueError(
+                "give the stream's name (stream=) or its ARN (stream_arn= or EventSourceArn=): one of them"
+            )
+        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
+            raise ValueError(
+                "starting_position_timestamp (Unix seconds) is required with starting_position='AT_TIMESTAMP' "
+                "and allowed only with it"
+            )
+        if self.starting_position_timestamp is not None and self.starting_position_timestamp > 1e11:
+            raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
+        if self.aws_session_token is not None and self.aws_access_key_id is None:
+            raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+        return self
+
+    def __str__(self) -> str:
+        return f"KinesisSource({self.stream_name!r})"
+
+    @property
+    def stream_name(self) -> str:
+        if self.stream is not None:
+            return self.stream
+        found = _STREAM_ARN.match(self.stream_arn or "")
+        assert found is not None  # validated
+        return found.group("stream")
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.stream_name]
+
+    @property
+    def dialect(self) -> KinesisDialect:
+        return DIALECT
+
+    def access(self) -> AwsAccess:
+        """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
+        found = _STREAM_ARN.match(self.stream_arn or "")
+        return AwsAccess(
+            region_name=self.region_name or (found.group("region") if found else None),
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+    def reader(self, *, group_id: str) -> KinesisReader:
+        value, key = self.codecs()
+        return KinesisReader(
+            self.stream_name,
+            self.access(),
+            lease_table=group_id,
+            value_codec=value,
+            key_codec=key,
+            starting_position=self.starting_position,
+            starting_timestamp=self.starting_position_timestamp,
+            lease_duration=self.lease_duration_seconds,
+        )
+
+    def group_id(self, app_name: str, function_name: str) -> str:
+        """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""
+        return self.lease_table or default_table_name(app_name, function_name)
+
+    def changelog(self, *, group_id: str) -> Changelog:
+        raise ConfigError(
+            f"{self}: stateful functions (tumbling windows, aggregations) are not served on Kinesis yet: their state "
+            "has no durable changelog there"
+        )
+
+    def destination(self, uri: str) -> Destination:
+        raise ConfigError(
+            f"on_failure={uri!r}: a Kinesis source's destination is an object (KafkaTopic(...) or another "
+            "destination), not a URI"
+        )
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        raise ConfigError(f"{self}: streamfn status does not read Kinesis lease tables yet")
