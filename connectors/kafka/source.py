@@ -24,6 +24,7 @@ from streamfn.connectors.kafka.connection import (
 from streamfn.connectors.kafka.dialect import KafkaDialect
 from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
+from streamfn.config import KAFKA_DESTINATION
 from streamfn.errors import ConfigError
 from streamfn.source import GroupStatus
 
@@ -133,10 +134,14 @@ class KafkaSource(TopicFormat):
         return self.consumer_group_id or f"{app_name}-{function_name}"
 
     def destination(self, uri: str) -> KafkaTopic:
-        """`kafka://<topic>` (the only URI FunctionConfig lets through): as Lambda, a topic on the source's own
-        cluster."""
+        """`kafka://<topic>`: as Lambda, a topic on the source's own cluster; any other URI or ARN is refused."""
         from streamfn.connectors.kafka.destination import KafkaTopic  # it imports this module
 
+        if not KAFKA_DESTINATION.fullmatch(uri):
+            raise ConfigError(
+                "allowed for a Kafka source: kafka://<topic> (a topic of the source's cluster, as Lambda names a "
+                "Kafka destination) or a destination object such as KafkaTopic('name') or SqsQueue(url)"
+            )
         return KafkaTopic(uri.removeprefix("kafka://"))
 
     def servers(self, default_servers: str | None) -> str | None:
