@@ -146,9 +146,9 @@ class FunctionConfig(StrictModel):
             on_failure = value.get("OnFailure")
             if set(value) != {"OnFailure"} or not isinstance(on_failure, dict) or set(on_failure) != {"Destination"}:
                 raise ValueError(
-                'must be {"OnFailure": {"Destination": "kafka://<topic>"}} or with an ARN '
-                '("arn:aws:sqs:<region>:<account>:<queue>"), as the source takes'
-            )
+                    'must be {"OnFailure": {"Destination": "kafka://<topic>"}} or with an ARN '
+                    '("arn:aws:sqs:<region>:<account>:<queue>"), as the source takes'
+                )
             value = on_failure["Destination"]
         if isinstance(value, str):
             if not DESTINATION_URI.fullmatch(value):

@@ -2,9 +2,10 @@
 
 The value is Lambda's on-failure record for Kafka-topic destinations (requestContext, responseContext, version,
 timestamp, the source's batch-info block: KafkaBatchInfo from the Kafka dialect, all from streamfn.failures.record,
-which every destination shares; payload with the record in the Lambda event format) plus errorType, errorMessage and a truncated stackTrace. The key is the original key. The
-headers are the original ones, exactly, then the `streamfn.*` provenance block (PROVENANCE, always last), so
-letters can be filtered without parsing the value and redrive gives the record its headers back as they were.
+which every destination shares; payload with the record in the Lambda event format) plus errorType, errorMessage and a
+truncated stackTrace. The key is the original key. The headers are the original ones, exactly, then the `streamfn.*`
+provenance block (PROVENANCE, always last), so letters can be filtered without parsing the value and redrive gives the
+record its headers back as they were.
 
 streamfn adds a `streamfn` object to the value only when needed:
 - `originalValue`: the base64 of the record's exact value when the payload's is not (a schema registry's record,

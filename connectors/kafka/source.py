@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from streamfn.capabilities import Produced
+from streamfn.config import KAFKA_DESTINATION
 from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
@@ -24,7 +25,6 @@ from streamfn.connectors.kafka.connection import (
 from streamfn.connectors.kafka.dialect import KafkaDialect
 from streamfn.connectors.kafka.reader import KafkaReader
 from streamfn.connectors.kafka.status import group_status
-from streamfn.config import KAFKA_DESTINATION
 from streamfn.errors import ConfigError
 from streamfn.source import GroupStatus
 

@@ -67,7 +67,8 @@ class FailureQueueWriter:
             try:
                 response = await self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
             except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
-                raise SqsDeliveryError(f"{self}: SendMessageBatch of {len(chunk)} failure records failed: {error}") from error
+                problem = f"{self}: SendMessageBatch of {len(chunk)} failure records failed: {error}"
+                raise SqsDeliveryError(problem) from error
             for success in response.get("Successful", []):
                 self._delivered.add(_identity(chunk[int(success["Id"])][0]))
             failed = response.get("Failed", [])

@@ -122,7 +122,9 @@ class SqsQueue(StrictModel):
         if found is None:
             raise ConfigError(f"{arn!r} is not an SQS queue ARN: arn:aws:sqs:<region>:<account>:<queue>")
         suffix = ".cn" if found.group("partition") == "aws-cn" else ""
-        url = f"https://sqs.{found.group('region')}.amazonaws.com{suffix}/{found.group('account')}/{found.group('name')}"
+        url = (
+            f"https://sqs.{found.group('region')}.amazonaws.com{suffix}/{found.group('account')}/{found.group('name')}"
+        )
         given = {name: value for name, value in access.items() if value is not None}
         return cls(url, **({"region_name": found.group("region")} | given))
 
