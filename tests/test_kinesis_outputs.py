@@ -148,6 +148,37 @@ async def test_a_partial_putrecords_failure_resends_only_the_failed_entries(
     assert values == [0, 2, 3, 5, 1, 4]  # each once; the retried entries after the rest (documented)
 
 
+async def test_strict_order_keeps_a_keys_order_when_an_entry_fails(
+    stream: Callable[..., Stream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """strict_order=True: one record of a key per request, so the failed first entry is resent before the next
+    record of its key is ever sent; the stream holds the key's records once, in the handler's order."""
+    source, written = stream(1), stream(1)
+    placed = source.put([{"n": n} for n in range(5)])
+    flaky: list[FlakyPutRecords] = []
+    opened = KinesisStream.open
+
+    async def open_flaky(self: KinesisStream, context: Any) -> Any:
+        writer = await opened(self, context)
+        flaky.append(FlakyPutRecords(writer._client, {0}))
+        writer._client = flaky[-1]
+        return writer
+
+    monkeypatch.setattr(KinesisStream, "open", open_flaky)
+    app = App("kin")
+
+    @app.function(source=source.source(), batch_size=10, outputs=[target(written, strict_order=True)])
+    async def handler(records: list[Record]) -> list[Output]:
+        return [Output(r.value, key="one-key") for r in records]
+
+    await run_worker(app, None, lambda: source.checkpoints() == last_sequences(placed), timeout=30)
+    [client] = flaky
+    assert client.calls == [[orjson.dumps({"n": 0})]] + [[orjson.dumps({"n": n})] for n in range(5)]
+    records = read_stream(written)
+    assert [orjson.loads(r["Data"])["n"] for r in records] == [0, 1, 2, 3, 4]
+    assert {r["PartitionKey"] for r in records} == {"one-key"}
+
+
 async def test_an_output_over_one_mib_goes_to_on_failure_with_the_reason_and_the_others_are_written(
     stream: Callable[..., Stream],
 ) -> None:
