@@ -452,7 +452,9 @@ async def test_a_kafka_functions_sqs_destination_gets_lambdas_failure_record_wit
     await run_worker(app, broker, reading.done, timeout=40)
     assert await committed(broker, group, topic, 1) == {0: 3}
     assert len(messages) == 3  # the batch of 3 failed once, without retries: each record's failure record
-    bodies = {orjson.loads(m["Body"])["KafkaBatchInfo"]["recordInfo"]["offset"]: orjson.loads(m["Body"]) for m in messages}
+    bodies = {
+        orjson.loads(m["Body"])["KafkaBatchInfo"]["recordInfo"]["offset"]: orjson.loads(m["Body"]) for m in messages
+    }
     assert sorted(bodies) == [0, 1, 2]
     for offset, body in bodies.items():
         assert set(body) == {"requestContext", "responseContext", "version", "timestamp", "KafkaBatchInfo"}
