@@ -13,7 +13,7 @@ import orjson
 import pytest
 from conftest import run_worker
 from test_kinesis import REGION, Stream, last_sequences
-from test_sink_sqs import create_queue, receive
+from test_sink_sqs import create_queue, receive, sqs
 
 from streamfn import App, Output, Record
 from streamfn.connectors.kinesis import KinesisStream
@@ -30,6 +30,7 @@ from streamfn.connectors.memory.destination import MemoryDestination
 from streamfn.connectors.sqs import SqsQueue
 from streamfn.context import function_arn
 from streamfn.errors import ConfigError
+from streamfn.failures.model import Countable
 from streamfn.outputs.sink import Emitted, Provenance, SinkRetry
 
 ACCOUNT = "123456789012"
@@ -258,6 +259,17 @@ async def test_an_sqs_destination_gets_lambdas_metadata_only_failure_record(
             "streamArn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{source.name}",
         },
     }
+
+
+async def test_an_sqs_destination_counts_its_dead_letters(moto_endpoint: str) -> None:
+    """SqsQueue is Countable: `streamfn status` shows its depth as it shows a dead-letter topic's."""
+    url = await create_queue(moto_endpoint)
+    queue = SqsQueue(url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    assert isinstance(queue, Countable) and await queue.depth() == 0
+    async with sqs(moto_endpoint) as client:
+        for n in range(3):
+            await client.send_message(QueueUrl=url, MessageBody=str(n))
+    assert await queue.depth() == 3
 
 
 def test_a_destination_uri_is_the_sources_to_resolve() -> None:

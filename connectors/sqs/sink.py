@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streamfn.config import http_url
 from streamfn.connectors.sqs.failures import FailureQueueWriter
 from streamfn.connectors.sqs.message import GROUP_ID
 from streamfn.connectors.sqs.writer import SqsWriter
-from streamfn.errors import ConfigError, StrictModel
+from streamfn.errors import ConfigError, StrictModel, Unreachable
 from streamfn.outputs.sink import SinkContext, SinkRetry
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -151,6 +152,23 @@ class SqsQueue(StrictModel):
         stack = AsyncExitStack()
         client = await self._client(stack)
         return FailureQueueWriter(client, stack, queue_url=self.queue_url, name=self.queue_name, fifo=self.fifo)
+
+    async def depth(self, source_connection: Any = None) -> int:
+        """Messages in the queue now, as SQS approximates them (visible and in flight), for `streamfn status`'s
+        dead letters (streamfn.failures.model.Countable); Unreachable if SQS does not answer."""
+        async with AsyncExitStack() as stack:
+            client = await self._client(stack)
+            try:
+                found = await client.get_queue_attributes(
+                    QueueUrl=self.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )
+            except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
+                raise Unreachable(f"{self}: {error}") from None
+        attributes = found.get("Attributes", {})
+        return sum(
+            int(attributes.get(n, 0)) for n in ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
+        )
 
     async def open(self, context: SinkContext) -> SqsWriter:
         stack = AsyncExitStack()
