@@ -77,7 +77,7 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(topics)
-                config = _for_source(_with_destination(FunctionConfig(**parameters), source), source)
+                config = _for_source(_with_destination(FunctionConfig(**parameters), source, parameters), source)
                 style = handler_style(handler)
                 if config.value_model is not None and style is not HandlerStyle.NATIVE:
                     raise ConfigError(
@@ -126,7 +126,7 @@ class App:
                 sinks = _sinks(outputs)
                 for sink in sinks:
                     sink.check(source.topics)
-                config = _with_destination(FunctionConfig(**_aggregate_parameters(parameters)), source)
+                config = _with_destination(FunctionConfig(**_aggregate_parameters(parameters)), source, parameters)
                 config = _for_source(config, source)
                 default = "count" if config.on_failure is None else "on_failure"
                 late = default if late_records is None else late_records
@@ -190,14 +190,23 @@ def _aggregate_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def _with_destination(config: FunctionConfig, source: Source | None) -> FunctionConfig:
+ON_FAILURE_NAMES = ("on_failure", "OnFailure", "DestinationConfig")
+
+
+def _with_destination(config: FunctionConfig, source: Source | None, parameters: dict[str, Any]) -> FunctionConfig:
     """The config with its on_failure destination checked against the source's topics; a destination named by URI
-    (Lambda's `kafka://<topic>`) is the source's to resolve."""
+    or ARN (Lambda's `kafka://<topic>`, `arn:aws:sqs:...`) is the source's to resolve. An error names the field as
+    the user spelled it in `parameters`, with the value given."""
     destination = config.on_failure
     if isinstance(destination, str):
+        field = next((name for name in ON_FAILURE_NAMES if name in parameters), "on_failure")
+        given = f"{field}={parameters.get(field, destination)!r}"
         if source is None:
-            raise ConfigError(f"on_failure={destination!r} names a topic of the source's cluster: it needs a source")
-        destination = source.destination(destination)
+            raise ConfigError(f"{given} is invalid: a destination URI is resolved by the source: it needs a source")
+        try:
+            destination = source.destination(destination)
+        except ConfigError as error:
+            raise ConfigError(f"{given} is invalid: {error.message}") from None
         config = config.model_copy(update={"on_failure": destination})
     if destination is not None:
         destination.check(source.topics if source is not None else ())

@@ -25,8 +25,11 @@ a maximum of 10 retry attempts."""
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
 """Lambda's synchronous invocation payload limit, which also caps a batch."""
 
-KAFKA_DESTINATION = re.compile(r"kafka://[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}")
-"""How Lambda's DestinationConfig names a Kafka topic (its API pattern, without a leading dot)."""
+DESTINATION_URI = re.compile(
+    r"[a-z][a-z0-9+.-]*://[^\s]+|arn:aws[a-zA-Z0-9-]*:[a-zA-Z0-9-]+:[a-z0-9-]*:(\d{12})?:[^\s]+", re.ASCII
+)
+"""The shape of a destination named by a string, before the function's source resolves it (Source.destination):
+a URI (`kafka://<topic>`) or an ARN (`arn:aws:sqs:<region>:<account>:<queue>`), as Lambda's DestinationConfig."""
 
 
 def http_url(value: str) -> str:
@@ -95,8 +98,10 @@ class FunctionConfig(StrictModel):
     DeserializationError with the validation message, and never reaches the handler (not an AWS parameter)."""
     on_failure: Any = Field(None, validation_alias=AliasChoices("on_failure", "OnFailure", "DestinationConfig"))
     """A destination (streamfn.failures.model.Destination) for records that still fail, e.g. KafkaTopic("dlq"), or as
-    Lambda names one: "kafka://dlq", or DestinationConfig={"OnFailure": {"Destination": "kafka://dlq"}} as
-    CloudFormation spells it (the source resolves the URI: a topic on its cluster, see app.py)."""
+    Lambda names one: "kafka://dlq", "arn:aws:sqs:<region>:<account>:<queue>", or DestinationConfig={"OnFailure":
+    {"Destination": ...}} as CloudFormation spells it. Only the shape of a string is checked here: the function's
+    source resolves it (Source.destination, called by app.py; Kafka: a topic on its cluster; Kinesis: an SQS queue
+    ARN)."""
     enabled: bool = Field(True, validation_alias=_aws_alias("enabled"))
     """False: the function is declared (and validated) but not run: no poller reads its source (Lambda's disabled
     event source mapping; `Function(...)` outputs still invoke it, as a disabled mapping leaves the function)."""
@@ -138,13 +143,17 @@ class FunctionConfig(StrictModel):
         if isinstance(value, dict):  # DestinationConfig; Lambda takes no OnSuccess for event source mappings
             on_failure = value.get("OnFailure")
             if set(value) != {"OnFailure"} or not isinstance(on_failure, dict) or set(on_failure) != {"Destination"}:
-                raise ValueError('must be {"OnFailure": {"Destination": "kafka://<topic>"}}')
+                raise ValueError(
+                    'must be {"OnFailure": {"Destination": "kafka://<topic>"}} or with an ARN '
+                    '("arn:aws:sqs:<region>:<account>:<queue>"), as the source takes'
+                )
             value = on_failure["Destination"]
         if isinstance(value, str):
-            if not KAFKA_DESTINATION.fullmatch(value):
+            if not DESTINATION_URI.fullmatch(value):
                 raise ValueError(
-                    "must be kafka://<topic> (a topic of the source's cluster, as Lambda names a Kafka destination); "
-                    "other destinations (arn:...) are not served"
+                    "must be a destination URI or ARN, as Lambda's DestinationConfig names one (kafka://<topic> for "
+                    "a Kafka source, arn:aws:sqs:<region>:<account>:<queue> for a Kinesis stream), or a destination "
+                    "such as KafkaTopic('name')"
                 )
             return value
         if value is not None and not callable(getattr(value, "open_destination", None)):

@@ -154,8 +154,9 @@ class Source(Protocol):
         """The consumer group (checkpoint namespace) of a function: configured, else derived from its names."""
 
     def destination(self, uri: str) -> Destination:
-        """The on_failure destination a URI names, as Lambda's DestinationConfig does: `kafka://<topic>`, a topic of
-        the source's cluster."""
+        """The on_failure destination a URI or ARN names, as Lambda's DestinationConfig does for this kind of source
+        (Kafka: `kafka://<topic>`, a topic of the source's cluster; Kinesis: `arn:aws:sqs:...`, a queue). Raises
+        ConfigError saying what is allowed for a URI it does not take (the caller names the field and value)."""
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
         """The group's members and, per partition, its committed offset and the true end (`streamfn status`).

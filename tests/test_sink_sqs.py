@@ -422,3 +422,48 @@ async def test_output_sqs_refuses_dead_letters_its_records_at_once(broker: str, 
     assert "U+0000" in letter["errorMessage"]
     assert sorted(m["Body"] for m in messages) == [f"n={n}" for n in (0, 1, 2, 4, 5)]
     assert await committed(broker, group, topic, 1) == {0: 6}
+
+
+async def test_a_kafka_functions_sqs_destination_gets_lambdas_failure_record_without_the_payload(
+    broker: str, name: Any, moto_endpoint: str
+) -> None:
+    """As Lambda sends to an SQS on-failure destination of a Kafka mapping (lambda-esm.md 2.4): requestContext,
+    responseContext, version, timestamp and KafkaBatchInfo (the dialect's block, one record), metadata only; the
+    common part comes from streamfn.failures.record, as the dead-letter topic's."""
+    from streamfn.context import function_arn
+
+    topic, group = name("t"), name("g")
+    await create_topic(broker, topic, 1)
+    await produce_values(broker, topic, 3, partitions=1)
+    url = await create_queue(moto_endpoint)
+    app = App("sqsdlq")
+
+    @app.function(source=source(topic, group), maximum_retry_attempts=0, on_failure=sink(moto_endpoint, url))
+    def handler(records: list[Record]) -> None:
+        if any(r.value["n"] == 1 for r in records):
+            raise ValueError("n = 1")
+
+    messages: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        messages.extend(await receive(moto_endpoint, url, 3, timeout=30))
+
+    reading = asyncio.create_task(read())
+    await run_worker(app, broker, reading.done, timeout=40)
+    assert await committed(broker, group, topic, 1) == {0: 3}
+    assert len(messages) == 3  # the batch of 3 failed once, without retries: each record's failure record
+    bodies = {
+        orjson.loads(m["Body"])["KafkaBatchInfo"]["recordInfo"]["offset"]: orjson.loads(m["Body"]) for m in messages
+    }
+    assert sorted(bodies) == [0, 1, 2]
+    for offset, body in bodies.items():
+        assert set(body) == {"requestContext", "responseContext", "version", "timestamp", "KafkaBatchInfo"}
+        assert {k: v for k, v in body["requestContext"].items() if k != "requestId"} == {
+            "functionArn": function_arn("handler"),
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 1,
+        }
+        response = {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+        assert body["responseContext"] == response
+        info = body["KafkaBatchInfo"]
+        assert (info["batchSize"], info["bootstrapServers"], info["recordInfo"]["offset"]) == (1, broker, offset)

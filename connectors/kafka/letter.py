@@ -1,10 +1,11 @@
 """A dead letter as a KafkaTopic destination writes it, always writable, and what redrive reads back from it.
 
 The value is Lambda's on-failure record for Kafka-topic destinations (requestContext, responseContext, version,
-timestamp, the source's batch-info block: KafkaBatchInfo from the Kafka dialect, payload with the record in the
-Lambda event format) plus errorType, errorMessage and a truncated stackTrace. The key is the original key. The
-headers are the original ones, exactly, then the `streamfn.*` provenance block (PROVENANCE, always last), so
-letters can be filtered without parsing the value and redrive gives the record its headers back as they were.
+timestamp, the source's batch-info block: KafkaBatchInfo from the Kafka dialect, all from streamfn.failures.record,
+which every destination shares; payload with the record in the Lambda event format) plus errorType, errorMessage and a
+truncated stackTrace. The key is the original key. The headers are the original ones, exactly, then the `streamfn.*`
+provenance block (PROVENANCE, always last), so letters can be filtered without parsing the value and redrive gives the
+record its headers back as they were.
 
 streamfn adds a `streamfn` object to the value only when needed:
 - `originalValue`: the base64 of the record's exact value when the payload's is not (a schema registry's record,
@@ -23,14 +24,13 @@ import traceback
 from base64 import b64decode, b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streamfn.context import new_request_id
-from streamfn.failures.model import Condition, FailedRecord, FailureOrigin, PartialFailure, error_type
+from streamfn.failures.model import FailedRecord, FailureOrigin, error_type
+from streamfn.failures.record import failure_payload, failure_record
 
 PROVENANCE = (
     "streamfn.source.topic",
@@ -90,30 +90,12 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord, max_bytes: int) ->
 def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
     record = failure.record
     window = failure.window  # a tumbling window's final invocation: its event stands for the record
-    payload = origin.event(failure.partition, [record]) if window is None else window.event
-    message: dict[str, Any] = {
-        "requestContext": {
-            "requestId": failure.request_id or new_request_id(),
-            "functionArn": origin.function_arn,
-            "condition": str(failure.condition),
-            "approximateInvokeCount": failure.invoke_count,
-        },
-    }
-    if failure.invoke_count and failure.condition is not Condition.RECORD_AGE_EXCEEDED:
-        message["responseContext"] = {
-            "statusCode": 200,
-            "executedVersion": "$LATEST",
-            # Lambda reports null for partial batch failures
-            "functionError": None if isinstance(failure.error, PartialFailure) else "Unhandled",
-        }
+    payload = failure_payload(origin, failure)
+    message = failure_record(origin, failure, payload)  # Lambda's metadata, shared with every destination
     if failure.error is not None:
         message["errorType"] = _text(error_type(failure.error))
         message["errorMessage"] = _error_message(failure.error)
         message["stackTrace"] = [_text(line) for line in traceback.format_exception(failure.error)[-STACK_LINES:]]
-    message["version"] = "1.0"
-    message["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    name, batch_info = origin.batch_info(failure, len(orjson.dumps(payload)))  # the source's: KafkaBatchInfo
-    message[name] = batch_info
     message["payload"] = payload
     if window is not None:  # its records were handled and committed with the state: nothing to restore
         return message

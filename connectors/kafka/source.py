@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -30,6 +31,9 @@ from streamfn.source import GroupStatus
 
 if TYPE_CHECKING:
     from streamfn.connectors.kafka.destination import KafkaTopic
+
+KAFKA_DESTINATION = re.compile(r"kafka://[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}")
+"""How Lambda's DestinationConfig names a Kafka topic (its API pattern, without a leading dot)."""
 
 
 class KafkaSource(TopicFormat):
@@ -127,10 +131,14 @@ class KafkaSource(TopicFormat):
         return self.consumer_group_id or f"{app_name}-{function_name}"
 
     def destination(self, uri: str) -> KafkaTopic:
-        """`kafka://<topic>` (the only URI FunctionConfig lets through): as Lambda, a topic on the source's own
-        cluster."""
+        """`kafka://<topic>`: as Lambda, a topic on the source's own cluster; any other URI or ARN is refused."""
         from streamfn.connectors.kafka.destination import KafkaTopic  # it imports this module
 
+        if not KAFKA_DESTINATION.fullmatch(uri):
+            raise ConfigError(
+                "allowed for a Kafka source: kafka://<topic> (a topic of the source's cluster, as Lambda names a "
+                "Kafka destination) or a destination object such as KafkaTopic('name') or SqsQueue(url)"
+            )
         return KafkaTopic(uri.removeprefix("kafka://"))
 
     def servers(self, default_servers: str | None) -> str | None:

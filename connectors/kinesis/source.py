@@ -141,9 +141,22 @@ class KinesisSource(TopicFormat):
         )
 
     def destination(self, uri: str) -> Destination:
-        raise ConfigError(
-            f"on_failure={uri!r}: a Kinesis source's destination is an object (KafkaTopic(...) or another "
-            "destination), not a URI"
+        """`arn:aws:sqs:<region>:<account>:<queue>`, Lambda's usual destination for a stream: an SqsQueue reached
+        with the source's endpoint and credentials (its region: the ARN's), which gets Lambda's failure record."""
+        from streamfn.connectors.sqs.sink import QUEUE_ARN, SqsQueue  # only a function that names one loads it
+
+        if not QUEUE_ARN.fullmatch(uri):
+            raise ConfigError(
+                "allowed for a Kinesis source: arn:aws:sqs:<region>:<account>:<queue> (an SQS queue, as Lambda's "
+                "DestinationConfig names one) or a destination object such as SqsQueue(url) or KafkaTopic('name')"
+            )
+        access = self.access()
+        return SqsQueue.from_arn(
+            uri,
+            endpoint_url=access.endpoint_url,
+            aws_access_key_id=access.aws_access_key_id,
+            aws_secret_access_key=access.aws_secret_access_key,
+            aws_session_token=access.aws_session_token,
         )
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:

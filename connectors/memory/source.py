@@ -66,7 +66,7 @@ class MemorySource:
     def destination(self, uri: str) -> MemoryDestination:
         """`memory://<name>`: the same MemoryDestination (and letters) for every function naming it."""
         if not uri.startswith(SCHEME) or not uri[len(SCHEME) :]:
-            raise ConfigError(f"on_failure={uri!r}: a memory source's destination is memory://<name>")
+            raise ConfigError("allowed for a memory source: memory://<name>")
         name = uri[len(SCHEME) :]
         return self._destinations.setdefault(name, MemoryDestination(name))
 

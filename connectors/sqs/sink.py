@@ -19,22 +19,29 @@ from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streamfn.config import http_url
+from streamfn.connectors.sqs.failures import FailureQueueWriter
 from streamfn.connectors.sqs.message import GROUP_ID
 from streamfn.connectors.sqs.writer import SqsWriter
-from streamfn.errors import StrictModel
+from streamfn.errors import ConfigError, StrictModel, Unreachable
 from streamfn.outputs.sink import SinkContext, SinkRetry
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0
 _AWS_HOST = re.compile(r"(^|\.)amazonaws\.com(\.cn)?$")
+QUEUE_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):sqs:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<name>[a-zA-Z0-9_-]{1,75}(\.fifo)?)"
+)
+"""An SQS queue's ARN, as Lambda's DestinationConfig names a queue."""
 _REGION_IN_HOST = re.compile(r"^(?:sqs(?:-fips)?\.)?(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com")
 
 
 class SqsQueue(StrictModel):
-    """An Amazon SQS queue (standard or FIFO, by its URL's `.fifo`); each output becomes one message."""
+    """An Amazon SQS queue (standard or FIFO, by its URL's `.fifo`): as an output, each output becomes one message;
+    as on_failure, each failed record becomes Lambda's failure record (metadata only)."""
 
     owner = "SqsQueue"
 
@@ -108,14 +115,27 @@ class SqsQueue(StrictModel):
         parts = urlsplit(self.queue_url)
         return None if _AWS_HOST.search(parts.hostname or "") else f"{parts.scheme}://{parts.netloc}"
 
-    async def open(self, context: SinkContext) -> SqsWriter:
+    @classmethod
+    def from_arn(cls, arn: str, **access: Any) -> SqsQueue:
+        """The queue an ARN names (`arn:aws:sqs:<region>:<account>:<name>`, as Lambda's DestinationConfig does), at
+        its AWS URL; `access`: region_name, endpoint_url and credentials (a source's, for an emulator's endpoint)."""
+        found = QUEUE_ARN.fullmatch(arn)
+        if found is None:
+            raise ConfigError(f"{arn!r} is not an SQS queue ARN: arn:aws:sqs:<region>:<account>:<queue>")
+        suffix = ".cn" if found.group("partition") == "aws-cn" else ""
+        url = (
+            f"https://sqs.{found.group('region')}.amazonaws.com{suffix}/{found.group('account')}/{found.group('name')}"
+        )
+        given = {name: value for name, value in access.items() if value is not None}
+        return cls(url, **({"region_name": found.group("region")} | given))
+
+    async def _client(self, stack: AsyncExitStack) -> Any:
         config = AioConfig(
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
             retries={"mode": "standard", "total_max_attempts": 1},  # the engine retries, with its backoff
         )
-        stack = AsyncExitStack()
-        client = await stack.enter_async_context(
+        return await stack.enter_async_context(
             get_session().create_client(
                 "sqs",
                 region_name=self.region(),
@@ -126,6 +146,33 @@ class SqsQueue(StrictModel):
                 config=config,
             )
         )
+
+    async def open_destination(self, source_connection: Any = None) -> FailureQueueWriter:
+        """As on_failure: Lambda's failure record of each failed record, metadata only (connectors/sqs/failures.py)."""
+        stack = AsyncExitStack()
+        client = await self._client(stack)
+        return FailureQueueWriter(client, stack, queue_url=self.queue_url, name=self.queue_name, fifo=self.fifo)
+
+    async def depth(self, source_connection: Any = None) -> int:
+        """Messages in the queue now, as SQS approximates them (visible and in flight), for `streamfn status`'s
+        dead letters (streamfn.failures.model.Countable); Unreachable if SQS does not answer."""
+        async with AsyncExitStack() as stack:
+            client = await self._client(stack)
+            try:
+                found = await client.get_queue_attributes(
+                    QueueUrl=self.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )
+            except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
+                raise Unreachable(f"{self}: {error}") from None
+        attributes = found.get("Attributes", {})
+        return sum(
+            int(attributes.get(n, 0)) for n in ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
+        )
+
+    async def open(self, context: SinkContext) -> SqsWriter:
+        stack = AsyncExitStack()
+        client = await self._client(stack)
         return SqsWriter(
             client,
             stack,

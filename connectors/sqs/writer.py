@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -47,6 +47,7 @@ INVALID_MESSAGE_CODES = frozenset(
 _CODE_PREFIX = "AWS.SimpleQueueService."
 
 Chunk = list[tuple[Emitted, Message]]
+T = TypeVar("T")
 
 
 class SqsDeliveryError(Exception):
@@ -81,7 +82,7 @@ class SqsWriter:
         pending = [output for output in outputs if output.id not in self._delivered]
         messages = [message(o, fifo=self._fifo, group=self._group, function=self._function) for o in pending]
         self._warn_dropped(messages)
-        chunks = list(_chunks(list(zip(pending, messages, strict=True))))
+        chunks = list(batches(list(zip(pending, messages, strict=True))))
         if self._fifo:
             for chunk in chunks:
                 await self._send(chunk)
@@ -149,9 +150,10 @@ class SqsWriter:
         return f"SqsQueue({self._name!r})"
 
 
-def _chunks(messages: Chunk) -> Iterator[Chunk]:
-    """Consecutive runs of at most 10 messages and 1 MiB together: one SendMessageBatch request each."""
-    chunk: Chunk = []
+def batches(messages: list[tuple[T, Message]]) -> Iterator[list[tuple[T, Message]]]:
+    """Consecutive runs of at most 10 messages and 1 MiB together: one SendMessageBatch request each (of outputs,
+    or of failure records: `T` is what each message stands for)."""
+    chunk: list[tuple[T, Message]] = []
     size = 0
     for item in messages:
         if chunk and (len(chunk) == MAX_BATCH_ENTRIES or size + item[1].size > MAX_BATCH_BYTES):
