@@ -83,6 +83,8 @@ async def test_per_key_order_holds_across_a_split_and_a_merge_mid_stream(aws: st
         shard = str(records[0].partition)
         if shard not in parents_at_start:  # the shard's first batch: where do its parents' leases stand?
             table_now = await asyncio.to_thread(checkpoints)
+            if shard not in parents:  # read before the resharding thread listed it
+                await asyncio.to_thread(lineage)
             parents_at_start[shard] = {parent: table_now[parent] for parent in parents.get(shard, [])}
         for r in records:
             key = r.key.decode()
@@ -99,9 +101,8 @@ async def test_per_key_order_holds_across_a_split_and_a_merge_mid_stream(aws: st
     put_rounds(3)
     total = 0
 
-    async def reshard_mid_stream() -> None:
-        nonlocal total
-        await wait_for(lambda: sum(map(len, handled.values())) > 0, 20, "the first records handled")
+    def reshard() -> None:
+        """Split shard 0, put, merge its upper child with shard 1, put: while the worker reads (a thread)."""
         kinesis.split_shard(StreamName=stream, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(LOW))
         wait_active(kinesis, stream)
         lineage()
@@ -111,6 +112,11 @@ async def test_per_key_order_holds_across_a_split_and_a_merge_mid_stream(aws: st
         wait_active(kinesis, stream)
         lineage()
         put_rounds(3)
+
+    async def reshard_mid_stream() -> None:
+        nonlocal total
+        await wait_for(lambda: sum(map(len, handled.values())) > 0, 20, "the first records handled")
+        await asyncio.to_thread(reshard)
         total = sum(map(len, put.values()))
 
     resharding = asyncio.create_task(reshard_mid_stream())
