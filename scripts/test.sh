@@ -18,6 +18,15 @@ fi
 if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4
 fi
+# The resharding tests run Kinesis on kinesalite (tests/conftest.py: moto neither routes a split's keys to the
+# children nor ends a closed shard); install it (Node.js, npm) into the cache directory the tests look in.
+KINESALITE_DIR="${STREAMFN_KINESALITE_DIR:-$HOME/.cache/streamfn/kinesalite}"
+if [ ! -x "$KINESALITE_DIR/node_modules/.bin/kinesalite" ] && ! command -v kinesalite >/dev/null; then
+    if ! command -v npm >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    npm install --silent --no-audit --no-fund --prefix "$KINESALITE_DIR" kinesalite@3.3.3
+fi
 # Six test processes (pytest-xdist), each with its own broker and databases: the suite mostly waits (group joins,
 # session timeouts; it keeps 2 cores about half busy), so on 2 cores it takes about 3.5 minutes instead of 12 (5.75
 # with three). The `slow` tests (processes) start first (tests/conftest.py), so none of them is left for the end.

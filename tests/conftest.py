@@ -348,3 +348,46 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setattr(reader, "POLL_INTERVAL_SECONDS", 0.1)
     return moto_endpoint
+
+
+# --- Kinesis (kinesalite: resharding and shard ends as AWS does them; the lease table stays on moto) ---------------
+
+KINESALITE_DIR = Path(os.environ.get("STREAMFN_KINESALITE_DIR", Path.home() / ".cache" / "streamfn" / "kinesalite"))
+"""Where scripts/test.sh installs kinesalite (npm install --prefix), unless it is on the PATH."""
+
+
+@pytest.fixture(scope="session")
+def kinesalite_endpoint() -> Iterator[str]:
+    """kinesalite (in memory, streams ACTIVE at once) on a free port for the session, started only when a test asks
+    for it: its endpoint URL. moto writes a split parent's keys into the parent and never ends a closed shard;
+    kinesalite routes them to the children and ends a drained closed shard with a null NextShardIterator."""
+    import shutil
+
+    from streamfn.connectors.kafka.embedded import free_port
+
+    installed = KINESALITE_DIR / "node_modules" / ".bin" / "kinesalite"
+    binary = str(installed) if installed.exists() else shutil.which("kinesalite")
+    if binary is None:
+        pytest.fail(
+            f"kinesalite is not installed: run scripts/test.sh, or npm install --prefix {KINESALITE_DIR} kinesalite"
+        )
+    port = free_port()
+    options = ["--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0", "--shardLimit", "100"]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port, process, "kinesalite")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def kinesalite(aws: str, kinesalite_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Kinesis on kinesalite, everything else (the lease table's DynamoDB, STS) on moto, through the AWS chain's
+    endpoint variables as a user would set them: kinesalite's endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesalite_endpoint)
+    return kinesalite_endpoint
