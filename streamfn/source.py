@@ -62,6 +62,15 @@ class GroupStatus:
         return max((p.lag for p in self.partitions), default=0)
 
 
+class CommitRefused(Exception):
+    """A commit of which some partitions were refused because this worker no longer owns them (another worker took
+    their leases); every other partition of it was committed. The reader reports the refused ones `lost`."""
+
+    def __init__(self, partitions: set[Partition], reason: str) -> None:
+        super().__init__(reason)
+        self.partitions = partitions
+
+
 class AssignmentListener(Protocol):
     """Told by a reader when partitions move, before the reader fetches for the new assignment."""
 
@@ -117,7 +126,8 @@ class SourceReader(Protocol):
     def resume(self, partition: Partition) -> None: ...
 
     async def commit(self, offsets: Mapping[Partition, Position]) -> None:
-        """Store, per partition, a checkpoint value (one `position_after` gave)."""
+        """Store, per partition, a checkpoint value (one `position_after` gave). Raises CommitRefused when only
+        partitions this worker lost were refused, anything else when the commit failed as a whole."""
 
     def position_after(self, record: SourceRecord | Record) -> Position:
         """The checkpoint value that covers everything of the record's partition up to and including `record`

@@ -46,7 +46,7 @@ from streamfn.connectors.shards import (
 from streamfn.errors import Unreachable
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
 from streamfn.record import Partition, RawRecord, Record, SourceRecord
-from streamfn.source import AssignmentListener
+from streamfn.source import AssignmentListener, CommitRefused
 
 log = logging.getLogger("streamfn.kinesis")
 
@@ -344,8 +344,11 @@ class KinesisReader:
             if isinstance(result, LeaseLost) and not known:
                 self.refused.append((partition, value))
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, BaseException) and not isinstance(result, LeaseLost):
                 raise result
+        lost = {p for (p, _, _), result in zip(moved, results, strict=True) if isinstance(result, LeaseLost)}
+        if lost:  # the others are checkpointed: the engine must not wait to commit them again
+            raise CommitRefused(lost, "; ".join(str(r) for r in results if isinstance(r, LeaseLost)))
 
     def position_after(self, record: SourceRecord | Record) -> int:
         """A checkpoint names the last record handled (Kinesis's and KCL's convention)."""

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from streamfn.observability.stats import FunctionStats
 from streamfn.record import Partition, Position
-from streamfn.source import SourceReader
+from streamfn.source import CommitRefused, SourceReader
 
 log = logging.getLogger("streamfn.checkpoint")
 
@@ -104,17 +104,21 @@ class Checkpoint:
             if not pending:
                 return True
             covered = {p: self._covered[p] for p in pending}
+            refused: set[Partition] = set()
             try:
                 if self._before_commit is not None:
                     await self._before_commit(pending)
                 await self._reader.commit(pending)
+            except CommitRefused as error:  # lost partitions only: the others are committed, and go on at once
+                refused = error.partitions
+                log.warning("function %s: commit of %s refused: %s", self._function, _describe(pending), error)
             except Exception as error:  # the broker or the group said no; offsets stay pending
                 for partition in pending:
                     self._stats.at(partition).commit_errors += 1
                 log.warning("function %s: commit of %s failed: %r", self._function, _describe(pending), error)
                 return False
             for partition, offset in pending.items():
-                if partition in self._owned:
+                if partition in self._owned and partition not in refused:
                     # max: 0 for a partition forgotten and assigned again while the commit was under way
                     moved = max(0, covered[partition] - self._covered_committed[partition])
                     self.committed_records += moved
