@@ -39,20 +39,20 @@ def embedded_aws() -> Iterator[str]:
             "pip install 'streamfn[embedded-aws]'"
         ) from None
     port = free_port()
-    process = subprocess.Popen(
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL_")] + list(SET_ASIDE):
+        os.environ.pop(name, None)
+    os.environ.update(DUMMY_CREDENTIALS, AWS_ENDPOINT_URL=endpoint, **{LOCAL_ENV: endpoint})
+    os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
+    process = subprocess.Popen(  # in that environment too: moto reads AWS variables (a profile, endpoints)
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C meant for streamfn must not stop it before the final checkpoints
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = dict(os.environ)
     try:
         _wait_listening(process, port)
-        for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL_")] + list(SET_ASIDE):
-            os.environ.pop(name, None)
-        os.environ.update(DUMMY_CREDENTIALS, AWS_ENDPOINT_URL=endpoint, **{LOCAL_ENV: endpoint})
-        os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
         yield endpoint
     finally:
         os.environ.clear()

@@ -1,0 +1,295 @@
+"""Operating Kinesis functions from the command line, against moto in server mode: `streamfn status` per shard
+(lease owner, checkpoint, milliseconds behind, lineage, dead letters), `streamfn produce` and `run --seed`
+(PutRecords), `run --local aws` (the embedded server, only when asked) and the example pipeline's one command.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from conftest import read_topic, run_cli, run_worker, write_pipeline
+
+from streamfn.cli.loader import load_app
+
+REGION = "us-east-1"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples/kinesis"
+_names = itertools.count()
+
+PIPELINE = """
+import os
+from streamfn import App
+from streamfn.connectors.kafka import KafkaTopic
+from streamfn.connectors.kinesis import KinesisSource
+
+app = App("ops")
+
+@app.function(
+    source=KinesisSource(stream=os.environ["STREAM"], lease_table=os.environ["TABLE"], value_format="json"),
+    batch_size=10,
+    bisect_batch_on_function_error=True,
+    maximum_retry_attempts=0,
+    on_failure=KafkaTopic(os.environ["DLQ"], bootstrap_servers=os.environ["BROKER"]),
+)
+async def handle(records):
+    if any(r.value.get("bad") for r in records):
+        raise ValueError("bad record")
+"""
+
+
+class Stream:
+    def __init__(self, endpoint: str, shards: int) -> None:
+        self.name = f"ops-{next(_names)}-{id(self):x}"
+        self.table = f"leases-{self.name}"
+        self.kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name=REGION)
+        self.kinesis.create_stream(StreamName=self.name, ShardCount=shards)
+        self.shards = sorted(s["ShardId"] for s in self.kinesis.list_shards(StreamName=self.name)["Shards"])
+
+    def put(self, values: list[Any], shard: int) -> list[int]:
+        """Put each value (JSON) on shard number `shard` (by explicit hash key); their sequence numbers."""
+        ranges = self.kinesis.list_shards(StreamName=self.name)["Shards"][shard]["HashKeyRange"]
+        return [
+            int(
+                self.kinesis.put_record(
+                    StreamName=self.name,
+                    Data=orjson.dumps(value),
+                    PartitionKey="k",
+                    ExplicitHashKey=ranges["StartingHashKey"],
+                )["SequenceNumber"]
+            )
+            for value in values
+        ]
+
+    def items(self) -> dict[str, list[dict[str, Any]]]:
+        """Every record per shard, in order, as GetRecords returns them."""
+        found = {}
+        for shard in self.shards:
+            iterator = self.kinesis.get_shard_iterator(
+                StreamName=self.name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            found[shard] = self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)["Records"]
+        return found
+
+    def records(self) -> dict[str, list[tuple[str, bytes]]]:
+        """Every record per shard, (partition key, data), in order."""
+        return {shard: [(r["PartitionKey"], bytes(r["Data"])) for r in items] for shard, items in self.items().items()}
+
+    def last_sequences(self) -> dict[str, int | None]:
+        return {shard: int(items[-1]["SequenceNumber"]) if items else None for shard, items in self.items().items()}
+
+
+@pytest.fixture
+def stream(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Stream]]:
+    """A stream of its own per call, with AWS_ENDPOINT_URL pointing at moto for the commands run meanwhile."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    made: list[Stream] = []
+
+    def make(shards: int = 2) -> Stream:
+        made.append(Stream(aws, shards))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.kinesis.delete_stream(StreamName=s.name)
+
+
+def status(pipeline: Path) -> dict[str, Any]:
+    result = run_cli("status", str(pipeline), "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    [function] = json.loads(result.stdout)["functions"]
+    return dict(function)
+
+
+def by_shard(function: dict[str, Any], key: str) -> dict[str, Any]:
+    return {p["partition"]: p[key] for p in function["partitions"]}
+
+
+async def test_status_shows_each_shards_lease_checkpoint_lag_and_the_dead_letters(
+    stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream(shards=3)
+    dlq = f"dlq-{s.name}"
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": dlq, "BROKER": broker}.items():
+        monkeypatch.setenv(key, value)
+    pipeline = write_pipeline(tmp_path, PIPELINE)
+    first, second, third = s.shards
+    # shard 1: 6 records (the 2nd and 5th bad); shard 2: 4 records (the 3rd bad); shard 3: none
+    one = s.put([{"bad": i in (1, 4)} for i in range(6)], 0)
+    two = s.put([{"bad": i == 2} for i in range(4)], 1)
+
+    # 1. before any worker: no lease table (status creates none), nothing checkpointed, every record is lag
+    before = status(pipeline)
+    assert (before["group_id"], before["state"], before["members"]) == (s.table, "ACTIVE", [])
+    assert by_shard(before, "committed") == {first: None, second: None, third: None}
+    assert by_shard(before, "owner") == {first: None, second: None, third: None}
+    assert by_shard(before, "parents") == by_shard(before, "children") == {first: [], second: [], third: []}
+    lags = by_shard(before, "lag")
+    assert lags[first] >= 1 and lags[second] >= 1 and lags[third] == 0
+    assert by_shard(before, "end") == {first: None, second: None, third: None}  # open shards
+    assert before["dead_letters"] == 0 and before["on_failure"] == f"KafkaTopic({dlq!r})"
+    tables = boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"]
+    assert s.table not in tables  # status read only: it did not create the lease table
+
+    # 2. a worker handles everything (the 3 bad records to the dead-letter topic) and stops gracefully
+    table = boto3.client("dynamodb", region_name=REGION)
+
+    def checkpoints() -> dict[str, str]:
+        try:
+            items = table.scan(TableName=s.table, ConsistentRead=True)["Items"]
+        except table.exceptions.ResourceNotFoundException:
+            return {}
+        return {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in items}
+
+    expected = {first: str(one[-1]), second: str(two[-1]), third: "TRIM_HORIZON"}
+    await run_worker(load_app(pipeline), None, lambda: checkpoints() == expected, timeout=40)
+    assert len(await read_topic(broker, dlq, 3)) == 3
+
+    after = status(pipeline)
+    assert by_shard(after, "committed") == {first: one[-1], second: two[-1], third: "TRIM_HORIZON"}
+    assert by_shard(after, "owner") == {first: None, second: None, third: None}  # released at the graceful stop
+    assert after["members"] == [] and by_shard(after, "lag") == {first: 0, second: 0, third: 0}
+    assert after["dead_letters"] == 3
+
+    # 3. two more records on the second shard: it is behind again, by their age (milliseconds, at least 1)
+    s.put([{"bad": False}] * 2, 1)
+    behind = status(pipeline)
+    assert by_shard(behind, "committed")[second] == two[-1] and by_shard(behind, "lag")[second] >= 1
+    assert behind["total_lag"] == by_shard(behind, "lag")[second] == behind["max_lag"]
+
+    # the table: shard rows with their owner column ("-": nobody holds the lease)
+    table_text = run_cli("status", str(pipeline), timeout=30).stdout
+    assert re.search(rf"{s.name}-{first}\s+│\s+{one[-1]}\s+│\s+-\s+│\s+0\s+│\s+-", table_text), table_text
+
+
+async def test_produce_puts_each_line_keyed_by_its_field_then_a_run_handles_them(
+    stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream(shards=2)
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": f"dlq-{s.name}", "BROKER": broker}.items():
+        monkeypatch.setenv(key, value)
+    pipeline = write_pipeline(tmp_path, PIPELINE)
+    lines = [orjson.dumps({"user": f"u{i % 7}", "n": i}) for i in range(1201)] + [b"not json"]
+    data = tmp_path / "lines.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n\n")
+
+    result = run_cli("produce", s.name, str(data), "--pipeline", str(pipeline), "--key-field", "user", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"produced 1202 records to stream {s.name} (1 without a key: no 'user' field)"
+    found = s.records()
+    put = [item for records in found.values() for item in records]
+    assert sorted(data for _, data in put) == sorted(lines)  # each line once, byte for byte (3 PutRecords calls)
+    for records in found.values():
+        for key, data in records:
+            if data != b"not json":
+                assert key == orjson.loads(data)["user"]  # the partition key is the field
+        ns = [orjson.loads(data)["n"] for _, data in records if data != b"not json"]
+        assert ns == sorted(ns)  # in file order within each shard
+
+    # `run --seed` puts a file the same way, then the function handles it: every shard checkpointed at its end
+    seed = tmp_path / "seed.jsonl"
+    seed.write_bytes(b"".join(orjson.dumps({"user": "u", "n": i}) + b"\n" for i in range(5)))
+    run = run_cli("run", str(pipeline), "--seed", f"{s.name}={seed}", "--key-field", "user", "--until-idle", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"seeded 5 records from {seed} into stream {s.name}\n" in run.stdout
+    after = status(pipeline)
+    assert by_shard(after, "committed") == s.last_sequences()
+    assert after["dead_letters"] == 1  # the line that is not JSON
+
+
+def test_redrive_of_a_kinesis_function_says_in_one_line_that_it_cannot(
+    stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream(shards=1)
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": f"dlq-{s.name}", "BROKER": broker}.items():
+        monkeypatch.setenv(key, value)
+    pipeline = write_pipeline(tmp_path, PIPELINE)
+    result = run_cli("redrive", str(pipeline), "--function", "handle", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+
+
+def _summary(stdout: str) -> dict[str, dict[str, str]]:
+    """The run summary's rows by function, each by column name (from the header row)."""
+    lines = stdout.splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("┃")).split("┃")[1:-1]]
+    rows = ([c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│"))
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in rows if cells[0]}
+
+
+@pytest.mark.slow
+def test_the_kinesis_example_runs_with_one_command_on_the_embedded_server(aws: str, tmp_path: Path) -> None:
+    """The README's command, exactly; AWS variables that would point elsewhere are set aside by `--local aws`."""
+    clicks = [line for line in (EXAMPLE / "clicks.jsonl").read_text().splitlines() if line]
+    good = [c for c in (_click(line) for line in clicks) if c is not None]
+    assert (len(clicks), len(good)) == (243, 240)
+    result = run_cli(
+        "run",
+        "examples/kinesis/pipeline.py",
+        "--local",
+        "aws",
+        "--seed",
+        "clicks=examples/kinesis/clicks.jsonl",
+        "--key-field",
+        "user",
+        "--until-idle",
+        "2",
+        cwd=ROOT,
+        timeout=55,
+        extra_env={"AWS_ENDPOINT_URL_KINESIS": "http://127.0.0.1:9", "AWS_PROFILE": "nowhere"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(
+        r"^streamfn: embedded Kinesis-compatible server .* at http://127\.0\.0\.1:\d+ ", result.stdout, re.M
+    )
+    assert (
+        "streamfn: seeded 243 records from examples/kinesis/clicks.jsonl into stream clicks (created: stream clicks "
+        "with 4 shards) (1 without a key: no 'user' field)"
+    ) in result.stdout
+    summary = _summary(result.stdout)
+    for function in ("clicks_per_user", "pages"):
+        row = summary[function]
+        counts = {c: row[c] for c in ("polled", "handled", "dead-lettered", "dropped", "committed")}
+        assert counts == {"polled": "243", "handled": "240", "dead-lettered": "0", "dropped": "3", "committed": "243"}
+    # `pages` prints each batch it handled once: the pages of the 240 good clicks, counted per page
+    printed: Counter[str] = Counter()
+    for listing in re.findall(r"^\[pages\] shardId-\d+ \d+ clicks: (.*)$", result.stdout, re.M):
+        for page, n in re.findall(r"(\S+) (\d+)", listing):
+            printed[page] += int(n)
+    assert printed == Counter(c["page"] for c in good)
+
+
+def _click(line: str) -> dict[str, Any] | None:
+    try:
+        click = json.loads(line)
+    except ValueError:
+        return None
+    return click if {"user", "page"} <= click.keys() else None
+
+
+def test_local_systems_are_started_only_when_asked_and_only_those_a_pipeline_has(aws: str, tmp_path: Path) -> None:
+    nope = run_cli("run", "examples/kinesis/pipeline.py", "--local", "gcp", cwd=ROOT, timeout=30)
+    assert (nope.returncode, nope.stderr) == (
+        2,
+        "error: --local 'gcp' is not a local system of this pipeline's sources; allowed: aws\n",
+    )
+    # Without --local aws, the pipeline goes where the AWS configuration says: here moto, which has no such stream.
+    unasked = run_cli(
+        "run",
+        "examples/kinesis/pipeline.py",
+        "--connect-timeout",
+        "1",
+        cwd=ROOT,
+        timeout=30,
+        extra_env={"AWS_ENDPOINT_URL": aws},
+    )
+    assert unasked.returncode == 1 and "embedded" not in unasked.stdout
+    assert "Kinesis stream clicks" in unasked.stderr and "no such stream" in unasked.stderr
