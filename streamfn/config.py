@@ -179,3 +179,16 @@ class FunctionConfig(StrictModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not a bool")
         return value
+
+
+def check_starting_timestamp(starting_position: str, timestamp: float | None) -> None:
+    """Lambda's rule for every source's StartingPositionTimestamp: required with AT_TIMESTAMP and allowed only with
+    it, in Unix seconds (a millisecond value would start thousands of years ahead). Raises ValueError (for a
+    model validator)."""
+    if (starting_position == "AT_TIMESTAMP") != (timestamp is not None):
+        raise ValueError(
+            "starting_position_timestamp (Unix seconds) is required with starting_position='AT_TIMESTAMP' "
+            "and allowed only with it"
+        )
+    if timestamp is not None and timestamp > 1e11:
+        raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")

@@ -57,6 +57,30 @@ class SourceRecord(Protocol):
     def serialized_value_size(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A record in the SourceRecord shape, for sources whose client does not give one (the memory source, Kinesis:
+    the shard as partition, the sequence number as position) and for outputs handed to a chained function."""
+
+    topic: str
+    partition: int | str
+    offset: Position
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_type: int = 0
+    """Kafka's numbering (TIMESTAMP_TYPES): 0 create time, 1 log-append time (a stream's arrival time)."""
+
+    @property
+    def serialized_key_size(self) -> int:
+        return -1 if self.key is None else len(self.key)
+
+    @property
+    def serialized_value_size(self) -> int:
+        return -1 if self.value is None else len(self.value)
+
+
 @dataclass(slots=True)
 class Record:
     """A record as a native handler receives it: the value decoded per the source's `value_format` (and validated

@@ -23,13 +23,13 @@ from conftest import read_topic, run_worker, wait_for
 from streamfn import App, Record
 from streamfn.connectors.kinesis import KinesisSource
 from streamfn.connectors.kinesis import reader as kinesis_reader
-from streamfn.connectors.kinesis.reader import KinesisReader, KinesisRecord
+from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.kinesis.source import DIALECT
 from streamfn.connectors.shards import AwsAccess, LeaseTable
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError, Unreachable
 from streamfn.failures.model import InvalidResponse, first_failed_index
-from streamfn.record import Partition
+from streamfn.record import Partition, RawRecord
 
 REGION = "us-east-1"
 _names = itertools.count()
@@ -495,7 +495,7 @@ def test_a_partial_response_names_records_by_sequence_number_and_the_lowest_is_t
 
 
 PARTITION = Partition("s", "shardId-000000000000")
-BATCH = [KinesisRecord("s", "shardId-000000000000", n, 0, b"k", b"{}") for n in (10, 20, 30)]
+BATCH = [RawRecord("s", "shardId-000000000000", n, 0, b"k", b"{}") for n in (10, 20, 30)]
 
 
 def test_kinesis_defaults_and_filters_follow_lambdas_kinesis_rules() -> None:
@@ -512,7 +512,7 @@ def test_kinesis_defaults_and_filters_follow_lambdas_kinesis_rules() -> None:
     config = app.functions["native"].config
     assert config.maximum_batching_window_in_seconds == 0
     criteria = config.filter_criteria
-    assert [criteria.matches(KinesisRecord("s", "shard", 1, 0, key, data)) for key, data in CANDIDATES] == [
+    assert [criteria.matches(RawRecord("s", "shard", 1, 0, key, data)) for key, data in CANDIDATES] == [
         True,
         False,
         False,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from streamfn.capabilities import Produced
+from streamfn.config import check_starting_timestamp
 from streamfn.connectors.kafka.access import from_source_access_configurations
 from streamfn.connectors.kafka.changelog import KafkaChangelog
 from streamfn.connectors.kafka.codecs import TopicFormat
@@ -64,14 +65,7 @@ class KafkaSource(TopicFormat):
 
     @model_validator(mode="after")
     def _timestamp_with_at_timestamp(self) -> KafkaSource:
-        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
-            raise ValueError(
-                "starting_position_timestamp (Unix seconds) is required with starting_position='AT_TIMESTAMP' "
-                "and allowed only with it"
-            )
-        if self.starting_position_timestamp is not None and self.starting_position_timestamp > 1e11:
-            # Lambda takes Unix seconds; a millisecond value would start thousands of years ahead.
-            raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
+        check_starting_timestamp(self.starting_position, self.starting_position_timestamp)
         return self
 
     @model_validator(mode="before")

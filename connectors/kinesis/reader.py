@@ -45,7 +45,7 @@ from streamfn.connectors.shards import (
 )
 from streamfn.errors import Unreachable
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, RawRecord, Record, SourceRecord
 from streamfn.source import AssignmentListener
 
 log = logging.getLogger("streamfn.kinesis")
@@ -70,29 +70,6 @@ MAX_LISTING_PAGES = 1_000
 """A bound on ListShards paging (emulators have been seen to repeat a page forever)."""
 
 
-@dataclass(frozen=True, slots=True)
-class KinesisRecord:
-    """A Kinesis record in the SourceRecord shape: the shard as partition, the sequence number as position, the
-    partition key (UTF-8) as key, the approximate arrival time as timestamp (epoch milliseconds)."""
-
-    topic: str
-    partition: str
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-    headers: Sequence[tuple[str, bytes]] = ()
-    timestamp_type: int = 1  # set by the stream on arrival: Kafka's LOG_APPEND_TIME
-
-    @property
-    def serialized_key_size(self) -> int:
-        return len(self.key)
-
-    @property
-    def serialized_value_size(self) -> int:
-        return len(self.value)
-
-
 @dataclass(eq=False)
 class _Shard:
     """The polling state of one owned shard."""
@@ -102,7 +79,7 @@ class _Shard:
     """The lease's starting position when it has no checkpoint (TRIM_HORIZON, LATEST, AT_TIMESTAMP)."""
     after: int | None
     """The last sequence number fetched (else the checkpoint): an iterator is renewed after it."""
-    page: list[KinesisRecord] | None = None
+    page: list[RawRecord] | None = None
     """Fetched and not yet delivered to the engine."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while another page may be fetched: not paused and no page waiting."""
@@ -120,15 +97,19 @@ class _Shard:
     """Throttles and errors in a row (the backoff's exponent)."""
 
 
-def _record(stream: str, shard: str, item: dict[str, Any]) -> KinesisRecord:
+def _record(stream: str, shard: str, item: dict[str, Any]) -> RawRecord:
+    """A Kinesis record in the SourceRecord shape: the shard as partition, the sequence number as position, the
+    partition key (UTF-8) as key, the approximate arrival time as timestamp (epoch milliseconds; Kafka's
+    LOG_APPEND_TIME: set by the stream on arrival)."""
     arrival: datetime = item["ApproximateArrivalTimestamp"]
-    return KinesisRecord(
+    return RawRecord(
         stream,
         shard,
         int(item["SequenceNumber"]),
         round(arrival.timestamp() * 1000),
         item["PartitionKey"].encode(),
         bytes(item["Data"]),
+        timestamp_type=1,
     )
 
 

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from streamfn.capabilities import Produced
-from streamfn.config import http_url
+from streamfn.config import check_starting_timestamp, http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.kinesis.reader import KinesisReader
@@ -83,13 +83,7 @@ class KinesisSource(TopicFormat):
             raise ValueError(
                 "give the stream's name (stream=) or its ARN (stream_arn= or EventSourceArn=): one of them"
             )
-        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
-            raise ValueError(
-                "starting_position_timestamp (Unix seconds) is required with starting_position='AT_TIMESTAMP' "
-                "and allowed only with it"
-            )
-        if self.starting_position_timestamp is not None and self.starting_position_timestamp > 1e11:
-            raise ValueError("starting_position_timestamp must be Unix seconds, not milliseconds")
+        check_starting_timestamp(self.starting_position, self.starting_position_timestamp)
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
         if self.aws_session_token is not None and self.aws_access_key_id is None:

@@ -8,6 +8,6 @@ children that start only once all their parents are finished.
 
 from streamfn.connectors.memory.destination import Letter, MemoryDestination
 from streamfn.connectors.memory.source import MemorySource
-from streamfn.connectors.memory.stream import MemoryRecord, MemoryStream
+from streamfn.connectors.memory.stream import MemoryStream
 
-__all__ = ["Letter", "MemoryDestination", "MemoryRecord", "MemorySource", "MemoryStream"]
+__all__ = ["Letter", "MemoryDestination", "MemorySource", "MemoryStream"]

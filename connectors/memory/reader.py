@@ -15,9 +15,9 @@ from contextlib import suppress
 from typing import Literal
 
 from streamfn.connectors.memory.dialect import LOCATION
-from streamfn.connectors.memory.stream import MemoryRecord, MemoryStream
+from streamfn.connectors.memory.stream import MemoryStream
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
-from streamfn.record import Partition, Record, SourceRecord
+from streamfn.record import Partition, RawRecord, Record, SourceRecord
 from streamfn.source import AssignmentListener
 
 log = logging.getLogger("streamfn.memory")
@@ -82,7 +82,7 @@ class MemoryReader:
         fetched: dict[Partition, Sequence[SourceRecord]] = {}
         for partition in self.accepted - self._paused - self.ending:
             start = self._next[partition]
-            records: list[MemoryRecord] = self.stream.shards[partition].records[start : start + MAX_RECORDS_PER_FETCH]
+            records: list[RawRecord] = self.stream.shards[partition].records[start : start + MAX_RECORDS_PER_FETCH]
             if records:
                 fetched[partition] = records
                 self._next[partition] = start + len(records)

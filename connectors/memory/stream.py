@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from streamfn.record import Partition
+from streamfn.record import Partition, RawRecord
 from streamfn.state.changelog import ChangelogEntry
 
 POSITION_STEP = 10
@@ -42,33 +42,11 @@ class LeaseLost(Exception):
     """A commit for shards the committing reader no longer holds the lease of."""
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryRecord:
-    """A record in the SourceRecord shape."""
-
-    topic: str
-    partition: int | str
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-    timestamp_type: int = 0
-
-    @property
-    def serialized_key_size(self) -> int:
-        return -1 if self.key is None else len(self.key)
-
-    @property
-    def serialized_value_size(self) -> int:
-        return -1 if self.value is None else len(self.value)
-
-
 @dataclass(slots=True)
 class Shard:
     partition: Partition
     parents: tuple[Partition, ...] = ()
-    records: list[MemoryRecord] = field(default_factory=list)
+    records: list[RawRecord] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     ended: bool = False
 
@@ -130,7 +108,7 @@ class MemoryStream:
             raise ShardEnded(f"{self}: shard {target.partition.partition!r} has ended (split or merged)")
         position = (target.positions[-1] if target.positions else 0) + POSITION_STEP
         now = int(time.time() * 1000)
-        target.records.append(MemoryRecord(self.name, target.partition.partition, position, now, key, value, headers))
+        target.records.append(RawRecord(self.name, target.partition.partition, position, now, key, value, headers))
         target.positions.append(position)
         self._wake()
         return position

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -28,31 +27,9 @@ from streamfn.formats.codec import PlainFormat, plain_codec
 from streamfn.observability.stats import FunctionStats
 from streamfn.observability.telemetry import Telemetry
 from streamfn.outputs.sink import Emitted, SinkContext, SinkRetry, encode
-from streamfn.record import Partition, SourceRecord
+from streamfn.record import Partition, RawRecord, SourceRecord
 
 RunChained = Callable[[Sequence[SourceRecord]], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ChainedRecord:
-    """An output handed to a chained function, in the shape of a record read from a topic (SourceRecord)."""
-
-    topic: str
-    partition: int | str
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-    timestamp_type: int = 0
-
-    @property
-    def serialized_key_size(self) -> int:
-        return -1 if self.key is None else len(self.key)
-
-    @property
-    def serialized_value_size(self) -> int:
-        return -1 if self.value is None else len(self.value)
 
 
 class Function(StrictModel):
@@ -85,7 +62,7 @@ class ChainWriter:
     async def write(self, outputs: Sequence[Emitted]) -> None:
         now = int(time.time() * 1000)
         records = [
-            ChainedRecord(o.source.topic, o.source.partition, i, now, o.key, _value(o.value), o.headers)
+            RawRecord(o.source.topic, o.source.partition, i, now, o.key, _value(o.value), o.headers)
             for i, o in enumerate(outputs)
         ]
         await self._run(records)
