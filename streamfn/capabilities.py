@@ -9,7 +9,7 @@ depth, streamfn.failures.model) are the others `streamfn status` uses.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -81,6 +81,25 @@ class Redriven:
     origin: Origin = "letter"
     """Where its bytes came from: the letter, or the source (the letter's payload was dropped for size); lost: the
     source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
+
+
+class Refill(Protocol):
+    """A source's client for putting records back into it, as they were (`Refillable.refill`)."""
+
+    async def put(self, partition: int | str, key: bytes | None, value: bytes | None) -> None:
+        """Put one record back into its stream, acknowledged on return (Kinesis: PutRecord with the partition key
+        `key` and the data `value`; the stream's hash of the key picks the shard, as it did the first time)."""
+
+    async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
+        """The key and value of the record at `offset` of `partition`, None if the source no longer holds it."""
+
+
+@runtime_checkable
+class Refillable(Protocol):
+    """A source that a destination on another system redrives into (Kinesis, for dead letters in a KafkaTopic)."""
+
+    def refill(self) -> AbstractAsyncContextManager[Refill]:
+        """A client for putting records back, closed when the context ends."""
 
 
 @runtime_checkable

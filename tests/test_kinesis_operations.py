@@ -53,6 +53,15 @@ class Stream:
         self.kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name=REGION)
         self.kinesis.create_stream(StreamName=self.name, ShardCount=shards)
         self.shards = sorted(s["ShardId"] for s in self.kinesis.list_shards(StreamName=self.name)["Shards"])
+        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
+
+    def checkpoints(self) -> dict[str, str]:
+        """The lease table's checkpoint per shard ({} before the table exists)."""
+        try:
+            items = self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
+        except self.dynamodb.exceptions.ResourceNotFoundException:
+            return {}
+        return {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in items}
 
     def put(self, values: list[Any], shard: int) -> list[int]:
         """Put each value (JSON) on shard number `shard` (by explicit hash key); their sequence numbers."""
@@ -136,21 +145,11 @@ async def test_status_shows_each_shards_lease_checkpoint_lag_and_the_dead_letter
     assert lags[first] >= 1 and lags[second] >= 1 and lags[third] == 0
     assert by_shard(before, "end") == {first: None, second: None, third: None}  # open shards
     assert before["dead_letters"] == 0 and before["on_failure"] == f"KafkaTopic({dlq!r})"
-    tables = boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"]
-    assert s.table not in tables  # status read only: it did not create the lease table
+    assert s.table not in s.dynamodb.list_tables()["TableNames"]  # status read only: it did not create the lease table
 
     # 2. a worker handles everything (the 3 bad records to the dead-letter topic) and stops gracefully
-    table = boto3.client("dynamodb", region_name=REGION)
-
-    def checkpoints() -> dict[str, str]:
-        try:
-            items = table.scan(TableName=s.table, ConsistentRead=True)["Items"]
-        except table.exceptions.ResourceNotFoundException:
-            return {}
-        return {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in items}
-
     expected = {first: str(one[-1]), second: str(two[-1]), third: "TRIM_HORIZON"}
-    await run_worker(load_app(pipeline), None, lambda: checkpoints() == expected, timeout=40)
+    await run_worker(load_app(pipeline), None, lambda: s.checkpoints() == expected, timeout=40)
     assert len(await read_topic(broker, dlq, 3)) == 3
 
     after = status(pipeline)
@@ -205,16 +204,43 @@ async def test_produce_puts_each_line_keyed_by_its_field_then_a_run_handles_them
     assert after["dead_letters"] == 1  # the line that is not JSON
 
 
-def test_redrive_of_a_kinesis_function_says_in_one_line_that_it_cannot(
+async def test_redrive_puts_a_kinesis_functions_dead_letters_back_on_the_stream_byte_for_byte_once(
     stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = stream(shards=1)
-    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": f"dlq-{s.name}", "BROKER": broker}.items():
+    s = stream(shards=2)
+    dlq = f"dlq-{s.name}"
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": dlq, "BROKER": broker}.items():
         monkeypatch.setenv(key, value)
     pipeline = write_pipeline(tmp_path, PIPELINE)
-    result = run_cli("redrive", str(pipeline), "--function", "handle", timeout=30)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    one = s.put([{"bad": i in (1, 3)} for i in range(5)], 0)
+    two = s.put([{"bad": True, "n": 7}], 1)
+    first, second = s.shards
+    expected = {first: str(one[-1]), second: str(two[-1])}
+    await run_worker(load_app(pipeline), None, lambda: s.checkpoints() == expected, timeout=40)
+    assert len(await read_topic(broker, dlq, 3)) == 3
+
+    before = s.records()
+    dry = run_cli("redrive", str(pipeline), "--function", "handle", "--dry-run", timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    *each, total = dry.stdout.splitlines()
+    assert sorted(each) == [
+        f"would redrive {s.name}-{first}@{one[1]} (RetryAttemptsExhausted)",
+        f"would redrive {s.name}-{first}@{one[3]} (RetryAttemptsExhausted)",
+        f"would redrive {s.name}-{second}@{two[0]} (RetryAttemptsExhausted)",
+    ]
+    assert total == f"would redrive 3 records from {dlq}"
+    assert s.records() == before  # a dry run puts nothing back
+
+    done = run_cli("redrive", str(pipeline), "--function", "handle", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"redrove 3 records from {dlq}"
+    after = s.records()
+    added = sorted(item for shard in s.shards for item in after[shard][len(before[shard]) :])
+    assert added == sorted([("k", b'{"bad":true}'), ("k", b'{"bad":true}'), ("k", b'{"bad":true,"n":7}')])
+
+    again = run_cli("redrive", str(pipeline), "--function", "handle", timeout=60)
+    assert (again.returncode, again.stdout.splitlines()[-1]) == (0, f"redrove 0 records from {dlq}")
+    assert s.records() == after  # progress was kept: nothing put twice
 
 
 def _summary(stdout: str) -> dict[str, dict[str, str]]:

@@ -14,13 +14,13 @@ killed one's are taken after `lease_duration_seconds`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
-from streamfn.capabilities import Produced
+from streamfn.capabilities import Produced, Refill
 from streamfn.config import check_starting_timestamp, http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
@@ -157,7 +157,7 @@ class KinesisSource(TopicFormat):
             self.stream_name, self.access(), group_id, starting_timestamp=self.starting_position_timestamp
         )
 
-    # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem.
+    # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem, Refillable.
 
     async def produce_lines(
         self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
@@ -180,3 +180,11 @@ class KinesisSource(TopicFormat):
 
         with embedded_aws() as endpoint:
             yield endpoint
+
+    @asynccontextmanager
+    async def refill(self) -> AsyncIterator[Refill]:
+        """Redrive's client: dead-lettered records back on the stream (connectors/kinesis/refill.py)."""
+        from streamfn.connectors.kinesis.refill import stream_refill  # only the command line redrives
+
+        async with stream_refill(self.stream_name, self.access()) as refill:
+            yield refill

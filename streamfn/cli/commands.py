@@ -357,6 +357,8 @@ def redrive(
         )
     except ConfigError as error:
         _fail(error)
+    except Unreachable as error:
+        _unreachable(error)
     verb = "would redrive" if dry_run else "redrove"
     lost = [item for item in redriven if item.origin == "lost"]
     windows = [item for item in redriven if item.origin == "window"]
