@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from conftest import read_topic, run_cli, run_worker, write_pipeline
+from conftest import launch_pipeline, read_topic, run_cli, run_worker, wait_for, write_pipeline
 
 from streamfn.cli.loader import load_app
 
@@ -77,6 +79,10 @@ class Stream:
             )
             for value in values
         ]
+
+    def owners(self) -> dict[str, str | None]:
+        items = self.dynamodb.scan(TableName=self.table, ConsistentRead=True)["Items"]
+        return {item["leaseKey"]["S"]: item.get("leaseOwner", {}).get("S") for item in items}
 
     def items(self) -> dict[str, list[dict[str, Any]]]:
         """Every record per shard, in order, as GetRecords returns them."""
@@ -166,7 +172,46 @@ async def test_status_shows_each_shards_lease_checkpoint_lag_and_the_dead_letter
 
     # the table: shard rows with their owner column ("-": nobody holds the lease)
     table_text = run_cli("status", str(pipeline), timeout=30).stdout
-    assert re.search(rf"{s.name}-{first}\s+│\s+{one[-1]}\s+│\s+-\s+│\s+0\s+│\s+-", table_text), table_text
+    assert re.search(rf"{first}\s+│\s+{one[-1]}\s+│\s+-\s+│\s+0\s+│\s+-", table_text), table_text
+
+
+async def test_status_names_the_worker_holding_each_lease_while_it_runs_and_the_lineage_after_a_split(
+    stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream(shards=1)
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": f"dlq-{s.name}", "BROKER": broker}.items():
+        monkeypatch.setenv(key, value)
+    [parent] = s.shards
+    placed = s.put([{"bad": False}] * 3, 0)
+    worker = launch_pipeline(tmp_path, PIPELINE, broker, **os.environ)
+    try:
+        await wait_for(lambda: s.checkpoints() == {parent: str(placed[-1])}, 30, "the records checkpointed")
+        [owner] = s.owners().values()
+        running = status(tmp_path / "pipeline.py")
+        assert owner is not None and running["members"] == [owner]
+        assert by_shard(running, "owner") == {parent: owner} and by_shard(running, "committed") == {parent: placed[-1]}
+
+        hash_range = s.kinesis.list_shards(StreamName=s.name)["Shards"][0]["HashKeyRange"]
+        middle = (int(hash_range["StartingHashKey"]) + int(hash_range["EndingHashKey"])) // 2
+        s.kinesis.split_shard(StreamName=s.name, ShardToSplit=parent, NewStartingHashKey=str(middle))
+        listed = s.kinesis.list_shards(StreamName=s.name)["Shards"]
+        children = sorted(shard["ShardId"] for shard in listed if shard["ShardId"] != parent)
+        split = status(tmp_path / "pipeline.py")
+        assert by_shard(split, "children") == {parent: children, children[0]: [], children[1]: []}
+        assert by_shard(split, "parents") == {parent: [], children[0]: [parent], children[1]: [parent]}
+        [ending] = [
+            int(shard["SequenceNumberRange"]["EndingSequenceNumber"]) for shard in listed if shard["ShardId"] == parent
+        ]
+        assert by_shard(split, "end") == {parent: ending, children[0]: None, children[1]: None}
+        table_text = run_cli("status", str(tmp_path / "pipeline.py"), timeout=30).stdout
+        rows = [line for line in table_text.splitlines() if "shardId-" in line]
+        assert f"│ {owner[:8]}" in rows[0] and "│ - -> shardId-" in rows[0], table_text  # lineage folded, not cut
+        assert all(f"│ {parent} -> -" in row for row in rows[-2:]), table_text
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    stopped = status(tmp_path / "pipeline.py")
+    assert stopped["members"] == [] and by_shard(stopped, "owner")[parent] is None
 
 
 async def test_produce_puts_each_line_keyed_by_its_field_then_a_run_handles_them(

@@ -45,10 +45,12 @@ async def stream_status(
             _, _, _, region, account, _ = summary["StreamARN"].split(":", 5)
             leases = {lease.key: lease for lease in await _leases(dynamodb, lease_table)}
             partitions = []
-            for shard in await _shards(kinesis, stream):
+            shards = await _shards(kinesis, stream)
+            for shard in shards:
                 lease = leases.get(shard["ShardId"])
                 lag = await _lag(kinesis, stream, shard["ShardId"], lease, starting_timestamp)
-                partitions.append(_partition(stream, shard, lease, lag))
+                children = {s["ShardId"] for s in shards if shard["ShardId"] in _parents(s)}
+                partitions.append(_partition(stream, shard, lease, lag, children))
     except (ClientError, BotoCoreError, OSError, LeaseTableError) as error:
         raise Unreachable(f"{where}: {error}") from None
     members = tuple(sorted({lease.owner for lease in leases.values() if lease.owner is not None}))
@@ -85,10 +87,17 @@ async def _shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
         arguments = {"NextToken": page["NextToken"]}
 
 
-def _partition(stream: str, shard: dict[str, Any], lease: Lease | None, lag: int) -> PartitionStatus:
+def _parents(shard: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
+
+
+def _partition(
+    stream: str, shard: dict[str, Any], lease: Lease | None, lag: int, children: set[str]
+) -> PartitionStatus:
+    """A shard's status. Its children: the shards the listing names it the parent of, and those its lease recorded
+    at its end (a child past the stream's retention is no longer listed)."""
     ranges = shard.get("SequenceNumberRange", {})
     end = ranges.get("EndingSequenceNumber")
-    parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
     return PartitionStatus(
         Partition(stream, shard["ShardId"]),
         None if lease is None else lease.checkpoint,
@@ -97,8 +106,8 @@ def _partition(stream: str, shard: dict[str, Any], lease: Lease | None, lag: int
         lag,
         ShardStatus(
             None if lease is None else lease.owner,
-            parents,
-            tuple(sorted(lease.children)) if lease is not None else (),
+            _parents(shard),
+            tuple(sorted(children | (lease.children if lease is not None else frozenset()))),
         ),
     )
 

@@ -77,9 +77,11 @@ def status_table(report: dict[str, Any]) -> Table:
     shards = any("owner" in p for f in report["functions"] for p in f["partitions"])
     columns = STATUS_COLUMNS[:-1] + (SHARD_COLUMNS if shards else ()) + STATUS_COLUMNS[-1:]
     for column in columns:
-        table.add_column(
-            column, justify="left" if column in STATUS_COLUMNS[:4] + SHARD_COLUMNS else "right", no_wrap=True
-        )
+        justify = "left" if column in STATUS_COLUMNS[:4] + SHARD_COLUMNS else "right"
+        if column == "lineage":  # a merge's or split's shard ids are long: folded over lines, never cut
+            table.add_column(column, justify=justify, overflow="fold")
+        else:
+            table.add_column(column, justify=justify, no_wrap=True)
     empty = ("",) * len(SHARD_COLUMNS) if shards else ()
     for f in report["functions"]:
         dead = "-" if f["dead_letters"] is None else f"{f['dead_letters']} in {f['on_failure']}"
@@ -91,7 +93,8 @@ def status_table(report: dict[str, Any]) -> Table:
         for i, p in enumerate(f["partitions"]):
             committed = "-" if p["committed"] is None else str(p["committed"])
             end = "-" if p["end"] is None else str(p["end"])
-            cells = (f"{p['topic']}-{p['partition']}", committed, end, str(p["lag"]))
+            name = p["partition"] if "owner" in p else f"{p['topic']}-{p['partition']}"  # a shard id names its stream
+            cells = (name, committed, end, str(p["lag"]))
             table.add_row(*(blank if i else first), *cells, *(_shard_cells(p) if shards else ()), "" if i else dead)
         if not f["partitions"]:
             table.add_row(*first, f"no partitions: {', '.join(f['topics'])} not found", "", "", "", *empty, dead)
