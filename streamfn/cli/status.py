@@ -6,7 +6,7 @@ It joins no group: the source reads its group's members and committed offsets, a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from rich.table import Table
 
@@ -77,7 +77,7 @@ def status_table(report: dict[str, Any]) -> Table:
     shards = any("owner" in p for f in report["functions"] for p in f["partitions"])
     columns = STATUS_COLUMNS[:-1] + (SHARD_COLUMNS if shards else ()) + STATUS_COLUMNS[-1:]
     for column in columns:
-        justify = "left" if column in STATUS_COLUMNS[:4] + SHARD_COLUMNS else "right"
+        justify: Literal["left", "right"] = "left" if column in STATUS_COLUMNS[:4] + SHARD_COLUMNS else "right"
         if column == "lineage":  # a merge's or split's shard ids are long: folded over lines, never cut
             table.add_column(column, justify=justify, overflow="fold")
         else:
