@@ -433,8 +433,8 @@ def status(
     except Unreachable as error:
         _unreachable(error)
     except TimeoutError:
-        where = bootstrap_servers or "the sources' brokers"
-        print(f"error: no answer from Kafka at {where} within {timeout:g} s (--timeout)", file=sys.stderr)
+        where = f"Kafka at {bootstrap_servers}" if bootstrap_servers else "the sources (Kafka brokers, AWS)"
+        print(f"error: no answer from {where} within {timeout:g} s (--timeout)", file=sys.stderr)
         raise typer.Exit(UNREACHABLE_EXIT) from None
     finally:
         logging.disable(disabled)
