@@ -45,7 +45,9 @@ app = App("ops")
     batch_size=10,
     bisect_batch_on_function_error=True,
     maximum_retry_attempts=0,
-    on_failure=KafkaTopic(os.environ["DLQ"], bootstrap_servers=os.environ["BROKER"]),
+    on_failure=KafkaTopic(
+        os.environ["DLQ"], bootstrap_servers=os.environ["BROKER"], max_message_bytes=int(os.environ["DLQ_MAX"])
+    ),
 )
 async def handle(records):
     if any(r.value.get("bad") for r in records):
@@ -111,6 +113,7 @@ class Stream:
 def stream(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Stream]]:
     """A stream of its own per call, with AWS_ENDPOINT_URL pointing at moto for the commands run meanwhile."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    monkeypatch.setenv("DLQ_MAX", str(1024 * 1024))
     made: list[Stream] = []
 
     def make(shards: int = 2) -> Stream:
@@ -305,6 +308,30 @@ async def test_redrive_puts_a_kinesis_functions_dead_letters_back_on_the_stream_
     again = run_cli("redrive", str(pipeline), "--function", "handle", timeout=60)
     assert (again.returncode, again.stdout.splitlines()[-1]) == (0, f"redrove 0 records from {dlq}")
     assert s.records() == after  # progress was kept: nothing put twice
+
+
+async def test_redrive_reads_a_record_whose_letter_dropped_its_payload_back_from_the_stream(
+    stream: Callable[..., Stream], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = stream(shards=1)
+    dlq = f"dlq-{s.name}"
+    for key, value in {"STREAM": s.name, "TABLE": s.table, "DLQ": dlq, "BROKER": broker, "DLQ_MAX": "16384"}.items():
+        monkeypatch.setenv(key, value)
+    pipeline = write_pipeline(tmp_path, PIPELINE)
+    big = {"bad": True, "padding": "x" * 20_000}  # its letter would pass the topic's 16 KiB: the payload is left out
+    [shard] = s.shards
+    placed = s.put([{"bad": False}, big], 0)
+    await run_worker(load_app(pipeline), None, lambda: s.checkpoints() == {shard: str(placed[-1])}, timeout=40)
+    [letter] = await read_topic(broker, dlq, 1)
+    assert "payload" not in orjson.loads(letter.value)
+
+    done = run_cli("redrive", str(pipeline), "--function", "handle", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"redrove {s.name}-{shard}@{placed[1]} (RetryAttemptsExhausted) from the source topic (payload dropped)",
+        f"redrove 1 records from {dlq}",
+    ]
+    assert s.records()[shard][2:] == [("k", orjson.dumps(big))]
 
 
 def _summary(stdout: str) -> dict[str, dict[str, str]]:
