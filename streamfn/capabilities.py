@@ -9,7 +9,7 @@ depth, streamfn.failures.model) are the others `streamfn status` uses.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -23,6 +23,10 @@ class Produced:
     count: int
     unkeyed: int
     """Lines produced without a key because they had no `key_field` (not JSON, or no such field)."""
+    kind: str = "topic"
+    """What the system calls where they went ("topic", "stream"), for the command's line."""
+    created: str | None = None
+    """What was created to hold them, if anything (a stream on an embedded server: "stream clicks with 4 shards")."""
 
 
 @runtime_checkable
@@ -38,19 +42,28 @@ class Producing(Protocol):
 
 @runtime_checkable
 class LocalSystem(Protocol):
-    """A source whose system can run inside `streamfn run`, in memory, for as long as the run (Kafka: an embedded
-    broker): started when the source names no servers and the run was given none."""
+    """A source whose system can run inside `streamfn run`, in memory, for as long as the run: started when the
+    source has nowhere else to connect to (Kafka: an embedded broker, when no servers are configured anywhere), or
+    only when asked for with `run --local <local_option>` (AWS: moto, so that a user with AWS credentials never
+    runs against an emulator by surprise, nor against AWS by surprise)."""
 
     @property
     def local_name(self) -> str:
         """What the run announces it started ("embedded Kafka broker")."""
 
+    @property
+    def local_option(self) -> str:
+        """The value of `run --local` that starts it ("kafka", "aws")."""
+
     def needs_local(self, default_servers: str | None) -> bool:
-        """Whether it has nowhere to connect to without a local system (no servers of its own nor `default_servers`)."""
+        """Whether it has nowhere to connect to without a local system (no servers of its own nor `default_servers`):
+        then the run starts it unasked, and the address it yields becomes the run's default servers. Always False
+        for a system started only when asked for."""
 
     def local(self) -> AbstractContextManager[str]:
-        """Start the local system; the context yields its address, which becomes the run's default servers, and
-        stops it on exit. Raises streamfn.errors.ConfigError if it cannot be started."""
+        """Start the local system; the context yields its address and stops it on exit (a system started only when
+        asked for points the run's clients at itself meanwhile, e.g. with environment variables). Raises
+        streamfn.errors.ConfigError if it cannot be started."""
 
 
 Origin = Literal["letter", "source", "lost", "window"]
@@ -68,6 +81,25 @@ class Redriven:
     origin: Origin = "letter"
     """Where its bytes came from: the letter, or the source (the letter's payload was dropped for size); lost: the
     source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
+
+
+class Refill(Protocol):
+    """A source's client for putting records back into it, as they were (`Refillable.refill`)."""
+
+    async def put(self, partition: int | str, key: bytes | None, value: bytes | None) -> None:
+        """Put one record back into its stream, acknowledged on return (Kinesis: PutRecord with the partition key
+        `key` and the data `value`; the stream's hash of the key picks the shard, as it did the first time)."""
+
+    async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
+        """The key and value of the record at `offset` of `partition`, None if the source no longer holds it."""
+
+
+@runtime_checkable
+class Refillable(Protocol):
+    """A source that a destination on another system redrives into (Kinesis, for dead letters in a KafkaTopic)."""
+
+    def refill(self) -> AbstractAsyncContextManager[Refill]:
+        """A client for putting records back, closed when the context ends."""
 
 
 @runtime_checkable

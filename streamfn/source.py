@@ -18,6 +18,16 @@ from streamfn.state.changelog import Changelog
 
 
 @dataclass(frozen=True, slots=True)
+class ShardStatus:
+    """What a shard source adds to a partition's status: who holds its lease and where it sits in the lineage."""
+
+    owner: str | None
+    """The worker holding the shard's lease now; None when nobody does (a graceful stop releases it)."""
+    parents: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionStatus:
     """Where a consumer group stands in one partition, as `streamfn status` reports it."""
 
@@ -27,12 +37,15 @@ class PartitionStatus:
     committed none."""
     beginning: Position
     """The first position still in the stream (Kafka: the first offset still in the log)."""
-    end: Position
-    """The true end (Kafka: the offset the next new record will get)."""
+    end: Position | None
+    """The true end (Kafka: the offset the next new record will get; Kinesis: a closed shard's last sequence
+    number, None while the shard is open)."""
     lag: int
     """How far the group is behind, in the source's unit, as the source computes it (Kafka: records, end -
     committed; with nothing committed, end - beginning: every record still in the log counts as lag, whatever the
-    starting position will make of them once the function runs)."""
+    starting position will make of them once the function runs; Kinesis: milliseconds behind the tip)."""
+    shard: ShardStatus | None = None
+    """A shard source's lease owner and lineage (None for Kafka, whose status shows no such thing)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import Field, model_validator
 
-from streamfn.capabilities import Redriven
+from streamfn.capabilities import Redriven, Refillable
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kafka.connection import SERVERS_ENV, KafkaConnection, join_servers, with_connection_servers
 from streamfn.connectors.kafka.letter import dead_letter
@@ -127,8 +127,17 @@ class KafkaTopic(TopicFormat):
     ) -> list[Redriven]:
         """The command line's Redrivable capability (streamfn.capabilities): the letters' records back to their
         topics and partitions on the source's cluster (connectors/kafka/redrive.py)."""
-        from streamfn.connectors.kafka.redrive import redrive  # only the command line redrives
+        from streamfn.connectors.kafka.redrive import RefillTarget, redrive, redrive_letters  # only the command line
 
+        if isinstance(source, Refillable):  # a source on another system (a Kinesis stream): its own client
+            servers = self.servers(default_servers)
+            if servers is None:
+                raise ConfigError(f"redrive needs --bootstrap-servers or {SERVERS_ENV}: where {self} is")
+            async with source.refill() as refill:
+                target = RefillTarget(refill)
+                return await redrive_letters(
+                    servers, self.topic, group, target, limit=limit, dry_run=dry_run, connection=self.connection
+                )
         if not isinstance(source, OnKafka):
             raise ConfigError(f"{self} redrives records into Kafka topics; the function's source is not on Kafka")
         source_servers = source.servers(default_servers)

@@ -141,7 +141,8 @@ class Letter:
     """What redrive reads in a dead letter: where its record came from and, unless dropped, the record itself."""
 
     topic: str
-    partition: int
+    partition: int | str
+    """Kafka: the partition number; a stream's: the shard id."""
     offset: int
     condition: str
     original: tuple[bytes | None, bytes | None, Headers] | None
@@ -167,8 +168,18 @@ def read_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     original = None
     if "windowInfo" in body.get("KafkaBatchInfo", {}):
         return Letter(topic, int(partition), int(offset), condition, None, window=True)
+    if "Records" in body.get("payload", {}):  # a stream's record (Kinesis's event): the shard id, the exact data
+        (item,) = body["payload"]["Records"]
+        stream = item["kinesis"]
+        exact: tuple[bytes | None, bytes | None, Headers] = (
+            stream["partitionKey"].encode(),
+            b64decode(stream["data"]),
+            [],
+        )
+        return Letter(topic, partition, int(offset), condition, exact)
     if "payloadDropped" not in extra:
         (item,) = body["payload"]["records"][f"{topic}-{partition}"]
         data = extra["originalValue"] if "originalValue" in extra else item.get("value")
         original = (key, None if data is None else b64decode(data), list(headers[:-block]))
-    return Letter(topic, int(partition), int(offset), condition, original)
+    stored = int(partition) if partition.isdigit() else partition  # a stream's letter without its payload: a shard
+    return Letter(topic, stored, int(offset), condition, original)

@@ -6,21 +6,29 @@ at its record in the source topic, which is read back from there; if the source 
 (retention), the letter is reported as lost and nothing is produced for it. Progress is committed in the consumer
 group `<function's group>-redrive` after the produced records are acknowledged, so running redrive again resumes
 after what it already redrove and never produces a record twice (short of a crash between the two steps).
+
+A function whose source is on another system (a Kinesis stream: streamfn.capabilities.Refillable) gets its letters'
+records put back there the same way, through the source's own client (RefillTarget): with its partition key and its
+data byte for byte; a letter without its payload is read back from the stream by sequence number.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamfn.capabilities import Origin, Redriven
+from streamfn.capabilities import Origin, Redriven, Refill
 from streamfn.connectors.kafka.connect import connect
 from streamfn.connectors.kafka.connection import KafkaConnection, client_options
 from streamfn.connectors.kafka.letter import Headers, Letter, read_letter
 from streamfn.connectors.kafka.producer import MAX_REQUEST_BYTES
 from streamfn.connectors.kafka.reader import MAX_FETCH_BYTES
+
+Original = tuple[bytes | None, bytes | None, Headers]
+"""A record as redrive puts it back: key, value, headers."""
 
 IDLE_SECONDS = 3.0
 SOURCE_FETCH_MS = 5000
@@ -42,11 +50,11 @@ class SourceRecords:
         )
         self._started = False
 
-    async def get(self, letter: Letter) -> tuple[bytes | None, bytes | None, Headers] | None:
+    async def get(self, letter: Letter) -> Original | None:
         if not self._started:
             await connect(self._consumer, self._servers, self._options)
             self._started = True
-        tp = TopicPartition(letter.topic, letter.partition)
+        tp = TopicPartition(letter.topic, int(letter.partition))
         self._consumer.assign([tp])
         self._consumer.seek(tp, letter.offset)
         fetched = await self._consumer.getmany(tp, timeout_ms=SOURCE_FETCH_MS, max_records=1)
@@ -58,6 +66,51 @@ class SourceRecords:
     async def stop(self) -> None:
         if self._started:
             await self._consumer.stop()
+
+
+class Target(Protocol):
+    """Where the letters' records go back to: the source's topics (KafkaTarget), or a source on another system
+    (RefillTarget: a Kinesis stream)."""
+
+    async def get(self, letter: Letter) -> Original | None:
+        """The letter's record read back from the source (its payload was dropped), None if the source lost it."""
+
+    async def put(self, letter: Letter, original: Original) -> Awaitable[Any] | None:
+        """Put the record back where it came from; what it returns is awaited before progress is committed."""
+
+
+class KafkaTarget:
+    """The source's topics: each record produced to the partition it came from, with its key and headers."""
+
+    def __init__(self, producer: AIOKafkaProducer, sources: SourceRecords) -> None:
+        self._producer = producer
+        self._sources = sources
+
+    async def get(self, letter: Letter) -> Original | None:
+        return await self._sources.get(letter)
+
+    async def put(self, letter: Letter, original: Original) -> Awaitable[Any]:
+        key, value, headers = original
+        partition = int(letter.partition)
+        sent: Awaitable[Any] = await self._producer.send(
+            letter.topic, value, key=key, partition=partition, headers=headers
+        )
+        return sent
+
+
+class RefillTarget:
+    """A source on another system than the letters (streamfn.capabilities.Refill: a Kinesis stream)."""
+
+    def __init__(self, refill: Refill) -> None:
+        self._refill = refill
+
+    async def get(self, letter: Letter) -> Original | None:
+        found = await self._refill.get(letter.partition, letter.offset)
+        return None if found is None else (*found, [])
+
+    async def put(self, letter: Letter, original: Original) -> None:
+        key, value, _ = original
+        await self._refill.put(letter.partition, key, value)
 
 
 async def redrive(
@@ -73,17 +126,35 @@ async def redrive(
 ) -> list[Redriven]:
     """`servers`, `connection`: the dead-letter topic's cluster; `source_servers`, `source_connection`: the
     source's, where records go back to."""
-    options = await client_options(servers, connection)
     source_options = await client_options(source_servers, source_connection)
+    producer = AIOKafkaProducer(**source_options, acks="all", max_request_size=MAX_REQUEST_BYTES)
+    await connect(producer, source_servers, source_options)
+    sources = SourceRecords(source_servers, source_options)
+    try:
+        target = KafkaTarget(producer, sources)
+        return await redrive_letters(
+            servers, dead_letter_topic, group, target, limit=limit, dry_run=dry_run, connection=connection
+        )
+    finally:
+        await sources.stop()
+        await producer.stop()
+
+
+async def redrive_letters(
+    servers: str,
+    dead_letter_topic: str,
+    group: str,
+    target: Target,
+    *,
+    limit: int | None,
+    dry_run: bool,
+    connection: KafkaConnection | None = None,
+) -> list[Redriven]:
+    """Read the letters of `dead_letter_topic` after the group's progress and put each record back with `target`;
+    `servers`, `connection`: the dead-letter topic's cluster."""
+    options = await client_options(servers, connection)
     consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
     await connect(consumer, servers, options)
-    producer = AIOKafkaProducer(**source_options, acks="all", max_request_size=MAX_REQUEST_BYTES)
-    try:
-        await connect(producer, source_servers, source_options)
-    except BaseException:
-        await consumer.stop()
-        raise
-    sources = SourceRecords(source_servers, source_options)
     done: list[Redriven] = []
     try:
         found = consumer.partitions_for_topic(dead_letter_topic) or set()
@@ -109,24 +180,18 @@ async def redrive(
                     if letter.window:
                         origin = "window"
                     elif original is None:
-                        original = await sources.get(letter)
+                        original = await target.get(letter)
                         origin = "source" if original is not None else "lost"
                     if original is not None and not dry_run:
-                        key, value, headers = original
-                        sent.append(
-                            await producer.send(
-                                letter.topic, value, key=key, partition=letter.partition, headers=headers
-                            )
-                        )
+                        sent.append(await target.put(letter, original))
                     done.append(Redriven(letter.topic, letter.partition, letter.offset, letter.condition, origin))
                     offsets[tp] = record.offset + 1
             for delivery in sent:
-                await delivery  # acknowledged before the redrive's progress is committed
+                if delivery is not None:
+                    await delivery  # acknowledged before the redrive's progress is committed
             if not dry_run:
                 await consumer.commit(offsets)
     finally:
-        await sources.stop()
-        await producer.stop()
         await consumer.stop()
     return done
 

@@ -190,6 +190,7 @@ class KafkaSource(TopicFormat):
         )
 
     local_name: ClassVar[str] = "embedded Kafka broker"
+    local_option: ClassVar[str] = "kafka"
 
     def needs_local(self, default_servers: str | None) -> bool:
         return self.servers(default_servers) is None

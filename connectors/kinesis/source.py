@@ -14,10 +14,13 @@ killed one's are taken after `lease_duration_seconds`.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
+from streamfn.capabilities import Produced, Refill
 from streamfn.config import check_starting_timestamp, http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
@@ -160,4 +163,41 @@ class KinesisSource(TopicFormat):
         )
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        raise ConfigError(f"{self}: streamfn status does not read Kinesis lease tables yet")
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/kinesis/status.py)."""
+        from streamfn.connectors.kinesis.status import stream_status  # only the command line asks
+
+        return await stream_status(
+            self.stream_name, self.access(), group_id, starting_timestamp=self.starting_position_timestamp
+        )
+
+    # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem, Refillable.
+
+    async def produce_lines(
+        self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
+    ) -> Produced:
+        """PutRecords in batches (connectors/kinesis/produce.py), to `stream` where this source's stream is."""
+        from streamfn.connectors.kinesis.produce import produce_lines  # only the command line produces
+
+        return await produce_lines(stream, lines, key_field=key_field, access=self.access())
+
+    local_name: ClassVar[str] = "embedded Kinesis-compatible server (moto: Kinesis, DynamoDB)"
+    local_option: ClassVar[str] = "aws"
+
+    def needs_local(self, default_servers: str | None) -> bool:
+        """Never unasked: AWS is always somewhere to connect to (`run --local aws` starts the local server)."""
+        return False
+
+    @contextmanager
+    def local(self) -> Iterator[str]:
+        from streamfn.connectors.kinesis.local import embedded_aws
+
+        with embedded_aws() as endpoint:
+            yield endpoint
+
+    @asynccontextmanager
+    async def refill(self) -> AsyncIterator[Refill]:
+        """Redrive's client: dead-lettered records back on the stream (connectors/kinesis/refill.py)."""
+        from streamfn.connectors.kinesis.refill import stream_refill  # only the command line redrives
+
+        async with stream_refill(self.stream_name, self.access()) as refill:
+            yield refill

@@ -75,6 +75,20 @@ def _local_system(app: App, servers: str | None) -> LocalSystem | None:
     return None
 
 
+def _asked_local(app: App, names: list[str]) -> list[LocalSystem]:
+    """The local systems `run --local NAME` asks for, one per name: a source of the pipeline that can run locally
+    under that name; else the one-line error naming what is allowed (exit code 2)."""
+    offered: dict[str, LocalSystem] = {}
+    for function in app.functions.values():
+        if isinstance(function.source, LocalSystem):
+            offered.setdefault(function.source.local_option, function.source)
+    for name in names:
+        if name not in offered:
+            allowed = ", ".join(sorted(offered)) or "none: no source of this pipeline runs locally"
+            _fail(ConfigError(f"--local {name!r} is not a local system of this pipeline's sources; allowed: {allowed}"))
+    return [offered[name] for name in dict.fromkeys(names)]
+
+
 def _producing(source: Source, what: str) -> Producing:
     """`source` as one that can produce records, or the one-line error that it cannot (exit code 2)."""
     if not isinstance(source, Producing):
@@ -142,6 +156,13 @@ def run(
     workers: Annotated[
         str, typer.Option(help="Run N worker processes sharing each function's group (auto: one per core).")
     ] = "1",
+    local: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Start this local system for the run, in memory (repeatable): aws (moto: Kinesis and DynamoDB, "
+            "with dummy credentials; only ever started when asked), kafka (also started when no brokers are given)."
+        ),
+    ] = None,
 ) -> None:
     """Run the functions of PIPELINE until SIGTERM/SIGINT (or --until-idle)."""
     try:
@@ -154,13 +175,21 @@ def run(
     app = _load(pipeline)
     seeds = [_seed(app, spec) for spec in seed or []]
     with ExitStack() as stack:
-        local = _local_system(app, bootstrap_servers)
-        if local is not None:
+        for system in _asked_local(app, local or []):
             try:
-                bootstrap_servers = stack.enter_context(local.local())
+                address = stack.enter_context(system.local())
             except ConfigError as error:
                 _fail(error)
-            out.print(f"streamfn: {local.local_name} at {bootstrap_servers} (in memory, stops with this process)")
+            out.print(f"streamfn: {system.local_name} at {address} (in memory, stops with this process)")
+            if system.needs_local(bootstrap_servers):
+                bootstrap_servers = address
+        automatic = _local_system(app, bootstrap_servers)
+        if automatic is not None:
+            try:
+                bootstrap_servers = stack.enter_context(automatic.local())
+            except ConfigError as error:
+                _fail(error)
+            out.print(f"streamfn: {automatic.local_name} at {bootstrap_servers} (in memory, stops with this process)")
         if bootstrap_servers is not None:  # where sources that name no servers look for them (KafkaSource.servers)
             os.environ[SERVERS_ENV] = bootstrap_servers
         try:
@@ -192,7 +221,8 @@ async def _run(
         with file.open("rb") as lines:
             produced = await source.produce_lines(topic, lines, key_field=key_field, default_servers=servers)
         out.print(
-            f"streamfn: seeded {produced.count} records from {file} into topic {topic}{_unkeyed(produced, key_field)}"
+            f"streamfn: seeded {produced.count} records from {file} into {_into(topic, produced)}"
+            f"{_unkeyed(produced, key_field)}"
         )
     if processes > 1:  # this process only supervises the worker processes (streamfn/cli/workers.py)
         return await supervise(processes, servers, reporting.metrics_port, reporting.health_port)
@@ -225,8 +255,20 @@ def _seed(app: App, spec: str) -> tuple[Producing, str, Path]:
         _fail(ConfigError(f"--seed {spec!r} is invalid: expected TOPIC=FILE"))
     if not Path(file).is_file():
         _fail(ConfigError(f"--seed {spec!r}: file {file!r} does not exist"))
-    readers = (f.source for f in app.functions.values() if f.source is not None and topic in f.source.topics)
-    return _producing(next(readers, None) or default_source(topic), f"--seed {spec!r}"), topic, Path(file)
+    return _producing(_stream_source(app, topic), f"--seed {spec!r}"), topic, Path(file)
+
+
+def _stream_source(app: App | None, stream: str) -> Source:
+    """The source of a function of `app` that reads `stream` (a Kinesis stream, a Kafka topic...), else the
+    default one (a Kafka topic)."""
+    functions = app.functions.values() if app is not None else ()
+    readers = (f.source for f in functions if f.source is not None and stream in f.source.topics)
+    return next(readers, None) or default_source(stream)
+
+
+def _into(stream: str, produced: Produced) -> str:
+    """Where records went, as the seed and produce lines say it: "topic orders", "stream clicks (created: ...)"."""
+    return f"{produced.kind} {stream}" + (f" (created: {produced.created})" if produced.created else "")
 
 
 SUMMARY_COLUMNS = (
@@ -315,6 +357,8 @@ def redrive(
         )
     except ConfigError as error:
         _fail(error)
+    except Unreachable as error:
+        _unreachable(error)
     verb = "would redrive" if dry_run else "redrove"
     lost = [item for item in redriven if item.origin == "lost"]
     windows = [item for item in redriven if item.origin == "window"]
@@ -336,10 +380,16 @@ def produce(
     topic: str,
     file: Annotated[Path | None, typer.Argument(help="JSON or text lines; standard input if omitted.")] = None,
     bootstrap_servers: Servers = None,
-    key_field: Annotated[str | None, typer.Option(help="The JSON field that keys each record.")] = None,
+    key_field: Annotated[
+        str | None, typer.Option(help="The JSON field that keys each record (Kinesis: its partition key).")
+    ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(help="Produce where this pipeline's function reading TOPIC reads it (e.g. a Kinesis stream)."),
+    ] = None,
 ) -> None:
-    """Produce each line of FILE (or standard input) as one record to TOPIC."""
-    source = _producing(default_source(topic), f"produce {topic!r}")
+    """Produce each line of FILE (or standard input) as one record to TOPIC (a Kafka topic, or a pipeline's stream)."""
+    source = _producing(_stream_source(_load(pipeline) if pipeline else None, topic), f"produce {topic!r}")
     try:
         with ExitStack() as stack:
             lines = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
@@ -352,7 +402,8 @@ def produce(
         _fail(error)
     except Unreachable as error:
         _unreachable(error)
-    out.print(f"produced {produced.count} records to {topic}{_unkeyed(produced, key_field)}")
+    where = topic if produced.kind == "topic" else _into(topic, produced)  # Kafka's line as it always was
+    out.print(f"produced {produced.count} records to {where}{_unkeyed(produced, key_field)}")
 
 
 STATUS_TIMEOUT_SECONDS = 15.0
@@ -382,8 +433,8 @@ def status(
     except Unreachable as error:
         _unreachable(error)
     except TimeoutError:
-        where = bootstrap_servers or "the sources' brokers"
-        print(f"error: no answer from Kafka at {where} within {timeout:g} s (--timeout)", file=sys.stderr)
+        where = f"Kafka at {bootstrap_servers}" if bootstrap_servers else "the sources (Kafka brokers, AWS)"
+        print(f"error: no answer from {where} within {timeout:g} s (--timeout)", file=sys.stderr)
         raise typer.Exit(UNREACHABLE_EXIT) from None
     finally:
         logging.disable(disabled)

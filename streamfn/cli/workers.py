@@ -3,7 +3,8 @@
 One worker process is bound by one core (the GIL), and Kafka already spreads partitions over the members of a
 consumer group; so scaling out on one machine is starting more worker processes. The supervisor runs no function:
 it starts N children running the same `streamfn run` (without `--workers`, `--seed` and `--key-field`; the
-embedded broker and the seeding are done once, here), forwards SIGTERM/SIGINT to them, restarts a child that dies
+embedded broker, the `--local` systems and the seeding are done once, here; the children inherit the
+environment that points at them), forwards SIGTERM/SIGINT to them, restarts a child that dies
 (its partitions move to the others meanwhile, by the group's rebalance), and adds the children's summaries up
 into one. Each child writes its summary as JSON to the file named by `REPORT_ENV` instead of printing it.
 """
@@ -49,7 +50,7 @@ MAX_BACKOFF_SECONDS = 8.0
 PR_SET_PDEATHSIG = 1
 """prctl(2): the signal a process gets when its parent dies."""
 
-_PARENT_ONLY = ("--workers", "--seed", "--key-field", "--metrics-port", "--health-port")
+_PARENT_ONLY = ("--workers", "--seed", "--key-field", "--metrics-port", "--health-port", "--local")
 """Options the supervisor acts on itself (ports: each child gets its own, see `child_args`)."""
 
 
