@@ -123,13 +123,14 @@ class MemoryStream:
         value: bytes,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
+        timestamp: int | None = None,
     ) -> int:
-        """Append a record; its position."""
+        """Append a record (`timestamp`: epoch ms, by default now, as Kinesis's arrival time); its position."""
         target = self.shards[self.partition(shard)]
         if target.ended:
             raise ShardEnded(f"{self}: shard {target.partition.partition!r} has ended (split or merged)")
         position = (target.positions[-1] if target.positions else 0) + POSITION_STEP
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp is None else timestamp
         target.records.append(MemoryRecord(self.name, target.partition.partition, position, now, key, value, headers))
         target.positions.append(position)
         self._wake()

@@ -13,6 +13,10 @@ infinite retries and no destination it is retried until it succeeds, and the par
 state above 1 MB ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
 same window goes on with a fresh state.
 
+When a shard ends (split, merge), the open window's final invocation runs before the end is committed, and the
+children start their own windows with `{}`, as Lambda's ("When a shard ends, Lambda considers the current window to
+be closed, and any child shards will start their own window in a fresh state").
+
 Unlike Lambda's, the state is durable: it is kept in the function's changelog with the offset it covers
 (streamfn.state.store), so a restarted or rebalanced worker continues the window where it was, and records already in
 the state are not invoked again.
@@ -193,9 +197,15 @@ class LambdaWindows:
 
     async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """Run the final invocation of a window nothing arrived for since it ended. True if it ran."""
-        state = self.store[partition]
-        window = _open(state)
+        window = _open(self.store[partition])
         if window is None or quiet < self.idle_seconds or time.time() * 1000 < window.end:
+            return False
+        return await self.ended(partition, applied, lane)
+
+    async def ended(self, partition: Partition, applied: Position, lane: Busy) -> bool:
+        """The open window's final invocation, now (its shard ended, or it is due); True if a window was open."""
+        state = self.store[partition]
+        if _open(state) is None:
             return False
         await self._final(partition, state, lane, state.meta.get("last", state.floor), early=False)
         state.stage(applied)
