@@ -284,3 +284,36 @@ async def test_an_aggregation_on_kinesis_keeps_its_windows_per_shard_in_the_stat
         for _, value in records:
             expected[value["user"]] = expected.get(value["user"], 0) + 1
         assert counts == expected  # each shard counts its own users' records, once
+
+
+async def test_a_window_state_dynamodb_cannot_hold_ends_the_window_early_instead_of_stalling_the_shard(
+    stream: Callable[..., Stream], aws: str
+) -> None:
+    """AWS ends a window early past 1 MB of state; DynamoDB holds 400 KB in an item, so on Kinesis a window ends
+    early past the changelog's limit (about 398 KB), and the shard goes on being committed."""
+    s = stream()
+    placed = s.put([{"n": n} for n in range(4)])
+    calls: list[tuple[bool, bool, int, list[int]]] = []
+    app = App("kin")
+
+    @app.function(source=s.source(), tumbling_window_in_seconds=900, window_idle_seconds=3600, batch_size=1)
+    def windowed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        ns = [orjson.loads(base64.b64decode(r["kinesis"]["data"]))["n"] for r in event["Records"]]
+        state = event["state"]
+        calls.append((event["isFinalInvokeForWindow"], event["isWindowTerminatedEarly"], len(state.get("pad", "")), ns))
+        if event["isFinalInvokeForWindow"]:
+            return {"state": {}}
+        return {"state": {"pad": state.get("pad", "") + "x" * 150_000}}  # 150 KB more per record
+
+    await run_worker(app, None, lambda: s.checkpoints() == last_sequences(placed), timeout=30)
+    if not any(final and not early for final, early, _, _ in calls):  # one window all along (see the module)
+        assert calls == [
+            (False, False, 0, [0]),
+            (False, False, 150_000, [1]),
+            (False, False, 300_000, [2]),  # returns 450 KB: past what one item holds
+            (True, True, 450_000, []),  # the window ends early with that state
+            (False, False, 0, [3]),  # and goes on with a fresh one
+        ]
+    [shard] = s.shards
+    meta = items(aws, state_table_name(s.table))[f"{s.name}/{shard}"][META_KEY]
+    assert meta["applied"] == last_sequences(placed)[shard]

@@ -17,9 +17,9 @@ item per state key of a source partition:
 A write keeps the replay rule of streamfn.state.store: every entry but the last (the partition's metadata entry)
 goes in BatchWriteItem requests of 25 (UnprocessedItems and throttling retried with backoff), and the last one is
 written only once all of them were acknowledged. An item over DynamoDB's 400 KB limit fails the whole write before
-anything is written (`StateTooLarge`): the commit waits and the error is logged at each attempt. For Lambda-style
-tumbling windows this means a window's state must stay under about 400 KB as JSON on a shard source, not AWS's
-1 MB (docs/behaviour.md).
+anything is written (`StateTooLarge`): the commit waits and the error is logged at each attempt. Lambda-style
+tumbling windows never get there: a window whose state passes `value_limit` (about 398 KB) ends early, as AWS's
+do past 1 MB (docs/behaviour.md); an aggregation's accumulator must stay under it.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def partition_id(partition: Partition) -> str:
 
 class DynamoChangelog:
     """The Changelog of streamfn.state.changelog over one DynamoDB table."""
+
+    value_limit: int | None = ITEM_LIMIT_BYTES - 2048
+    """What a value may hold beside its item's other attributes (a partition id and key of up to 1 KB each)."""
 
     def __init__(self, table: str, access: AwsAccess | None = None) -> None:
         if not TABLE_NAME.match(table):

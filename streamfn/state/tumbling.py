@@ -10,8 +10,8 @@ retried under the function's policy. Once a record of a later window arrives, or
 records, the window's state); if it fails it is retried under the function's retry policy, then the window goes to
 `on_failure` as `RetryAttemptsExhausted` (its final event, with the state, and the offsets it covered); with
 infinite retries and no destination it is retried until it succeeds, and the partition waits meanwhile. A
-state above 1 MB ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
-same window goes on with a fresh state.
+state above 1 MB (or above what the changelog holds in one entry, if less: DynamoDB's) ends the window early:
+a final invocation with `isWindowTerminatedEarly: true`, after which the same window goes on with a fresh state.
 
 When a shard ends (split, merge), the open window's final invocation runs before the end is committed, and the
 children start their own windows with `{}`, as Lambda's ("When a shard ends, Lambda considers the current window to
@@ -52,6 +52,8 @@ log = logging.getLogger("streamfn.tumbling")
 
 STATE_LIMIT_BYTES = 1024 * 1024
 """Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
+WINDOW_ROOM_BYTES = 1024
+"""What the metadata entry holds beside the state (the window's bounds, positions), under a changelog's limit."""
 
 Deliver = Callable[[Partition, list[FailedRecord], "Busy"], Awaitable[None]]
 """The runner's `_deliver`: failures to the destination (or dropped, under an explicit policy)."""
@@ -120,6 +122,9 @@ class LambdaWindows:
         self._retry_limit = retry_limit
         self._stats = stats
         self.idle_seconds = idle_seconds
+        limit = store.value_limit
+        self._state_limit = STATE_LIMIT_BYTES if limit is None else min(STATE_LIMIT_BYTES, limit - WINDOW_ROOM_BYTES)
+        """Past it a window ends early: Lambda's 1 MB, or less where the changelog cannot hold it (DynamoDB)."""
 
     async def restore(self, partition: Partition) -> None:
         await self.store.restore(partition)
@@ -185,8 +190,11 @@ class LambdaWindows:
         window_state = _state_of(response)
         state = self.store[partition]
         state.meta["state"] = window_state
-        if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
-            log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
+        if len(encode_json(window_state)) > self._state_limit:
+            limit = "1 MB" if self._state_limit == STATE_LIMIT_BYTES else f"{self._state_limit} bytes (its changelog's)"
+            log.warning(
+                "function %s: %s: window state above %s: the window ends early", self._function, partition, limit
+            )
             state.meta["last"] = records[-1].offset
             state.meta["covers"] = self.store.position_after(records[-1])
             await self._final(partition, state, lane, records[-1].offset, early=True)
