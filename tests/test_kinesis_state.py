@@ -19,7 +19,7 @@ import boto3
 import orjson
 import pytest
 from conftest import launch_pipeline, run_worker, wait_for
-from test_kinesis import REGION, Stream, last_sequences
+from test_kinesis import REGION, GetRecords, Stream, intercept_get_records, iterator_shard, last_sequences
 
 from streamfn import App, Record
 from streamfn.connectors.shards import AwsAccess
@@ -317,3 +317,45 @@ async def test_a_window_state_dynamodb_cannot_hold_ends_the_window_early_instead
     [shard] = s.shards
     meta = items(aws, state_table_name(s.table))[f"{s.name}/{shard}"][META_KEY]
     assert meta["applied"] == last_sequences(placed)[shard]
+
+
+async def test_a_split_on_kinesis_runs_the_parents_final_invocation_before_its_end_is_recorded(
+    stream: Callable[..., Stream], aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent is read to its end (the null NextShardIterator AWS sends, injected: moto never sends it): its
+    window's final invocation runs, with the parent's records, before SHARD_END is recorded, and the parent's state
+    is closed in the state table. (moto keeps routing a split parent's keys to the parent, so the children have no
+    records here; the memory source's tests show the children's fresh windows.)"""
+    s = stream()
+    placed = s.put([{"n": n} for n in range(5)])
+    [parent] = s.shards
+    s.kinesis.split_shard(StreamName=s.name, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    children = sorted({sh["ShardId"] for sh in s.kinesis.list_shards(StreamName=s.name)["Shards"]} - {parent})
+    last = placed[parent][-1][0]
+
+    async def end_parent_after_its_last_record(real: GetRecords, arguments: dict[str, Any]) -> Any:
+        shard, after = iterator_shard(arguments)
+        if shard == parent and after >= last:
+            return {"Records": [], "MillisBehindLatest": 0}  # no NextShardIterator: the end
+        return await real(**arguments)
+
+    intercept_get_records(monkeypatch, end_parent_after_its_last_record)
+    calls: list[tuple[bool, dict[str, Any], list[int], str | None]] = []
+    app = App("kin")
+
+    @app.function(source=s.source(), tumbling_window_in_seconds=900, window_idle_seconds=3600, batch_size=2)
+    def windowed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        ns = [orjson.loads(base64.b64decode(r["kinesis"]["data"]))["n"] for r in event["Records"]]
+        final = event["isFinalInvokeForWindow"]
+        calls.append((final, event["state"], ns, s.checkpoints().get(parent) if final else None))
+        return {"state": {} if final else {"seen": [*event["state"].get("seen", []), *ns]}}
+
+    def ended() -> bool:
+        return s.checkpoints().get(parent) == "SHARD_END" and set(children) <= set(s.checkpoints())
+
+    await run_worker(app, None, ended, timeout=30)
+    *invocations, (final, state, ns, checkpoint_then) = calls
+    assert final and ns == [] and checkpoint_then != "SHARD_END"  # the end is recorded after the final invocation
+    assert [n for _, _, batch, _ in invocations for n in batch] == list(range(5))
+    assert seen_once([*(c[1] for c in invocations if c[0]), state]) == list(range(5))  # every record once
+    assert items(aws, state_table_name(s.table))[f"{s.name}/{parent}"][META_KEY]["value"] == {}  # closed
