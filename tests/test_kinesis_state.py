@@ -341,6 +341,7 @@ async def test_a_split_on_kinesis_runs_the_parents_final_invocation_before_its_e
 
     intercept_get_records(monkeypatch, end_parent_after_its_last_record)
     calls: list[tuple[bool, dict[str, Any], list[int], str | None]] = []
+    sources: list[tuple[str, str]] = []
     app = App("kin")
 
     @app.function(source=s.source(), tumbling_window_in_seconds=900, window_idle_seconds=3600, batch_size=2)
@@ -348,6 +349,7 @@ async def test_a_split_on_kinesis_runs_the_parents_final_invocation_before_its_e
         ns = [orjson.loads(base64.b64decode(r["kinesis"]["data"]))["n"] for r in event["Records"]]
         final = event["isFinalInvokeForWindow"]
         calls.append((final, event["state"], ns, s.checkpoints().get(parent) if final else None))
+        sources.append((event["shardId"], event["eventSourceARN"]))
         return {"state": {} if final else {"seen": [*event["state"].get("seen", []), *ns]}}
 
     def ended() -> bool:
@@ -359,3 +361,4 @@ async def test_a_split_on_kinesis_runs_the_parents_final_invocation_before_its_e
     assert [n for _, _, batch, _ in invocations for n in batch] == list(range(5))
     assert seen_once([*(c[1] for c in invocations if c[0]), state]) == list(range(5))  # every record once
     assert items(aws, state_table_name(s.table))[f"{s.name}/{parent}"][META_KEY]["value"] == {}  # closed
+    assert set(sources) == {(parent, f"arn:aws:kinesis:{REGION}:123456789012:stream/{s.name}")}  # Lambda's fields

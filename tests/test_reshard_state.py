@@ -41,7 +41,7 @@ async def test_a_split_runs_the_parents_final_invocation_before_any_child_record
     ends = {Partition("s", 0): put(stream, 0, [0, 1, 2, 3, 4])}
     left, right = stream.split(0)
     ends |= {left: put(stream, 1, [10, 11]), right: put(stream, 2, [20, 21, 22])}
-    calls: list[tuple[bool, dict[str, Any], list[int]]] = []
+    calls: list[tuple[str, bool, dict[str, Any], list[int]]] = []
     lock = threading.Lock()
     app = App("mem")
 
@@ -53,22 +53,23 @@ async def test_a_split_runs_the_parents_final_invocation_before_any_child_record
     )
     def windowed(event: dict[str, Any], context: Any) -> dict[str, Any]:
         assert event["window"] == WINDOW
+        assert event["eventSourceARN"] == "arn:aws:kinesis:us-east-1:000000000000:stream/s"  # as Lambda's window event
         with lock:
-            calls.append((event["isFinalInvokeForWindow"], event["state"], numbers(event)))
+            calls.append((event["shardId"], event["isFinalInvokeForWindow"], event["state"], numbers(event)))
         return {"state": {"seen": [*event["state"].get("seen", []), *numbers(event)]}}
 
     running = Running(app)
-    await wait_for(lambda: sum(final for final, _, _ in calls) == 3, 20, "three final invocations")
+    await wait_for(lambda: sum(final for _, final, _, _ in calls) == 3, 20, "three final invocations")
     await wait_for(lambda: stream.committed(GROUP) == ends, 10, "every shard committed to its end")
     await running.stop()
     parent, children = calls[:4], calls[4:]
     assert parent == [
-        (False, {}, [0, 1]),
-        (False, {"seen": [0, 1]}, [2, 3]),
-        (False, {"seen": [0, 1, 2, 3]}, [4]),
-        (True, {"seen": [0, 1, 2, 3, 4]}, []),  # the shard's end closed the window: its final invocation first
+        ("shardId-000000000000", False, {}, [0, 1]),
+        ("shardId-000000000000", False, {"seen": [0, 1]}, [2, 3]),
+        ("shardId-000000000000", False, {"seen": [0, 1, 2, 3]}, [4]),
+        ("shardId-000000000000", True, {"seen": [0, 1, 2, 3, 4]}, []),  # the shard's end closed it: final first
     ]
-    by_child = [[c for c in children if (c[2] or c[1]["seen"])[0] // 10 == shard] for shard in (1, 2)]
+    by_child = [[c[1:] for c in children if c[0] == f"shardId-00000000000{shard}"] for shard in (1, 2)]
     assert len(children) == sum(map(len, by_child))
     assert by_child == [
         [(False, {}, [10, 11]), (True, {"seen": [10, 11]}, [])],

@@ -111,6 +111,7 @@ class FunctionRunner:
         event = dialect.lambda_event(connection, value_codec, key_codec)
         self.origin = FailureOrigin(function.name, function_arn(function.name), event, dialect.batch_info(connection))
         """What its dead letters say of where they came from (the source's event and batch-info block)."""
+        self._window_fields = partial(dialect.window_fields, connection)
         self._native = function.style is not HandlerStyle.LAMBDA
         self._value_codec = value_codec
         self._key_codec = key_codec
@@ -167,6 +168,7 @@ class FunctionRunner:
             write=self._write_emitted,
             until_done=self.until_done,
             deliver=self._deliver,
+            source_fields=self._window_fields,
             retry_limit=config.retry_limit,
             stats=self.stats,
             idle_seconds=config.window_idle_seconds,

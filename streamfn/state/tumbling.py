@@ -3,15 +3,16 @@
 As Lambda's (Kinesis and DynamoDB Streams; AWS docs "services-kinesis-windows"): each partition has one open
 window at a time, by record timestamp, aligned to the epoch. A batch never spans windows: it is cut where the
 window changes. Each invocation gets the event plus `window {start, end}` (ISO 8601 UTC), `state` (`{}` when the
-window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly`, and must return `{"state": {...}}`
-(beside `batchItemFailures` if it reports them); a response without a `state` object is a failed invocation,
-retried under the function's policy. Once a record of a later window arrives, or no record arrives for
-`window_idle_seconds` after the window's end, the final invocation runs (`isFinalInvokeForWindow: true`, no
-records, the window's state); if it fails it is retried under the function's retry policy, then the window goes to
-`on_failure` as `RetryAttemptsExhausted` (its final event, with the state, and the offsets it covered); with
-infinite retries and no destination it is retried until it succeeds, and the partition waits meanwhile. A
-state above 1 MB (or above what the changelog holds in one entry, if less: DynamoDB's) ends the window early:
-a final invocation with `isWindowTerminatedEarly: true`, after which the same window goes on with a fresh state.
+window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly` (and what the source's dialect adds:
+Kinesis's `shardId` and `eventSourceARN`), and must return `{"state": {...}}` (beside `batchItemFailures` if it
+reports them); a response without a `state` object is a failed invocation, retried under the function's policy.
+Once a record of a later window arrives, or no record arrives for `window_idle_seconds` after the window's end, the
+final invocation runs (`isFinalInvokeForWindow: true`, no records, the window's state); if it fails it is retried
+under the function's retry policy, then the window goes to `on_failure` as `RetryAttemptsExhausted` (its final
+event, with the state, and the offsets it covered); with infinite retries and no destination it is retried until it
+succeeds, and the partition waits meanwhile. A state above 1 MB (or above what the changelog holds in one entry, if
+less: DynamoDB's) ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
+same window goes on with a fresh state.
 
 When a shard ends (split, merge), the open window's final invocation runs before the end is committed, and the
 children start their own windows with `{}`, as Lambda's ("When a shard ends, Lambda considers the current window to
@@ -107,6 +108,7 @@ class LambdaWindows:
         write: WriteOutputs,
         until_done: UntilDone,
         deliver: Deliver,
+        source_fields: Callable[[Partition], dict[str, Any]],
         retry_limit: int | None,
         stats: FunctionStats,
         idle_seconds: float,
@@ -119,6 +121,8 @@ class LambdaWindows:
         self._write = write
         self._until_done = until_done
         self._deliver = deliver
+        self._source_fields = source_fields
+        """What the event says of the partition (Kinesis: shardId, eventSourceARN), from the source's dialect."""
         self._retry_limit = retry_limit
         self._stats = stats
         self.idle_seconds = idle_seconds
@@ -180,6 +184,7 @@ class LambdaWindows:
         return {
             "window": window.shown(),
             "state": copy.deepcopy(state.meta["state"]),  # the handler's own: a failed invocation may have changed it
+            **self._source_fields(partition),
             "isFinalInvokeForWindow": final,
             "isWindowTerminatedEarly": early,
         }
