@@ -25,19 +25,22 @@ do past 1 MB (docs/behaviour.md); an aggregation's accumulator must stay under i
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.shards.aws import AwsAccess
 from streamfn.connectors.shards.table import ACTIVE_TIMEOUT_SECONDS, TABLE_NAME
 from streamfn.record import Partition
 from streamfn.state.changelog import ChangelogEntry
 from streamfn.state.store import META_KEY
+
+log = logging.getLogger("streamfn.shards")
 
 BATCH_ITEMS = 25
 """BatchWriteItem's limit on requests per call."""
@@ -143,7 +146,10 @@ class DynamoChangelog:
                 entries.append(ChangelogEntry(item["stateKey"]["B"], None if value is None else value["B"], applied))
         floor = next((e.applied for e in entries if e.key == META_KEY), None)
         covered = [e for e in entries if e.value is None and floor is not None and e.applied <= floor]
-        await self._delete(partition_id(partition), covered)
+        try:
+            await self._delete(partition_id(partition), covered)
+        except (ClientError, BotoCoreError, OSError, TimeoutError) as error:  # tidying only: the next restore retries
+            log.warning("%s: %s: deleting %d covered tombstones failed: %r", self, partition, len(covered), error)
         return entries
 
     async def write(self, partition: Partition, entries: Sequence[ChangelogEntry]) -> None:
