@@ -15,6 +15,7 @@ from streamfn.failures.model import BatchInfo, FailedItem, LambdaEvent
 from streamfn.filters.criteria import RecordFields
 from streamfn.formats.codec import Codec
 from streamfn.observability.metrics import LagMetric
+from streamfn.record import Partition
 
 
 class Dialect(Protocol):
@@ -44,3 +45,7 @@ class Dialect(Protocol):
     def batch_info(self, connection: Any) -> BatchInfo:
         """The batch-info block of the failure records of a source reached through `connection` (Kafka:
         `KafkaBatchInfo`; Kinesis: `KinesisBatchInfo`; DynamoDB Streams: `DDBStreamBatchInfo`)."""
+
+    def window_fields(self, connection: Any, partition: Partition) -> dict[str, Any]:
+        """What a tumbling-window event says of its partition beside the window's own fields (Kinesis and DynamoDB
+        Streams: `shardId`, `eventSourceARN`, as Lambda's; Kafka, which has no tumbling windows on AWS: nothing)."""

@@ -71,6 +71,8 @@ class KafkaChangelog:
     """The Changelog of streamfn.state.changelog over Kafka: one compacted changelog topic per source topic of a
     group."""
 
+    value_limit: int | None = None
+
     def __init__(
         self, servers: str, group_id: str, topics: Sequence[str], connection: KafkaConnection | None = None
     ) -> None:

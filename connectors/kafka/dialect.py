@@ -99,3 +99,6 @@ class KafkaDialect:
 
     def batch_info(self, connection: KafkaConnection) -> BatchInfo:
         return KafkaBatchInfo(servers_of(connection))
+
+    def window_fields(self, connection: KafkaConnection, partition: Partition) -> dict[str, Any]:
+        return {}

@@ -175,3 +175,6 @@ class KinesisDialect:
 
     def batch_info(self, connection: StreamLocation) -> BatchInfo:
         return KinesisBatchInfo(connection)
+
+    def window_fields(self, connection: StreamLocation, partition: Partition) -> dict[str, Any]:
+        return {"shardId": shard_id(partition), "eventSourceARN": connection.stream_arn(partition.topic)}

@@ -8,7 +8,8 @@ when no region is given.
 
 The shards are shared by every worker of a function through a lease table in DynamoDB (connectors/shards), one
 per function: `lease_table`, by default "streamfn-<app>-<function>"; a worker that stops releases its leases, a
-killed one's are taken after `lease_duration_seconds`.
+killed one's are taken after `lease_duration_seconds`. Stateful functions keep their state in a second DynamoDB
+table (connectors/shards/changelog.py), `state_table`, by default "<lease table>-state".
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.shards import AwsAccess, default_table_name
+from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
 from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.errors import ConfigError
 from streamfn.failures.model import Destination
@@ -64,6 +66,9 @@ class KinesisSource(TopicFormat):
     """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
     lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
     """How long a lease lives without renewal: a killed worker's shards move to others after about this long."""
+    state_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
+    """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
+    table's name + "-state"."""
 
     @field_validator("stream_arn")
     @classmethod
@@ -138,10 +143,9 @@ class KinesisSource(TopicFormat):
         return self.lease_table or default_table_name(app_name, function_name)
 
     def changelog(self, *, group_id: str) -> Changelog:
-        raise ConfigError(
-            f"{self}: stateful functions (tumbling windows, aggregations) are not served on Kinesis yet: their state "
-            "has no durable changelog there"
-        )
+        """The state of tumbling windows and aggregations: a DynamoDB table, `state_table`, by default next to the
+        lease table (`group_id`), "<lease table>-state"."""
+        return DynamoChangelog(self.state_table or state_table_name(group_id), self.access())
 
     def destination(self, uri: str) -> Destination:
         """`arn:aws:sqs:<region>:<account>:<queue>`, Lambda's usual destination for a stream: an SqsQueue reached

@@ -9,6 +9,8 @@ from streamfn.state.changelog import ChangelogEntry
 
 
 class MemoryChangelog:
+    value_limit: int | None = None
+
     def __init__(self, log: dict[Partition, list[ChangelogEntry]]) -> None:
         self._log = log
         """The group's entries per source partition (owned by the stream)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from streamfn.record import Partition, RawRecord
+from streamfn.source import CommitRefused
 from streamfn.state.changelog import ChangelogEntry
 
 POSITION_STEP = 10
@@ -36,10 +37,6 @@ class MemoryReader(Protocol):
 
 class ShardEnded(Exception):
     """A record put into a shard that was split or merged."""
-
-
-class LeaseLost(Exception):
-    """A commit for shards the committing reader no longer holds the lease of."""
 
 
 @dataclass(slots=True)
@@ -101,13 +98,14 @@ class MemoryStream:
         value: bytes,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
+        timestamp: int | None = None,
     ) -> int:
-        """Append a record; its position."""
+        """Append a record (`timestamp`: epoch ms, by default now, as Kinesis's arrival time); its position."""
         target = self.shards[self.partition(shard)]
         if target.ended:
             raise ShardEnded(f"{self}: shard {target.partition.partition!r} has ended (split or merged)")
         position = (target.positions[-1] if target.positions else 0) + POSITION_STEP
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp is None else timestamp
         target.records.append(RawRecord(self.name, target.partition.partition, position, now, key, value, headers))
         target.positions.append(position)
         self._wake()
@@ -202,7 +200,7 @@ class MemoryStream:
                 group.checkpoints[partition] = value
         if lost:
             group.refused += lost.items()
-            raise LeaseLost(f"{self}: group {group_id}: no lease on {', '.join(map(str, lost))}")
+            raise CommitRefused(set(lost), f"{self}: group {group_id}: no lease on {', '.join(map(str, lost))}")
 
     def finish(self, group_id: str, partition: Partition, reader: MemoryReader) -> None:
         """The reader handled and checkpointed the shard's end: its children may start."""

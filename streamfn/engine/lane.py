@@ -68,6 +68,8 @@ class Lane:
         self.busy = 0
         """Invocations and sink writes under way: on stop, they may finish within the grace period."""
         self._completing: asyncio.Task[None] | None = None
+        self.restored = asyncio.Event()
+        """Set once the partition's state (a stateful function's) is restored, before the lane's first batch."""
         self.name = f"streamfn:{owner.function.name}:{owner.partition}:{index}"
         self._task = spawn(self._run(), name=self.name)
 
@@ -126,6 +128,7 @@ class Lane:
         exactly the batches completed, whose outputs and dead letters are written."""
         try:
             await runner.restore(partition)
+            self.restored.set()
             while (batch := await self._next_batch()) is not None:
                 self.in_flight.append(batch)
                 invoked = await runner.invoke(partition, batch.records, self, self._owner.predecoded)

@@ -170,6 +170,16 @@ class PartitionWorker:
             self._drained = asyncio.Event()
             await self._drained.wait()
 
+    async def ended(self) -> None:
+        """The shard ended and every record fed is handled (`drained`): a stateful function closes what is open on
+        it (a tumbling window's final invocation, an aggregation's windows), once its state is restored. Stateful
+        functions have one lane."""
+        lane = self.lanes[0]
+        await lane.restored.wait()
+        applied = self.applied()
+        if applied is not None:
+            await self.runner.ended(self.partition, applied, lane)
+
     def applied(self) -> Position | None:
         """The checkpoint value covering every record handled so far in order (the checkpoint's), if known."""
         return self._checkpoint.done(self.partition)

@@ -248,10 +248,13 @@ class Poller:
         log.info("function %s: partitions lost: %s", self.function.name, _names(partitions))
 
     async def ended(self, partition: Partition) -> None:
-        """The partition's last record was delivered: once every record is handled and committed, forget it."""
+        """The partition's last record was delivered: once every record is handled, what its state holds open is
+        closed (a window's final invocation) and all of it is committed, forget it. Stopped meanwhile (the worker
+        stops, the lease is lost), it raises StopProcessing: the end is not recorded, the next owner ends it."""
         worker = self.workers.get(partition)
         if worker is not None:
             await worker.drained()
+            await worker.ended()
         while True:  # the end must be committed before the reader lets the partition's children start
             if await self.checkpoint.flush({partition}):
                 break

@@ -111,6 +111,7 @@ class FunctionRunner:
         event = dialect.lambda_event(connection, value_codec, key_codec)
         self.origin = FailureOrigin(function.name, function_arn(function.name), event, dialect.batch_info(connection))
         """What its dead letters say of where they came from (the source's event and batch-info block)."""
+        self._window_fields = partial(dialect.window_fields, connection)
         self._native = function.style is not HandlerStyle.LAMBDA
         self._value_codec = value_codec
         self._key_codec = key_codec
@@ -137,6 +138,8 @@ class FunctionRunner:
         self.stateful = self._stateful(changelog, position_after)
         """Aggregations and tumbling windows: the partitions' durable state and what runs on it."""
         self._payload_limited = self.stateful is None or self.stateful.payload_limited
+        self._closing: dict[Partition, asyncio.Lock] = {}
+        """Per partition: what closes windows outside a batch (an idle check, a shard's end) runs one at a time."""
 
     def _stateful(self, changelog: Changelog | None, position_after: PositionAfter | None) -> Stateful | None:
         function, config = self.function, self.function.config
@@ -152,6 +155,7 @@ class FunctionRunner:
                 function.aggregation,
                 store=store,
                 write=self._write_emitted,
+                until_done=self.until_done,
                 stats=self.stats,
                 idle_seconds=config.window_idle_seconds,
             )
@@ -164,6 +168,7 @@ class FunctionRunner:
             write=self._write_emitted,
             until_done=self.until_done,
             deliver=self._deliver,
+            source_fields=self._window_fields,
             retry_limit=config.retry_limit,
             stats=self.stats,
             idle_seconds=config.window_idle_seconds,
@@ -199,6 +204,8 @@ class FunctionRunner:
         """Forget the state of partitions given up (after their last commit)."""
         if self.stateful is not None:
             self.stateful.release(partitions)
+        for partition in partitions:
+            self._closing.pop(partition, None)
 
     async def stored_positions(self, partitions: Sequence[Partition]) -> dict[Partition, Position]:
         """processing_guarantee="exactly_once": how far the outputs' own stored offsets say each partition is done
@@ -210,8 +217,18 @@ class FunctionRunner:
     async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> None:
         """A stateful function's partition without records for `quiet` seconds: close what is due, and write the
         state at once (no commit follows, the offset has not moved)."""
-        if self.stateful is not None and await self.stateful.idle(partition, applied, quiet, lane):
-            await self.stateful.store.write({partition: applied})
+        if self.stateful is not None:
+            async with self._closing.setdefault(partition, asyncio.Lock()):
+                if await self.stateful.idle(partition, applied, quiet, lane):
+                    await self.stateful.store.write({partition: applied})
+
+    async def ended(self, partition: Partition, applied: Position, lane: Busy) -> None:
+        """A stateful function's partition whose shard ended, every record handled: close what is open on it and
+        write the state at once (the commit of the end may have nothing left to move)."""
+        if self.stateful is not None:
+            async with self._closing.setdefault(partition, asyncio.Lock()):  # not alongside an idle check's closing
+                if await self.stateful.ended(partition, applied, lane):
+                    await self.stateful.store.write({partition: applied})
 
     async def run(self, partition: Partition, records: Sequence[SourceRecord], lane: Busy) -> None:
         """Run the batch to the end: every record succeeded (outputs written), or failed and was delivered."""

@@ -11,7 +11,9 @@ while a sink is down either.
 
 A record for closed windows only is late: it goes to `on_failure` as `LateRecord` (or is only counted, with
 `late_records="count"`). A partition with no new record for `window_idle_seconds` lets event time follow the wall
-clock, so the last windows of a quiet partition close too (as Lambda closes a window after a quiet period).
+clock, so the last windows of a quiet partition close too (as Lambda closes a window after a quiet period). When a
+shard ends (split, merge), its open windows close and their results are written before the end is committed; the
+children's windows start from nothing (one result per shard for a window open across the reshard).
 
 The fold runs in the event loop, a batch at a time, without a thread: it must be quick and must not block (an
 accumulator is a small JSON value: dict, list, number, string). It should return a new accumulator rather than
@@ -36,6 +38,7 @@ from streamfn.outputs.sink import Output
 from streamfn.record import Partition, Position, Record, SourceRecord
 from streamfn.state.stateful import RunSegment
 from streamfn.state.store import Busy, PartitionState, StateStore, WriteOutputs
+from streamfn.state.tumbling import UntilDone
 from streamfn.state.windows import Hopping, Tumbling, Window, WindowSpec, epoch_ms, iso
 
 if TYPE_CHECKING:
@@ -124,6 +127,7 @@ class Aggregator:
         *,
         store: StateStore,
         write: WriteOutputs,
+        until_done: UntilDone,
         stats: FunctionStats,
         idle_seconds: float,
     ) -> None:
@@ -132,6 +136,7 @@ class Aggregator:
         self._aggregation = aggregation
         self.store = store
         self._write = write
+        self._until_done = until_done
         self._stats = stats
         self.idle_seconds = idle_seconds
         self._size_ms = aggregation.window.size_ms
@@ -245,12 +250,33 @@ class Aggregator:
         state.stage(applied)
         return True
 
-    async def _close(self, partition: Partition, state: PartitionState, watermark: int, lane: Busy) -> None:
-        """Emit the windows `watermark` closed; their results name the position of the last record folded."""
+    async def ended(self, partition: Partition, applied: Position, lane: Busy) -> bool:
+        """The partition's shard ended: every window still open on it closes now, whatever the watermark, and its
+        result is written (a sink that gives up is retried with the function's backoff until it takes them: the
+        shard's end, and its children, wait). The children fold their records into windows of their own, from
+        nothing, as Lambda's tumbling windows start fresh in child shards. True if any window closed."""
+        ends = self._open.get(partition)
+        if not ends:
+            return False
+        state, last_end = self.store[partition], max(ends)
+
+        async def close_all() -> None:
+            error = await self._close(partition, state, last_end, lane)
+            if error is not None:
+                raise error
+
+        what = f"{partition}: writing the results of the windows its shard's end closed"
+        await self._until_done(close_all, lane, what, held=(partition, state.meta.get("last", state.floor)))
+        state.stage(applied)
+        return True
+
+    async def _close(self, partition: Partition, state: PartitionState, watermark: int, lane: Busy) -> Exception | None:
+        """Emit the windows `watermark` closed; their results name the position of the last record folded. The
+        error of a write that gave up (the windows stay open), else None."""
         ends = self._open[partition]
         closing = sorted(end for end in ends if end <= watermark)
         if not closing:
-            return
+            return None
         names = [name for end in closing for name in sorted(ends[end])]
         results = [self._result(name, state.values[name]) for name in names]
         last = state.meta.get("last", state.floor)  # no "last": a state restored from a changelog older than it
@@ -264,12 +290,13 @@ class Aggregator:
                 len(results),
                 error,
             )
-            return
+            return error
         for end in closing:
             del ends[end]
         for name in names:
             state.delete(name)
         self._stats.at(partition).windows_closed += len(names)
+        return None
 
     def _result(self, name: bytes, accumulator: Any) -> Output:
         """A closed window's row: the key, the window's bounds, then the accumulator's fields (or `value`)."""

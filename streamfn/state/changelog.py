@@ -34,6 +34,10 @@ class Changelog(Protocol):
     """The durable log of one function's state, keyed by source partition: what is written for a partition is what
     its restore returns, and nothing of any other partition."""
 
+    value_limit: int | None
+    """The largest serialized value one entry may hold (DynamoDB: an item's 400 KB), or None when the state's own
+    limits are below the log's (Kafka's 1 MiB requests). Lambda-style tumbling windows end early past it."""
+
     async def start(self) -> None:
         """Connect, and create the log (e.g. the compacted topic) if it does not exist."""
 

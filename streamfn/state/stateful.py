@@ -54,3 +54,9 @@ class Stateful(Protocol):
 
     async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """A partition without records for `quiet` seconds: close what is due; True if anything closed."""
+
+    async def ended(self, partition: Partition, applied: Position, lane: Busy) -> bool:
+        """The partition's shard ended (split, merged, closed) and every record of it is handled (`applied` covers
+        them): close what is open on it now, as Lambda does ("When a shard ends, Lambda considers the current window
+        to be closed, and any child shards will start their own window in a fresh state"), then stage the state.
+        True if anything closed. Runs before the shard's end is committed, so its children start after it."""

@@ -136,6 +136,8 @@ class StateStore:
         self._function = function
         self._changelog = changelog
         self.position_after = position_after
+        self.value_limit = changelog.value_limit
+        """The largest serialized value the changelog takes in one entry (None: no limit below the state's own)."""
         self._partitions: dict[Partition, PartitionState] = {}
         self._writing: dict[Partition, asyncio.Lock] = {}
         """One changelog write per partition at a time, so a key's entries land in the order they were staged."""

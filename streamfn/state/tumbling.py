@@ -3,15 +3,20 @@
 As Lambda's (Kinesis and DynamoDB Streams; AWS docs "services-kinesis-windows"): each partition has one open
 window at a time, by record timestamp, aligned to the epoch. A batch never spans windows: it is cut where the
 window changes. Each invocation gets the event plus `window {start, end}` (ISO 8601 UTC), `state` (`{}` when the
-window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly`, and must return `{"state": {...}}`
-(beside `batchItemFailures` if it reports them); a response without a `state` object is a failed invocation,
-retried under the function's policy. Once a record of a later window arrives, or no record arrives for
-`window_idle_seconds` after the window's end, the final invocation runs (`isFinalInvokeForWindow: true`, no
-records, the window's state); if it fails it is retried under the function's retry policy, then the window goes to
-`on_failure` as `RetryAttemptsExhausted` (its final event, with the state, and the offsets it covered); with
-infinite retries and no destination it is retried until it succeeds, and the partition waits meanwhile. A
-state above 1 MB ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
+window starts), `isFinalInvokeForWindow` and `isWindowTerminatedEarly` (and what the source's dialect adds:
+Kinesis's `shardId` and `eventSourceARN`), and must return `{"state": {...}}` (beside `batchItemFailures` if it
+reports them); a response without a `state` object is a failed invocation, retried under the function's policy.
+Once a record of a later window arrives, or no record arrives for `window_idle_seconds` after the window's end, the
+final invocation runs (`isFinalInvokeForWindow: true`, no records, the window's state); if it fails it is retried
+under the function's retry policy, then the window goes to `on_failure` as `RetryAttemptsExhausted` (its final
+event, with the state, and the offsets it covered); with infinite retries and no destination it is retried until it
+succeeds, and the partition waits meanwhile. A state above 1 MB (or above what the changelog holds in one entry, if
+less: DynamoDB's) ends the window early: a final invocation with `isWindowTerminatedEarly: true`, after which the
 same window goes on with a fresh state.
+
+When a shard ends (split, merge), the open window's final invocation runs before the end is committed, and the
+children start their own windows with `{}`, as Lambda's ("When a shard ends, Lambda considers the current window to
+be closed, and any child shards will start their own window in a fresh state").
 
 Unlike Lambda's, the state is durable: it is kept in the function's changelog with the offset it covers
 (streamfn.state.store), so a restarted or rebalanced worker continues the window where it was, and records already in
@@ -48,6 +53,8 @@ log = logging.getLogger("streamfn.tumbling")
 
 STATE_LIMIT_BYTES = 1024 * 1024
 """Lambda: "a maximum of 1 MB per shard. If it exceeds that size, Lambda terminates the window early"."""
+WINDOW_ROOM_BYTES = 1024
+"""What the metadata entry holds beside the state (the window's bounds, positions), under a changelog's limit."""
 
 Deliver = Callable[[Partition, list[FailedRecord], "Busy"], Awaitable[None]]
 """The runner's `_deliver`: failures to the destination (or dropped, under an explicit policy)."""
@@ -101,6 +108,7 @@ class LambdaWindows:
         write: WriteOutputs,
         until_done: UntilDone,
         deliver: Deliver,
+        source_fields: Callable[[Partition], dict[str, Any]],
         retry_limit: int | None,
         stats: FunctionStats,
         idle_seconds: float,
@@ -113,9 +121,14 @@ class LambdaWindows:
         self._write = write
         self._until_done = until_done
         self._deliver = deliver
+        self._source_fields = source_fields
+        """What the event says of the partition (Kinesis: shardId, eventSourceARN), from the source's dialect."""
         self._retry_limit = retry_limit
         self._stats = stats
         self.idle_seconds = idle_seconds
+        limit = store.value_limit
+        self._state_limit = STATE_LIMIT_BYTES if limit is None else min(STATE_LIMIT_BYTES, limit - WINDOW_ROOM_BYTES)
+        """Past it a window ends early: Lambda's 1 MB, or less where the changelog cannot hold it (DynamoDB)."""
 
     async def restore(self, partition: Partition) -> None:
         await self.store.restore(partition)
@@ -171,6 +184,7 @@ class LambdaWindows:
         return {
             "window": window.shown(),
             "state": copy.deepcopy(state.meta["state"]),  # the handler's own: a failed invocation may have changed it
+            **self._source_fields(partition),
             "isFinalInvokeForWindow": final,
             "isWindowTerminatedEarly": early,
         }
@@ -181,8 +195,11 @@ class LambdaWindows:
         window_state = _state_of(response)
         state = self.store[partition]
         state.meta["state"] = window_state
-        if len(encode_json(window_state)) > STATE_LIMIT_BYTES:
-            log.warning("function %s: %s: window state above 1 MB: the window ends early", self._function, partition)
+        if len(encode_json(window_state)) > self._state_limit:
+            limit = "1 MB" if self._state_limit == STATE_LIMIT_BYTES else f"{self._state_limit} bytes (its changelog's)"
+            log.warning(
+                "function %s: %s: window state above %s: the window ends early", self._function, partition, limit
+            )
             state.meta["last"] = records[-1].offset
             state.meta["covers"] = self.store.position_after(records[-1])
             await self._final(partition, state, lane, records[-1].offset, early=True)
@@ -193,9 +210,15 @@ class LambdaWindows:
 
     async def idle(self, partition: Partition, applied: Position, quiet: float, lane: Busy) -> bool:
         """Run the final invocation of a window nothing arrived for since it ended. True if it ran."""
-        state = self.store[partition]
-        window = _open(state)
+        window = _open(self.store[partition])
         if window is None or quiet < self.idle_seconds or time.time() * 1000 < window.end:
+            return False
+        return await self.ended(partition, applied, lane)
+
+    async def ended(self, partition: Partition, applied: Position, lane: Busy) -> bool:
+        """The open window's final invocation, now (its shard ended, or it is due); True if a window was open."""
+        state = self.store[partition]
+        if _open(state) is None:
             return False
         await self._final(partition, state, lane, state.meta.get("last", state.floor), early=False)
         state.stage(applied)
