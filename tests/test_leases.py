@@ -36,8 +36,8 @@ from streamfn.connectors.shards import (
 from streamfn.connectors.shards.balance import Expiry, choose
 from streamfn.connectors.shards.lineage import cleanable, plan, takeable, vanished
 
-DURATION = 1.0
-TAKE_PERIOD = 0.5
+DURATION = 2.0
+TAKE_PERIOD = 1.0
 CLEANUP_DELAY = 0.6
 _tables = itertools.count()
 EIGHT = [Shard(f"shardId-{i:012d}") for i in range(8)]
@@ -219,12 +219,12 @@ async def test_writes_are_conditional_on_the_counter_and_a_retried_write_that_we
 async def test_two_then_three_workers_converge_to_a_fair_share(fleet: Fleet, record_property: Any) -> None:
     first = await fleet.start("a")
     assert len(await first.sync(EIGHT)) == 8
-    await wait_for(lambda: fleet.counts() == {"a": 8}, 5, "one worker holds all eight")
+    await wait_for(lambda: fleet.counts() == {"a": 8}, 10, "one worker holds all eight")
     await fleet.start("b")
-    two = await timed(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    two = await timed(lambda: fair(fleet.counts(), 8), 20, "a 4/4 share")
     assert sorted(fleet.counts().values()) == [4, 4]
     await fleet.start("c")
-    three = await timed(lambda: fair(fleet.counts(), 8), 10, "a 3/3/2 share")
+    three = await timed(lambda: fair(fleet.counts(), 8), 20, "a 3/3/2 share")
     assert sorted(fleet.counts().values()) == [2, 3, 3]
     async with opened(fleet) as table:
         owners = {key: lease.owner for key, lease in (await leases(table)).items()}
@@ -242,11 +242,11 @@ async def test_a_killed_workers_leases_are_taken_within_the_lease_duration_and_t
     first = await fleet.start("a")
     await first.sync(EIGHT)
     await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
-    await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    await wait_for(lambda: fair(fleet.counts(), 8), 20, "a 4/4 share")
     await fleet.stop("b", release=False)  # kill -9: nothing written, its leases stay owned by "b"
-    took = await timed(lambda: fleet.counts() == {"a": 8}, 10, "a holds all eight")
+    took = await timed(lambda: fleet.counts() == {"a": 8}, 20, "a holds all eight")
     # expired once its counter has not moved for DURATION (its last renew was at most DURATION/3 before the kill)
-    assert DURATION * 2 / 3 < took < DURATION + 2 * TAKE_PERIOD + 0.5
+    assert DURATION * 2 / 3 < took < DURATION + 2 * TAKE_PERIOD + 1.0
     async with opened(fleet) as table:
         assert {lease.owner for lease in (await leases(table)).values()} == {"a"}
     record_property("fault_figures", f"leases: killed worker's 4 leases taken in {took:.2f} s (duration {DURATION} s)")
@@ -256,13 +256,13 @@ async def test_a_graceful_stop_releases_so_another_worker_takes_at_once(fleet: F
     first = await fleet.start("a")
     await first.sync(EIGHT)
     await fleet.start("b", max_steal=4)  # fair in one steal pass: not what this test is about
-    await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 4/4 share")
+    await wait_for(lambda: fair(fleet.counts(), 8), 20, "a 4/4 share")
     b_leases = set(fleet.coordinators["b"].held())
     started = time.monotonic()
     await fleet.stop("b", release=True)
-    await wait_for(lambda: fleet.counts() == {"a": 8}, 5, "a holds all eight")
+    await wait_for(lambda: fleet.counts() == {"a": 8}, 10, "a holds all eight")
     took = time.monotonic() - started
-    assert took < TAKE_PERIOD + 0.3 < DURATION  # the stop and one scan: no waiting for expiry
+    assert took < TAKE_PERIOD + 0.6 < DURATION  # the stop and one scan: no waiting for expiry
     async with opened(fleet) as table:
         assert {(await leases(table))[key].owner for key in b_leases} == {"a"}
     record_property("fault_figures", f"leases: released leases taken in {took:.2f} s (take period {TAKE_PERIOD} s)")
@@ -276,7 +276,7 @@ async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes
     holder = await fleet.start("a")
     await holder.sync(EIGHT[:1])
     shard = EIGHT[0].id
-    await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await wait_for(lambda: holder.owns(shard), 10, "a holds the shard")
     await fleet.start("b")
 
     async def unanswered(lease: Lease, *_: Any) -> Lease:
@@ -286,7 +286,7 @@ async def test_a_holder_that_cannot_renew_gives_the_lease_up_before_anyone_takes
     # The table stops answering its writes (a slow machine would otherwise let it take the lease back itself).
     holder.table.renew = unanswered  # type: ignore[method-assign]
     holder.table.take = unanswered  # type: ignore[method-assign]
-    await wait_for(lambda: len(fleet.holdings[shard]) == 2, 10, "b takes the shard")
+    await wait_for(lambda: len(fleet.holdings[shard]) == 2, 20, "b takes the shard")
     gave_up, taken = fleet.holdings[shard]
     assert (gave_up.worker, taken.worker) == ("a", "b")
     assert gave_up.end is not None and gave_up.end <= taken.start
@@ -301,7 +301,7 @@ async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone
     holder = await fleet.start("a", lease_duration=30.0, take_period=0.2)
     await holder.sync(EIGHT[:1])
     shard = EIGHT[0].id
-    await wait_for(lambda: holder.owns(shard), 5, "a holds the shard")
+    await wait_for(lambda: holder.owns(shard), 10, "a holds the shard")
     await holder.stop_taking()
     await holder.checkpoint(shard, 100)
     async with opened(fleet) as table:
@@ -314,7 +314,7 @@ async def test_a_stale_checkpoint_after_a_steal_fails_and_leaves_the_table_alone
     assert not holder.owns(shard) and holder.held() == {}
     with pytest.raises(LeaseLost, match="checkpoint by 'a': not held"):
         await holder.checkpoint(shard, 300)
-    await wait_for(lambda: fleet.holdings[shard][0].end is not None, 2, "a's Lost event")
+    await wait_for(lambda: fleet.holdings[shard][0].end is not None, 4, "a's Lost event")
     assert [h.worker for h in fleet.holdings[shard]] == ["a"]
 
 
@@ -348,13 +348,13 @@ async def test_two_workers_never_both_hold_a_shard(fleet: Fleet) -> None:
         await first.sync(EIGHT)
         await fleet.start("b")
         await fleet.start("c")
-        await wait_for(lambda: fair(fleet.counts(), 8), 10, "a 3/3/2 share")
+        await wait_for(lambda: fair(fleet.counts(), 8), 20, "a 3/3/2 share")
         await fleet.stop("a", release=False)
-        await wait_for(lambda: fair(fleet.counts(), 8), 10, "b and c share eight")
+        await wait_for(lambda: fair(fleet.counts(), 8), 20, "b and c share eight")
         await fleet.start("d")
-        await wait_for(lambda: fair(fleet.counts(), 8) and fleet.counts()["d"] >= 2, 10, "d has its share")
+        await wait_for(lambda: fair(fleet.counts(), 8) and fleet.counts()["d"] >= 2, 20, "d has its share")
         await fleet.stop("b", release=True)
-        await wait_for(lambda: fair(fleet.counts(), 8), 10, "c and d share eight")
+        await wait_for(lambda: fair(fleet.counts(), 8), 20, "c and d share eight")
     finally:
         loop.cancel()
     moved = 0
@@ -376,7 +376,7 @@ async def test_two_workers_never_both_hold_a_shard(fleet: Fleet) -> None:
 async def test_children_of_a_split_and_a_merge_wait_for_their_parents(fleet: Fleet) -> None:
     worker = await fleet.start("a")
     assert sorted(await worker.sync(RESHARDED)) == ["s0", "s1", "s2", "s3", "s4", "s5"]
-    await wait_for(lambda: set(worker.held()) == {"s0", "s1", "s2"}, 5, "the parents are taken")
+    await wait_for(lambda: set(worker.held()) == {"s0", "s1", "s2"}, 10, "the parents are taken")
     await asyncio.sleep(2 * TAKE_PERIOD)  # two more take passes
     assert set(worker.held()) == {"s0", "s1", "s2"}  # the children are not takeable
     await worker.checkpoint("s0", 41)
@@ -391,7 +391,7 @@ async def test_children_of_a_split_and_a_merge_wait_for_their_parents(fleet: Fle
     await asyncio.sleep(2 * TAKE_PERIOD)  # two more take passes
     assert "s5" not in worker.held()  # one of the merge's parents has not ended
     await worker.end("s2", [Shard("s5", ("s1", "s2"))])
-    await wait_for(lambda: "s5" in worker.held() and "s5" in fleet.holdings, 5, "the merge's child is taken")
+    await wait_for(lambda: "s5" in worker.held() and "s5" in fleet.holdings, 10, "the merge's child is taken")
     acquired = [h.start for shard in ("s0", "s3", "s5") for h in fleet.holdings[shard]]
     assert acquired == sorted(acquired)
     async with opened(fleet) as table:
@@ -410,7 +410,7 @@ async def test_lease_creation_at_latest_and_trim_horizon(fleet: Fleet) -> None:
         found = await leases(table)
     assert {key: lease.checkpoint for key, lease in found.items()} == {"s3": LATEST, "s4": LATEST, "s5": LATEST}
     # the parents have no lease, which counts as finished: the children are takeable at once
-    await wait_for(lambda: set(latest.held()) == {"s3", "s4", "s5"}, 5, "the open shards are taken")
+    await wait_for(lambda: set(latest.held()) == {"s3", "s4", "s5"}, 10, "the open shards are taken")
 
     other = Fleet(fleet.endpoint, fleet.name + "-trim")
     try:
@@ -427,9 +427,9 @@ async def test_lease_creation_at_latest_and_trim_horizon(fleet: Fleet) -> None:
 async def test_finished_leases_are_cleaned_up_after_the_delay_and_not_recreated(fleet: Fleet) -> None:
     worker = await fleet.start("a", cleanup_delay=CLEANUP_DELAY)
     await worker.sync(RESHARDED[:1] + RESHARDED[3:5])  # s0 split into s3 and s4
-    await wait_for(lambda: set(worker.held()) == {"s0"}, 5, "the parent is taken")
+    await wait_for(lambda: set(worker.held()) == {"s0"}, 10, "the parent is taken")
     await worker.end("s0", [Shard("s3", ("s0",)), Shard("s4", ("s0",))])
-    await wait_for(lambda: set(worker.held()) == {"s3", "s4"}, 5, "the children are taken")
+    await wait_for(lambda: set(worker.held()) == {"s3", "s4"}, 10, "the children are taken")
     await worker.checkpoint("s3", 5)
     async with opened(fleet) as table:
         await asyncio.sleep(CLEANUP_DELAY + 2 * TAKE_PERIOD)
