@@ -30,6 +30,7 @@ from streamfn.connectors.shards import (
     LeaseCoordinator,
     LeaseLost,
     LeaseTable,
+    Lost,
     Shard,
     default_table_name,
 )
@@ -89,11 +90,13 @@ class Fleet:
 
     async def _record(self, coordinator: LeaseCoordinator) -> None:
         while True:
-            event = await coordinator.events.get()
-            if isinstance(event, Acquired):
-                self.holdings.setdefault(event.shard, []).append(Holding(coordinator.worker_id, event.at))
-            else:
-                self._close(coordinator.worker_id, event.at, event.shard)
+            self._note(coordinator, await coordinator.events.get())
+
+    def _note(self, coordinator: LeaseCoordinator, event: Acquired | Lost) -> None:
+        if isinstance(event, Lost):
+            self._close(coordinator.worker_id, event.at, event.shard)
+        elif self.coordinators.get(coordinator.worker_id) is coordinator:  # a stopping worker's late take: released
+            self.holdings.setdefault(event.shard, []).append(Holding(coordinator.worker_id, event.at))
 
     def _close(self, worker: str, at: float, shard: str | None = None) -> None:
         for key, holdings in self.holdings.items():
@@ -103,7 +106,10 @@ class Fleet:
 
     async def stop(self, worker: str, release: bool) -> None:
         """A graceful stop (release) or a kill -9 (tasks cancelled, nothing written); its holdings end now."""
-        coordinator = self.coordinators.pop(worker)
+        coordinator = self.coordinators[worker]
+        while not coordinator.events.empty():  # what it said before the stop counts, however late it is read
+            self._note(coordinator, coordinator.events.get_nowait())
+        self.coordinators.pop(worker)
         self._close(worker, asyncio.get_running_loop().time())
         await coordinator.stop(release=release)
         await coordinator.table.close()
