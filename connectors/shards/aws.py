@@ -10,11 +10,15 @@ or an emulator without a code change. An `endpoint_url` given here applies to ev
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streamfn.config import http_url
@@ -72,3 +76,45 @@ class AwsAccess(StrictModel):
 
 def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
+
+
+ACTIVE_TIMEOUT_SECONDS = 120.0
+"""How long a table just created may take to become ACTIVE (moto: at once; AWS: seconds)."""
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+async def ensure_table(client: Any, name: str, keys: Sequence[tuple[str, str, str]]) -> None:
+    """Create the DynamoDB table `name` (PAY_PER_REQUEST; `keys`: (attribute, HASH or RANGE, S or B)) unless it
+    exists, then wait until it is ACTIVE. Another worker creating it at the same time is fine. Raises TimeoutError
+    past ACTIVE_TIMEOUT_SECONDS, ClientError as the service answers."""
+    if await _status(client, name) is None:
+        try:
+            await client.create_table(
+                TableName=name,
+                KeySchema=[{"AttributeName": attribute, "KeyType": kind} for attribute, kind, _ in keys],
+                AttributeDefinitions=[
+                    {"AttributeName": attribute, "AttributeType": type_} for attribute, _, type_ in keys
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as error:
+            if error_code(error) != "ResourceInUseException":  # another worker created it first
+                raise
+    deadline = time.monotonic() + ACTIVE_TIMEOUT_SECONDS
+    while (status := await _status(client, name)) != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"table {name!r} is still {status} after {ACTIVE_TIMEOUT_SECONDS:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def _status(client: Any, name: str) -> str | None:
+    try:
+        described = await client.describe_table(TableName=name)
+    except ClientError as error:
+        if error_code(error) == "ResourceNotFoundException":
+            return None
+        raise
+    return str(described["Table"]["TableStatus"])

@@ -34,8 +34,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamfn.connectors.shards.aws import AwsAccess
-from streamfn.connectors.shards.table import ACTIVE_TIMEOUT_SECONDS, TABLE_NAME
+from streamfn.connectors.shards.aws import AwsAccess, ensure_table, error_code
+from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.record import Partition
 from streamfn.state.changelog import ChangelogEntry
 from streamfn.state.store import META_KEY
@@ -92,40 +92,10 @@ class DynamoChangelog:
         """Open the client; create the table (PAY_PER_REQUEST) if it does not exist, and wait until it is ACTIVE."""
         self._client = await self._stack.enter_async_context(self._access.client("dynamodb"))
         try:
-            if await self._status() is None:
-                try:
-                    await self._client.create_table(
-                        TableName=self.table,
-                        KeySchema=[
-                            {"AttributeName": "partitionId", "KeyType": "HASH"},
-                            {"AttributeName": "stateKey", "KeyType": "RANGE"},
-                        ],
-                        AttributeDefinitions=[
-                            {"AttributeName": "partitionId", "AttributeType": "S"},
-                            {"AttributeName": "stateKey", "AttributeType": "B"},
-                        ],
-                        BillingMode="PAY_PER_REQUEST",
-                    )
-                except ClientError as error:
-                    if _code(error) != "ResourceInUseException":  # another worker created it first
-                        raise
-            deadline = time.monotonic() + ACTIVE_TIMEOUT_SECONDS
-            while (status := await self._status()) != "ACTIVE":
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self} is still {status} after {ACTIVE_TIMEOUT_SECONDS:.0f} s")
-                await asyncio.sleep(0.5)
+            await ensure_table(self._client, self.table, [("partitionId", "HASH", "S"), ("stateKey", "RANGE", "B")])
         except BaseException:
             await self.stop()
             raise
-
-    async def _status(self) -> str | None:
-        try:
-            described = await self._client.describe_table(TableName=self.table)
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return None
-            raise
-        return str(described["Table"]["TableStatus"])
 
     async def restore(self, partition: Partition) -> list[ChangelogEntry]:
         """Every item of `partition`: one Query, read consistently, every page. Tombstones the metadata entry
@@ -201,7 +171,7 @@ class DynamoChangelog:
                 answer = await self._client.batch_write_item(RequestItems={self.table: requests})
                 requests = answer.get("UnprocessedItems", {}).get(self.table, [])
             except ClientError as error:
-                if _code(error) not in THROTTLED or time.monotonic() > deadline:
+                if error_code(error) not in THROTTLED or time.monotonic() > deadline:
                     raise
             if requests:
                 if time.monotonic() > deadline:
@@ -212,7 +182,3 @@ class DynamoChangelog:
     async def stop(self) -> None:
         self._client = None
         await self._stack.aclose()
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))

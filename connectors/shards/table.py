@@ -15,9 +15,7 @@ Why these choices (KCL 2.x's, see the reference's lease-table section):
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from collections.abc import Collection
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -25,11 +23,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamfn.connectors.shards.aws import AwsAccess
+from streamfn.connectors.shards.aws import AwsAccess, ensure_table, error_code
 from streamfn.connectors.shards.lease import SHARD_END, Lease
 
-ACTIVE_TIMEOUT_SECONDS = 120.0
-"""How long `ensure` waits for a new table to become ACTIVE (seconds on AWS, at once on moto)."""
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 """DynamoDB's rule for table names."""
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -92,34 +88,9 @@ class LeaseTable:
     async def ensure(self) -> None:
         """Create the table if it does not exist, then wait until it is ACTIVE."""
         try:
-            status = await self._status()
-            if status is None:
-                try:
-                    await self._client.create_table(
-                        TableName=self.name,
-                        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-                        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-                        BillingMode="PAY_PER_REQUEST",
-                    )
-                except ClientError as error:
-                    if _code(error) != "ResourceInUseException":  # another worker created it first
-                        raise
-            deadline = time.monotonic() + ACTIVE_TIMEOUT_SECONDS
-            while (status := await self._status()) != "ACTIVE":
-                if time.monotonic() > deadline:
-                    raise LeaseTableError(f"{self} is still {status} after {ACTIVE_TIMEOUT_SECONDS:.0f} s")
-                await asyncio.sleep(0.5)
+            await ensure_table(self._client, self.name, [("leaseKey", "HASH", "S")])
         except (ClientError, BotoCoreError, OSError, TimeoutError) as error:
             raise LeaseTableError(f"{self}: cannot be created or described: {error}") from error
-
-    async def _status(self) -> str | None:
-        try:
-            described = await self._client.describe_table(TableName=self.name)
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return None
-            raise
-        return str(described["Table"]["TableStatus"])
 
     async def scan(self) -> list[Lease]:
         """Every lease, read consistently (one Scan, paginated)."""
@@ -139,7 +110,7 @@ class LeaseTable:
                 TableName=self.name, Item=lease.item(), ConditionExpression="attribute_not_exists(leaseKey)"
             )
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise LeaseTableError(f"{self}: PutItem of {lease.key!r} failed: {error}") from error
         except (BotoCoreError, OSError, TimeoutError) as error:
@@ -189,7 +160,7 @@ class LeaseTable:
                 ExpressionAttributeValues={":end": {"S": SHARD_END}},
             )
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise LeaseTableError(f"{self}: DeleteItem of {shard!r} failed: {error}") from error
         except (BotoCoreError, OSError, TimeoutError) as error:
@@ -210,7 +181,7 @@ class LeaseTable:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if _code(error) != "ConditionalCheckFailedException":
+            if error_code(error) != "ConditionalCheckFailedException":
                 raise LeaseTableError(f"{self}: {action} of {seen.key!r} failed: {error}") from error
             item = error.response.get("Item")
             found = None if item is None else Lease.from_item(item)
@@ -242,7 +213,3 @@ def _changes(seen: Lease, wanted: Lease) -> tuple[str, dict[str, str], dict[str,
 
 def _key(shard: str) -> dict[str, Any]:
     return {"leaseKey": {"S": shard}}
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
