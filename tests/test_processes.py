@@ -80,8 +80,10 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
     expected = {(p, o) for p in range(4) for o in range(500)}
     assert set(handled) == expected  # at least once: nothing lost
     duplicates = len(handled) - len(expected)
-    # Bounded: at most what was handled but not yet committed when killed (in-flight batch + commit lag).
-    assert duplicates <= 4 * 10 * 5, duplicates
+    # Bounded: at most what was handled but not yet committed when killed: the batches in flight (4 partitions x
+    # 5 lanes x 10) and what was handled during the commit under way (one commit request at a time: on a machine
+    # running the whole suite a commit round trip takes long enough to handle as much again; seen: 272).
+    assert duplicates <= 2 * 4 * 10 * 5, duplicates
     assert await committed(broker, group, topic) == {p: 500 for p in range(4)}
 
 
