@@ -65,7 +65,11 @@ def test_an_unreachable_cluster_ends_the_run_in_one_line_within_the_connect_time
     refused = f"Unable connect to \"{servers}\": [Errno 111] Connect call failed ('127.0.0.1', {port})"
     reason = f"cannot connect to Kafka at {servers} ({refused})"
     errors = [line for line in _lines(stdout + stderr) if line.startswith("error:")]
-    assert errors == [f"error: function 'first': {reason}; gave up after 2 s (--connect-timeout)"]
+    # One line, of whichever function gave up first (both wait on the same cluster; on a loaded machine either).
+    assert errors in (
+        [f"error: function '{function}': {reason}; gave up after 2 s (--connect-timeout)"]
+        for function in ("first", "second")
+    ), errors
     # The rest that names the cluster: the pollers' retries, one line each, both functions waiting.
     retries = [line for line in _lines(stderr) if servers in line and not line.startswith("error:")]
     assert retries, stderr
