@@ -34,9 +34,15 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
-from streamfn.config import http_url
-from streamfn.connectors.kinesis.source import _STREAM_ARN, _STREAM_NAME
+from streamfn.connectors.kinesis.source import (
+    _STREAM_NAME,
+    checked_stream_arn,
+    optional_http_url,
+    stream_access,
+    stream_name,
+)
 from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards.aws import check_credentials
 from streamfn.errors import ConfigError, StrictModel
 from streamfn.outputs.sink import Delivered, Emitted, RejectedOutput, SinkContext, SinkRetry, encode
 
@@ -82,17 +88,8 @@ class KinesisStream(StrictModel):
     def __str__(self) -> str:
         return f"KinesisStream({self.stream_name!r})"
 
-    @field_validator("stream_arn")
-    @classmethod
-    def _arn(cls, value: str | None) -> str | None:
-        if value is not None and not _STREAM_ARN.match(value):
-            raise ValueError("must be a Kinesis stream ARN, arn:aws:kinesis:<region>:<account>:stream/<name>")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
+    _arn = field_validator("stream_arn")(checked_stream_arn)
+    _http_url = field_validator("endpoint_url")(optional_http_url)
 
     @field_validator("partition_key")
     @classmethod
@@ -105,29 +102,15 @@ class KinesisStream(StrictModel):
     def _consistent(self) -> KinesisStream:
         if (self.stream is None) == (self.stream_arn is None):
             raise ValueError("give the stream's name (stream=) or its ARN (stream_arn=): one of them")
-        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
-            raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
 
     @property
     def stream_name(self) -> str:
-        if self.stream is not None:
-            return self.stream
-        found = _STREAM_ARN.match(self.stream_arn or "")
-        assert found is not None  # validated
-        return found.group("stream")
+        return stream_name(self.stream, self.stream_arn)
 
     def access(self) -> AwsAccess:
-        found = _STREAM_ARN.match(self.stream_arn or "")
-        return AwsAccess(
-            region_name=self.region_name or (found.group("region") if found else None),
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
+        return stream_access(self)
 
     def check(self, source_topics: Sequence[str]) -> None:
         if self.stream_name in source_topics:

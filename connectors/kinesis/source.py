@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
@@ -27,6 +27,7 @@ from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.shards import AwsAccess, default_table_name
+from streamfn.connectors.shards.aws import check_credentials
 from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
 from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.errors import ConfigError
@@ -39,6 +40,40 @@ _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 _STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):stream/(?P<stream>[a-zA-Z0-9_.-]{1,128})$"
 )
+
+
+def checked_stream_arn(value: str | None) -> str | None:
+    """A field validator of `stream_arn` (KinesisSource, KinesisStream)."""
+    if value is not None and not _STREAM_ARN.match(value):
+        raise ValueError("must be a Kinesis stream ARN, arn:aws:kinesis:<region>:<account>:stream/<name>")
+    return value
+
+
+def optional_http_url(value: str | None) -> str | None:
+    """A field validator of `endpoint_url`."""
+    return None if value is None else http_url(value)
+
+
+def stream_name(stream: str | None, arn: str | None) -> str:
+    """The stream's name, given or taken from its (validated) ARN."""
+    if stream is not None:
+        return stream
+    found = _STREAM_ARN.match(arn or "")
+    assert found is not None  # validated
+    return found.group("stream")
+
+
+def stream_access(address: Any) -> AwsAccess:
+    """The clients' access of a model naming a stream (KinesisSource, KinesisStream): its region (else the ARN's),
+    endpoint and credentials."""
+    found = _STREAM_ARN.match(address.stream_arn or "")
+    return AwsAccess(
+        region_name=address.region_name or (found.group("region") if found else None),
+        endpoint_url=address.endpoint_url,
+        aws_access_key_id=address.aws_access_key_id,
+        aws_secret_access_key=address.aws_secret_access_key,
+        aws_session_token=address.aws_session_token,
+    )
 
 
 class KinesisSource(TopicFormat):
@@ -70,17 +105,8 @@ class KinesisSource(TopicFormat):
     """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
     table's name + "-state"."""
 
-    @field_validator("stream_arn")
-    @classmethod
-    def _arn(cls, value: str | None) -> str | None:
-        if value is not None and not _STREAM_ARN.match(value):
-            raise ValueError("must be a Kinesis stream ARN, arn:aws:kinesis:<region>:<account>:stream/<name>")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
+    _arn = field_validator("stream_arn")(checked_stream_arn)
+    _http_url = field_validator("endpoint_url")(optional_http_url)
 
     @model_validator(mode="after")
     def _consistent(self) -> KinesisSource:
@@ -89,10 +115,7 @@ class KinesisSource(TopicFormat):
                 "give the stream's name (stream=) or its ARN (stream_arn= or EventSourceArn=): one of them"
             )
         check_starting_timestamp(self.starting_position, self.starting_position_timestamp)
-        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
-            raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
 
     def __str__(self) -> str:
@@ -100,11 +123,7 @@ class KinesisSource(TopicFormat):
 
     @property
     def stream_name(self) -> str:
-        if self.stream is not None:
-            return self.stream
-        found = _STREAM_ARN.match(self.stream_arn or "")
-        assert found is not None  # validated
-        return found.group("stream")
+        return stream_name(self.stream, self.stream_arn)
 
     @property
     def topics(self) -> list[str]:
@@ -116,14 +135,7 @@ class KinesisSource(TopicFormat):
 
     def access(self) -> AwsAccess:
         """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
-        found = _STREAM_ARN.match(self.stream_arn or "")
-        return AwsAccess(
-            region_name=self.region_name or (found.group("region") if found else None),
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
+        return stream_access(self)
 
     def reader(self, *, group_id: str) -> KinesisReader:
         value, key = self.codecs()

@@ -31,6 +31,14 @@ ATTEMPTS = 3
 """botocore's own retries (throttling, 5xx); a retried conditional write is told apart by the lease table."""
 
 
+def check_credentials(key_id: str | None, secret: SecretStr | None, token: SecretStr | None) -> None:
+    """Explicit credentials come whole or not at all (ValueError, for a model validator)."""
+    if (key_id is None) != (secret is None):
+        raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
+    if token is not None and key_id is None:
+        raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+
+
 class AwsAccess(StrictModel):
     """Region, endpoint and explicit credentials; every field optional (the AWS chain fills the rest)."""
 
@@ -50,10 +58,7 @@ class AwsAccess(StrictModel):
 
     @model_validator(mode="after")
     def _key_pair(self) -> AwsAccess:
-        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
-            raise ValueError("aws_access_key_id and aws_secret_access_key go together: give both or neither")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
+        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
 
     def client(self, service: str) -> AbstractAsyncContextManager[Any]:
