@@ -152,7 +152,11 @@ def report(figures: Figures, record_property: Callable[[str, Any], None]) -> Non
 
 async def drain(workers: Workers, ledger: Ledger, ends: dict[int, int]) -> None:
     """Wait until the group committed every partition's end, then stop the workers gracefully (exit 0 each)."""
-    await wait_for(lambda: bool(ledger.samples) and ledger.samples[-1].committed == ends, 45, "the final commits")
+    try:
+        await wait_for(lambda: bool(ledger.samples) and ledger.samples[-1].committed == ends, 45, "the final commits")
+    except AssertionError as timed_out:  # say where the group stands and what the workers logged
+        last = ledger.samples[-1].committed if ledger.samples else None
+        raise AssertionError(f"{timed_out}: committed {last}, ends {ends}\n{workers.logs()}") from None
     running = len(workers.running)
     assert await workers.stop_all() == [0] * running, workers.logs()
 
