@@ -13,9 +13,9 @@ class TableStreamLocation:
     read it when built)."""
 
     region: str
-    stream_arn_: str = ""
+    arn: str = ""
     """arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>"""
 
     def stream_arn(self, table: str) -> str:
         """The stream's ARN (the same for every shard of the table's stream; `table` is the partition's topic)."""
-        return self.stream_arn_
+        return self.arn
