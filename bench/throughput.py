@@ -22,11 +22,19 @@ What it measures
          the spans, so the cost is creating, ending and queueing one span per invocation (no I/O); each run checks
          every invocation's span reached the exporter.
     (b+all) (b) with both.
+    The count+sum job of issue 18 (`--variants a-sum,b-sum,c-sum`, best with `--records 1000000 --batch-size 10000`):
+    each value is decoded and a count and a sum of its `amount` are kept per `user` (1,000 users), the same code in
+    every variant; each run checks the counts add up to the records and the sum to the expected total.
+    (a+sum) plain aiokafka: `getmany` + `orjson.loads` of each value + count+sum + `commit()` after each fetch;
+    (b+sum) streamfn, native handler `async def job(records)` (values decoded as JSON into Records);
+    (c+sum) streamfn, Lambda-style sync handler `def job(event, context)`: base64 + orjson.loads in the handler;
+    (c'+sum) the same as an `async def` (extra, no target).
     Telemetry is off in every other variant: (b) against the code before observability is "off costs nothing".
 
     The variants run interleaved (a, b, c, c', a, b, c, c', ...) `--repeats` times, because the machine is small and
-    noisy; the table shows every run, the median records/s, and the ratio of medians against (a).
-    Targets: (b)/(a) >= 0.8 and (c)/(a) >= 0.5.
+    noisy; the table shows every run, the median records/s, and the ratio of medians against (a) and against the
+    variant's own baseline (the count+sum variants': (a+sum)).
+    Targets: (b)/(a) >= 0.8 and (c)/(a) >= 0.5; (b+sum)/(a+sum) >= 0.8 and (c+sum)/(a+sum) >= 0.6.
 
 How it times
     The clock starts when the first record is received: for (a) when the first non-empty `getmany` returns, for
@@ -40,6 +48,8 @@ How it times
 
 Run from the repository root:  python bench/throughput.py [--records N] [--repeats N] [--batch-size N] [--window S]
                                [--variants a,b,c,c-async] [-v]
+       The count+sum job:       python bench/throughput.py --variants a-sum,b-sum,c-sum --records 1000000 \
+                                   --batch-size 10000
        Observability:           python bench/throughput.py --variants a,b,b-metrics,b-traces,b-all --repeats 5
 """
 
@@ -47,10 +57,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import functools
 import gc
 import statistics
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +99,9 @@ class Variant:
     key: str
     label: str
     target: float | None
-    """Minimum ratio of this variant's median records/s to (a)'s, if it has one."""
+    """Minimum ratio of this variant's median records/s to its baseline's, if it has one."""
+    baseline: str = "a"
+    """The variant its ratio and target are against."""
 
 
 VARIANTS = {
@@ -104,6 +118,10 @@ VARIANTS = {
         Variant("b-metrics", "(b+metrics) native no-op, metrics on, scraped 1/s", None),
         Variant("b-traces", "(b+traces) native no-op, tracing on, spans dropped", None),
         Variant("b-all", "(b+all) native no-op, metrics and tracing on", None),
+        Variant("a-sum", "(a+sum) aiokafka getmany+orjson+count/sum+commit", None, "a-sum"),
+        Variant("b-sum", "(b+sum) native count+sum: async def job(records)", 0.8, "a-sum"),
+        Variant("c-sum", "(c+sum) Lambda-style count+sum: def job(event, ctx)", 0.6, "a-sum"),
+        Variant("c-sum-async", "(c'+sum) Lambda-style count+sum: async def (extra)", None, "a-sum"),
     )
 }
 
@@ -136,6 +154,7 @@ class Settings:
     batch_size: int
     window: float
     run_timeout: float
+    value_bytes: int
 
 
 # --- process memory --------------------------------------------------------------------------------------------
@@ -191,6 +210,46 @@ def spread(records: int, value_bytes: int) -> Iterator[harness.ToProduce]:
     """`records` unkeyed records spread evenly over the partitions: record i goes to partition i % PARTITIONS."""
     for i in range(records):
         yield None, make_value(i, value_bytes), i % PARTITIONS
+
+
+# --- the count+sum job ------------------------------------------------------------------------------------------
+
+
+Totals = dict[str, list[float]]
+"""Per user: [count, sum of amount]."""
+
+
+def tally(totals: Totals, values: Iterable[dict[str, Any]]) -> None:
+    """The count+sum job, the same for every variant: count each decoded value and add its amount, per user."""
+    for value in values:
+        entry = totals.get(value["user"])
+        if entry is None:
+            totals[value["user"]] = [1, value["amount"]]
+        else:
+            entry[0] += 1
+            entry[1] += value["amount"]
+
+
+def lambda_values(event: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """What a Lambda-style handler does with its event to get the values: base64, then JSON."""
+    loads, b64decode = orjson.loads, base64.b64decode
+    for items in event["records"].values():
+        for item in items:
+            yield loads(b64decode(item["value"]))
+
+
+@functools.cache
+def expected_sum(records: int, value_bytes: int) -> float:
+    return float(sum(orjson.loads(make_value(i, value_bytes))["amount"] for i in range(records)))
+
+
+def check_totals(totals: Totals, records: int, value_bytes: int) -> None:
+    """Raise unless the job counted every record once and summed every amount."""
+    count = sum(entry[0] for entry in totals.values())
+    total = sum(entry[1] for entry in totals.values())
+    expected = expected_sum(records, value_bytes)
+    if count != records or abs(total - expected) > 1e-6 * max(1.0, expected):
+        raise RuntimeError(f"count+sum counted {count} records (of {records}), sum {total} (expected {expected})")
 
 
 # --- telemetry -------------------------------------------------------------------------------------------------
@@ -271,7 +330,9 @@ Timing = tuple[harness.Mark, harness.Mark, int]
 """(clock start, clock end, records received when the clock started)."""
 
 
-async def run_plain(settings: Settings, group: str, decode: bool, produce: bool) -> Timing:
+async def run_plain(
+    settings: Settings, group: str, decode: bool, produce: bool, totals: Totals | None = None
+) -> Timing:
     """(a): count records from getmany, commit after each non-empty fetch; (a') also decodes each value.
 
     (a') is the same work a native handler's records need (streamfn decodes values before the handler runs, so
@@ -308,6 +369,8 @@ async def run_plain(settings: Settings, group: str, decode: bool, produce: bool)
                 count += len(records)
                 if producer is not None:
                     sent.extend(await send_again(producer, f"{group}-out", tp.partition, records))
+                elif totals is not None:
+                    tally(totals, (orjson.loads(record.value) for record in records))
                 elif decode:
                     for record in records:
                         orjson.loads(record.value)
@@ -340,7 +403,7 @@ async def send_again(
     return sent
 
 
-async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
+async def run_streamfn(settings: Settings, group: str, style: str, totals: Totals) -> Timing:
     """(b), (c), (c') and the rest: a streamfn worker with a no-op handler (or the variant's); the clock starts at
     the first handler call."""
     # (clock mark, records polled so far) at the first handler call; list.append is thread-safe (sync handlers)
@@ -363,12 +426,27 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
     async def lambda_async_noop(event: dict[str, Any], context: LambdaContext) -> None:
         first_call()
 
+    async def native_sum(records: list[Record]) -> None:
+        first_call()
+        tally(totals, (r.value for r in records))
+
+    def lambda_sum(event: dict[str, Any], context: LambdaContext) -> None:
+        first_call()
+        tally(totals, lambda_values(event))
+
+    async def lambda_async_sum(event: dict[str, Any], context: LambdaContext) -> None:
+        first_call()
+        tally(totals, lambda_values(event))
+
     handlers: dict[str, Callable[..., Any]] = {
         "b": native_noop,
         "c": lambda_noop,
         "c-async": lambda_async_noop,
         "b-out": native_forward,
         "b-3f": native_noop,
+        "b-sum": native_sum,
+        "c-sum": lambda_sum,
+        "c-sum-async": lambda_async_sum,
         **dict.fromkeys(OBSERVED, native_noop),
     }
     outputs = [KafkaTopic(f"{group}-out")] if style == "b-out" else []
@@ -405,13 +483,20 @@ async def run_streamfn(settings: Settings, group: str, style: str) -> Timing:
 async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
     gc.collect()
     group = harness.unique_name(variant, run)
+    totals: Totals = {}
     async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
-        if variant in ("a", "a-json", "a-out"):
+        if variant in ("a", "a-json", "a-out", "a-sum"):
             first, end, first_fetch = await run_plain(
-                settings, group, decode=variant == "a-json", produce=variant == "a-out"
+                settings,
+                group,
+                decode=variant == "a-json",
+                produce=variant == "a-out",
+                totals=totals if variant == "a-sum" else None,
             )
         else:
-            first, end, first_fetch = await run_streamfn(settings, group, variant)
+            first, end, first_fetch = await run_streamfn(settings, group, variant, totals)
+    if variant.endswith(("-sum", "-sum-async")):
+        check_totals(totals, settings.records, settings.value_bytes)
     return RunResult(settings.records, end.wall - first.wall, end.cpu - first.cpu, rss.peak_kib, first_fetch)
 
 
@@ -466,6 +551,7 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
     harness.add_rate_columns(table)
     table.add_column("vs (a)", justify="right")
     table.add_column("vs (a')", justify="right")
+    table.add_column("vs baseline", justify="right")
     table.add_column("target", justify="right")
     table.add_column("CPU %", justify="right")
     table.add_column("1st fetch", justify="right")
@@ -474,24 +560,28 @@ def print_table(console: Console, settings: Settings, variants: list[str], resul
         runs = results[key]
         variant = VARIANTS[key]
         if not runs:
-            table.add_row(variant.label, "failed", "-", "-", "-", "-", "-", "-", "-", "-")
+            table.add_row(variant.label, "failed", "-", "-", "-", "-", "-", "-", "-", "-", "-")
             continue
         median = medians[key]
         ratio = median / baseline if baseline else None
         decoding = medians.get("a-json")
         ratio_decoding = f"{median / decoding:.2f}" if decoding else "-"
+        own = medians.get(variant.baseline)
+        own_ratio = median / own if own else None
+        own_cell = "-" if own_ratio is None else f"{own_ratio:.2f} of {VARIANTS[variant.baseline].label.split()[0]}"
         if variant.target is None:
             target = "-"
-        elif ratio is None:
+        elif own_ratio is None:
             target = f">= {variant.target:.1f}"
         else:
-            met = ratio >= variant.target
+            met = own_ratio >= variant.target
             target = f"[green]>= {variant.target:.1f} ok[/]" if met else f"[red]>= {variant.target:.1f} MISS[/]"
         table.add_row(
             variant.label,
             *harness.rate_cells(runs, median),
             "-" if ratio is None else f"{ratio:.2f}",
             ratio_decoding,
+            own_cell,
             target,
             harness.cpu_cell(runs),
             f"{statistics.median(r.first_fetch for r in runs):,.0f}",
@@ -511,6 +601,7 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
         batch_size=args.batch_size,
         window=args.window,
         run_timeout=args.run_timeout,
+        value_bytes=args.value_bytes,
     )
     to_produce = spread(settings.records, args.value_bytes)
     produce_seconds = await harness.prefill(servers, settings.topic, PARTITIONS, to_produce)

@@ -453,9 +453,22 @@ class FunctionRunner:
         value_of = self._with_predecoded(predecoded) if predecoded else None
         decode_key = self._decode_key
         if decode_key is None:
-            try:  # the common case, in one pass
+            try:  # the common case, in one pass; `_record` inlined (a call per record costs a fifth of a Record)
+                kinds = TIMESTAMP_TYPES
                 if value_of is None:
-                    return [_record(r, decode(r.value), r.key) for r in records], []
+                    return [
+                        Record(
+                            r.topic,
+                            r.partition,
+                            r.offset,
+                            r.timestamp,
+                            r.key,
+                            decode(r.value),
+                            r.headers,
+                            kinds[r.timestamp_type],
+                        )
+                        for r in records
+                    ], []
                 return [_record(r, value_of(r), r.key) for r in records], []
             except Exception:
                 pass

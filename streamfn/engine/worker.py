@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from streamfn.app import App
 from streamfn.engine.chain import Chains
+from streamfn.engine.collector import collecting_for_worker
 from streamfn.engine.poller import CONNECT_TIMEOUT_SECONDS, Poller
 from streamfn.engine.supervision import EngineFailure, Supervisor
 from streamfn.engine.watchdog import LoopWatchdog
@@ -83,6 +84,10 @@ class Worker:
 
     async def run(self, *, until_idle: float | None = None, handle_signals: bool = True) -> list[FunctionSummary]:
         """Run until stopped (by a signal, `stop()`, or `until_idle` seconds with everything caught up)."""
+        with collecting_for_worker():  # the collector's cost per record (streamfn/engine/collector.py)
+            return await self._run(until_idle, handle_signals)
+
+    async def _run(self, until_idle: float | None, handle_signals: bool) -> list[FunctionSummary]:
         if handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
