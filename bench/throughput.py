@@ -26,6 +26,8 @@ What it measures
     each value is decoded and a count and a sum of its `amount` are kept per `user` (1,000 users), the same code in
     every variant; each run checks the counts add up to the records and the sum to the expected total.
     (a+sum) plain aiokafka: `getmany` + `orjson.loads` of each value + count+sum + `commit()` after each fetch;
+    (a+sum+gc) the same loop under the garbage collector settings a streamfn worker runs with
+         (streamfn/engine/collector.py): what of the difference is the collector, and what the engine;
     (b+sum) streamfn, native handler `async def job(records)` (values decoded as JSON into Records);
     (c+sum) streamfn, Lambda-style sync handler `def job(event, context)`: base64 + orjson.loads in the handler;
     (c'+sum) the same as an `async def` (extra, no target).
@@ -82,6 +84,7 @@ from rich.table import Table
 from streamfn import Record
 from streamfn.connectors.kafka import KafkaTopic
 from streamfn.context import LambdaContext
+from streamfn.engine.collector import collecting_for_worker
 from streamfn.observability.stats import Counts
 from streamfn.observability.telemetry import Telemetry
 
@@ -119,6 +122,7 @@ VARIANTS = {
         Variant("b-traces", "(b+traces) native no-op, tracing on, spans dropped", None),
         Variant("b-all", "(b+all) native no-op, metrics and tracing on", None),
         Variant("a-sum", "(a+sum) aiokafka getmany+orjson+count/sum+commit", None, "a-sum"),
+        Variant("a-sum-gc", "(a+sum+gc) the same, under the worker's collector settings", None, "a-sum"),
         Variant("b-sum", "(b+sum) native count+sum: async def job(records)", 0.8, "a-sum"),
         Variant("c-sum", "(c+sum) Lambda-style count+sum: def job(event, ctx)", 0.6, "a-sum"),
         Variant("c-sum-async", "(c'+sum) Lambda-style count+sum: async def (extra)", None, "a-sum"),
@@ -206,10 +210,10 @@ def make_value(i: int, size: int) -> bytes:
     return orjson.dumps(value)
 
 
-def spread(records: int, value_bytes: int) -> Iterator[harness.ToProduce]:
-    """`records` unkeyed records spread evenly over the partitions: record i goes to partition i % PARTITIONS."""
+def spread(records: int, value_bytes: int, partitions: int = PARTITIONS) -> Iterator[harness.ToProduce]:
+    """`records` unkeyed records spread evenly over the partitions: record i goes to partition i % partitions."""
     for i in range(records):
-        yield None, make_value(i, value_bytes), i % PARTITIONS
+        yield None, make_value(i, value_bytes), i % partitions
 
 
 # --- the count+sum job ------------------------------------------------------------------------------------------
@@ -485,17 +489,18 @@ async def run_variant(settings: Settings, variant: str, run: int) -> RunResult:
     group = harness.unique_name(variant, run)
     totals: Totals = {}
     async with RssSampler() as rss, asyncio.timeout(settings.run_timeout):
-        if variant in ("a", "a-json", "a-out", "a-sum"):
-            first, end, first_fetch = await run_plain(
-                settings,
-                group,
-                decode=variant == "a-json",
-                produce=variant == "a-out",
-                totals=totals if variant == "a-sum" else None,
-            )
+        if variant in ("a", "a-json", "a-out", "a-sum", "a-sum-gc"):
+            with collecting_for_worker() if variant == "a-sum-gc" else nullcontext():
+                first, end, first_fetch = await run_plain(
+                    settings,
+                    group,
+                    decode=variant == "a-json",
+                    produce=variant == "a-out",
+                    totals=totals if variant.startswith("a-sum") else None,
+                )
         else:
             first, end, first_fetch = await run_streamfn(settings, group, variant, totals)
-    if variant.endswith(("-sum", "-sum-async")):
+    if "-sum" in variant:
         check_totals(totals, settings.records, settings.value_bytes)
     return RunResult(settings.records, end.wall - first.wall, end.cpu - first.cpu, rss.peak_kib, first_fetch)
 
