@@ -6,17 +6,22 @@ What it measures
     i % partitions): `--records` of the small values, `--large-records` of the large ones. Then the count+sum job of
     bench/throughput.py reads the whole topic with a fresh consumer group, as
       plain  a plain aiokafka loop (getmany + orjson.loads + count+sum + commit after each fetch: throughput's (a+sum)),
+             under CPython's default garbage collector settings, and (plain+gc) under a streamfn worker's,
       native streamfn's native handler `async def job(records)` at each batch size (`--batch-sizes`, default 10, 100,
              1,000 and 10,000; window 0),
       lambda streamfn's Lambda-style handler `def job(event, context)` (base64 + orjson in the handler) at each size,
     `--repeats` times each, interleaved, every run checked for a complete count and sum.
 
-    The figure is this process's CPU time (all threads: the client, the engine, the handler) over the timed window
-    (bench/throughput.py's: first record received to the commit covering the last one) divided by the records, in
-    µs; the broker runs in another process. "own" is streamfn's minus the plain loop's, on the same topic: what the
-    framework adds per record (the handler's work is the same code in both, except that the Lambda-style one also
-    decodes base64). Batches are never larger than what a partition has buffered (64 partitions of a 200,000-record
-    topic hold 3,125 records each) nor than Lambda's 6 MB payload (about 450 records of 10 KB).
+    The figure is this process's CPU time (all threads: the client, the engine, the handler) from the moment the
+    partitions are assigned (so every fetch counts, the first one too) to the commit covering the last record,
+    divided by the records, in µs; the broker runs in another process. "own" is streamfn's minus plain+gc's, on the
+    same topic: what the framework adds per record (the handler's work is the same code in both, except that the
+    Lambda-style one also decodes base64). Batches are never larger than what a partition has buffered (64
+    partitions of a 200,000-record topic hold 3,125 records each) nor than Lambda's 6 MB payload (about 450 records
+    of 10 KB).
+
+    A second table measures alone (no broker) what a Lambda-style invocation costs per record: the event streamfn
+    builds (KafkaEvent), and the handler's base64 and JSON decoding of each value.
 
 Run from the repository root:  python bench/cost.py [--records N] [--large-records N] [--batch-sizes 10,100,...]
                                [--partitions 4,64] [--value-bytes 100,10240] [--repeats N] [-v]
@@ -25,16 +30,29 @@ Run from the repository root:  python bench/cost.py [--records N] [--large-recor
 from __future__ import annotations
 
 import argparse
+import base64
+import gc
 import statistics
 import sys
+import timeit
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import harness
+import orjson
 import throughput
+from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
 
+from streamfn.connectors.kafka.event import KafkaEvent
+from streamfn.record import Partition
+
 STYLES = {"native": "b-sum", "lambda": "c-sum"}
+PLAIN = {"plain": "a-sum", "plain+gc": "a-sum-gc"}
+"""The plain loop under CPython's default collector settings, and under a streamfn worker's."""
+MICRO_RECORDS = 1000
+MICRO_REPEATS = 50
 """streamfn's handler styles, as bench/throughput.py's variants of the count+sum job."""
 
 
@@ -47,7 +65,7 @@ class Topic:
 
 
 Key = tuple[Topic, str, int]
-"""(topic, plain | native | lambda, batch size; 0 for the plain loop)."""
+"""(topic, plain | plain+gc | native | lambda, batch size; 0 for the plain loops)."""
 
 
 def cpu_us(runs: list[throughput.RunResult]) -> float:
@@ -64,23 +82,25 @@ async def run_one(servers: str, key: Key, run: int, run_timeout: float) -> throu
         window=0.0,
         run_timeout=run_timeout,
         value_bytes=topic.value_bytes,
+        from_assignment=True,
     )
-    return await throughput.run_variant(settings, "a-sum" if style == "plain" else STYLES[style], run)
+    return await throughput.run_variant(settings, PLAIN.get(style) or STYLES[style], run)
 
 
 def print_table(console: Console, args: argparse.Namespace, results: dict[Key, list[throughput.RunResult]]) -> None:
     table = Table(
         title="CPU µs per record (this process: client, engine and handler; median of runs)",
-        caption="own = streamfn - plain on the same topic: what the framework adds per record. Every run counted and "
-        "summed every record.",
+        caption="plain: the aiokafka loop under CPython's default collector settings; plain+gc: under a streamfn "
+        "worker's (streamfn/engine/collector.py). own = streamfn - plain+gc on the same topic: what the framework adds "
+        "per record (for lambda, with the handler's base64 decoding, which the plain loop does not do; see the table "
+        "below). Every run counted and summed every record.",
         caption_justify="left",
     )
-    for column in ("partitions", "value", "records", "batch size", "plain", "native", "own", "lambda", "own"):
+    columns = ("partitions", "value", "records", "batch size", "plain", "plain+gc", "native", "own", "lambda", "own")
+    for column in columns:
         table.add_column(column, justify="right")
-    topics = list(dict.fromkeys(key[0] for key in results))
-    for topic in topics:
-        plain_runs = results.get((topic, "plain", 0), [])
-        plain = cpu_us(plain_runs) if plain_runs else None
+    for topic in dict.fromkeys(key[0] for key in results):
+        plain = {name: cpu_us(runs) for name in PLAIN if (runs := results.get((topic, name, 0)))}
         for batch_size in args.batch_sizes:
             cells = []
             for style in STYLES:
@@ -89,16 +109,60 @@ def print_table(console: Console, args: argparse.Namespace, results: dict[Key, l
                     cells += ["failed", "-"]
                     continue
                 us = cpu_us(runs)
-                cells += [f"{us:.2f}", "-" if plain is None else f"{us - plain:+.2f}"]
+                own = plain.get("plain+gc")
+                cells += [f"{us:.2f}", "-" if own is None else f"{us - own:+.2f}"]
             table.add_row(
                 str(topic.partitions),
                 f"{topic.value_bytes:,} B",
                 f"{topic.records:,}",
                 f"{batch_size:,}",
-                "-" if plain is None else f"{plain:.2f}",
+                *(f"{plain[name]:.2f}" if name in plain else "-" for name in PLAIN),
                 *cells,
             )
     console.print(table)
+
+
+def print_micro(console: Console, sizes: list[int]) -> None:
+    """What a Lambda-style invocation costs per record, measured alone (no broker, collector off): the event
+    streamfn builds, and what a handler then does to read a value."""
+    table = Table(
+        title=f"Per record, measured alone (best of {MICRO_REPEATS} x {MICRO_RECORDS:,} records, collector off)",
+        caption="event: KafkaEvent (connectors/kafka/event.py) over a batch, the Lambda event streamfn builds; "
+        "b64decode and orjson.loads: what a Lambda-style handler then does per value (a native handler gets the "
+        "value decoded by the engine, orjson.loads).",
+        caption_justify="left",
+    )
+    for column in ("value", "event µs", "base64.b64decode µs", "orjson.loads µs"):
+        table.add_column(column, justify="right")
+    for size in sizes:
+        table.add_row(f"{size:,} B", *(f"{us:.2f}" for us in micro_row(size)))
+    console.print(table)
+
+
+def micro_row(size: int) -> list[float]:
+    """µs per record of values of `size` bytes: the event, base64.b64decode, orjson.loads."""
+    values = [throughput.make_value(i, size) for i in range(MICRO_RECORDS)]
+    records = [
+        ConsumerRecord("topic", 0, i, 1_700_000_000_000 + i, 0, None, v, None, -1, len(v), ())
+        for i, v in enumerate(values)
+    ]
+    event = KafkaEvent("localhost:9092")
+    partition = Partition("topic", 0)
+    encoded = [item["value"] for item in event(partition, records)["records"]["topic-0"]]
+    return [
+        best_us(lambda: event(partition, records)),
+        best_us(lambda: [base64.b64decode(text) for text in encoded]),
+        best_us(lambda: [orjson.loads(value) for value in values]),
+    ]
+
+
+def best_us(work: Callable[[], object]) -> float:
+    """µs per record of `work` over MICRO_RECORDS records, the best of MICRO_REPEATS, with the collector off."""
+    gc.disable()
+    try:
+        return 1e6 * min(timeit.repeat(work, number=1, repeat=MICRO_REPEATS)) / MICRO_RECORDS
+    finally:
+        gc.enable()
 
 
 async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
@@ -116,7 +180,7 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
     harness.print_config(console, servers, lines, packages=("orjson",))
     keys: list[Key] = []
     for topic in topics:
-        keys.append((topic, "plain", 0))
+        keys += [(topic, name, 0) for name in PLAIN]
         keys += [(topic, style, batch_size) for batch_size in args.batch_sizes for style in STYLES]
 
     def label(key: Key) -> str:
@@ -134,6 +198,7 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
         console, keys, args.repeats, run, label, report if args.verbose else None
     )
     print_table(console, args, results)
+    print_micro(console, args.value_bytes)
     return 1 if failures else 0
 
 
