@@ -341,12 +341,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """moto's endpoint, with dummy credentials and region in the environment (as the AWS chain reads them), and
     caught-up Kinesis shards polled every 0.1 s instead of Lambda's 1 s, to keep tests fast."""
-    from streamfn.connectors.kinesis import reader
+    from streamfn.connectors.kinesis.api import KinesisApi
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setattr(reader, "POLL_INTERVAL_SECONDS", 0.1)
+    monkeypatch.setattr(KinesisApi, "poll_interval", 0.1)
     return moto_endpoint
 
 

@@ -24,11 +24,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from streamfn.capabilities import Produced, Refill
 from streamfn.config import check_starting_timestamp, http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kinesis.api import KinesisApi
 from streamfn.connectors.kinesis.dialect import KinesisDialect
-from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.shards import AwsAccess, default_table_name
 from streamfn.connectors.shards.aws import check_credentials
 from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
+from streamfn.connectors.shards.reader import ShardReader
 from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.errors import ConfigError
 from streamfn.failures.model import Destination
@@ -137,16 +138,16 @@ class KinesisSource(TopicFormat):
         """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
         return stream_access(self)
 
-    def reader(self, *, group_id: str) -> KinesisReader:
+    def reader(self, *, group_id: str) -> ShardReader:
         value, key = self.codecs()
-        return KinesisReader(
-            self.stream_name,
-            self.access(),
+        access = self.access()
+        return ShardReader(
+            KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp),
+            access,
             lease_table=group_id,
             value_codec=value,
             key_codec=key,
             starting_position=self.starting_position,
-            starting_timestamp=self.starting_position_timestamp,
             lease_duration=self.lease_duration_seconds,
         )
 

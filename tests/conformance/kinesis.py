@@ -20,8 +20,8 @@ import orjson
 
 from conformance.harness import Letter, Put
 from streamfn.connectors.kinesis import KinesisSource
-from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.memory import MemoryDestination
+from streamfn.connectors.shards.reader import ShardReader
 
 REGION = "us-east-1"
 LEASE_DURATION_SECONDS = 1.0
@@ -32,13 +32,13 @@ _streams = itertools.count()
 class HarnessKinesisSource(KinesisSource):
     """A KinesisSource that keeps its readers, so that the harness can ask them what they were refused."""
 
-    def reader(self, *, group_id: str) -> KinesisReader:
+    def reader(self, *, group_id: str) -> ShardReader:
         made = super().reader(group_id=group_id)
         READERS.setdefault(group_id, []).append(made)
         return made
 
 
-READERS: dict[str, list[KinesisReader]] = {}
+READERS: dict[str, list[ShardReader]] = {}
 
 
 @dataclass
