@@ -38,13 +38,6 @@ def kinesis_record(stream: str, shard: str, item: dict[str, Any]) -> RawRecord:
     )
 
 
-def listed_shard(shard: dict[str, Any]) -> Shard:
-    """A shard as ListShards (Kinesis) or DescribeStream (both services) describes it: its parents, and closed
-    when its sequence number range has an end."""
-    parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
-    return Shard(shard["ShardId"], parents, "EndingSequenceNumber" in shard.get("SequenceNumberRange", {}))
-
-
 class KinesisApi:
     """One Kinesis data stream, for one ShardReader."""
 
@@ -90,7 +83,7 @@ class KinesisApi:
         arguments: dict[str, Any] = {"StreamName": self.topic}
         for _ in range(MAX_LISTING_PAGES):
             page = await self.client.list_shards(**arguments)
-            listed += [listed_shard(shard) for shard in page.get("Shards", [])]
+            listed += [Shard.described(shard) for shard in page.get("Shards", [])]
             token = page.get("NextToken")
             if not token:
                 break

@@ -34,6 +34,13 @@ class Shard:
     parents: tuple[str, ...] = ()
     closed: bool = False
 
+    @classmethod
+    def described(cls, shard: dict[str, Any]) -> Shard:
+        """A shard as AWS describes it (Kinesis ListShards, DescribeStream of both services): its parents, and
+        closed when its sequence number range has an end."""
+        parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
+        return cls(shard["ShardId"], parents, "EndingSequenceNumber" in shard.get("SequenceNumberRange", {}))
+
 
 @dataclass(frozen=True)
 class Lease:
