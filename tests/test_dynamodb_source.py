@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import itertools
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import orjson
 import pytest
 from conftest import run_worker, wait_for
+from ddb_streams_double import StreamsDouble
 
 from streamfn import App, Record
 from streamfn.connectors.dynamodb import DynamoDBStreamSource
 from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi
+from streamfn.connectors.shards import reader as shard_reader
 from streamfn.connectors.shards.reader import Page
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError, Unreachable
@@ -82,6 +87,14 @@ class Table:
         except self.dynamodb.exceptions.ResourceNotFoundException:
             return {}
         return {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in items}
+
+    def owners(self) -> dict[str, str | None]:
+        """The lease table's owner per shard ({} before the table exists)."""
+        try:
+            items = self.dynamodb.scan(TableName=self.leases, ConsistentRead=True)["Items"]
+        except self.dynamodb.exceptions.ResourceNotFoundException:
+            return {}
+        return {item["leaseKey"]["S"]: item.get("leaseOwner", {}).get("S") for item in items}
 
     def last_sequences(self) -> dict[str, str]:
         """Per shard, the sequence number of its last record: what the lease table holds once all are handled."""
@@ -320,3 +333,163 @@ def test_the_region_comes_from_the_stream_arn_and_destinations_from_sqs_arns() -
     with pytest.raises(ConfigError) as raised:
         source.destination("kafka://dlq")
     assert str(raised.value).startswith("allowed for a DynamoDB Streams source: arn:aws:sqs:<region>:<account>:<queue>")
+
+
+# --- shards that roll over: the DynamoDB Streams double (tests/ddb_streams_double.py); tables and leases on moto ----
+
+
+class RollingTable:
+    """A moto table whose stream is the double's: `shards` open shards to begin with, changes put by the test."""
+
+    def __init__(self, table: Table, double: StreamsDouble, shards: int) -> None:
+        self.table, self.double = table, double
+        self.shards = double.create(table.arn, table.name, shards=shards)
+        self.counts: dict[str, int] = collections.Counter()
+        self.ends: dict[str, str] = {}
+        """Per shard, the checkpoint once every record is handled: its last sequence number, or SHARD_END."""
+
+    def source(self, **kw: Any) -> DynamoDBStreamSource:
+        """Reached through the AWS chain's variables (the double's streams, moto's tables), as a user would."""
+        return DynamoDBStreamSource(table=self.table.name, region_name=REGION, lease_table=self.table.leases, **kw)
+
+    def change(self, keys: Iterable[str]) -> None:
+        """A change of each item: its n-th (INSERT first, then MODIFY) with NewImage {n}."""
+        for key in keys:
+            n = self.counts[key]
+            self.counts[key] += 1
+            item = {"pk": {"S": key}, "sk": {"N": "1"}}
+            shard, sequence = self.double.put(
+                self.table.arn, item, "MODIFY" if n else "INSERT", new_image=item | {"n": {"N": str(n)}}
+            )
+            self.ends[shard] = str(sequence)
+
+    def roll(self) -> None:
+        for parent in self.double.roll(self.table.arn):
+            self.ends[parent] = "SHARD_END"
+
+
+@pytest.fixture
+def rolling(table: Callable[..., Table], ddb_streams: StreamsDouble) -> Callable[[int], RollingTable]:
+    return lambda shards: RollingTable(table(), ddb_streams, shards)
+
+
+@dataclass(frozen=True)
+class Seen:
+    shard: str
+    key: str
+    n: int
+    at: float
+
+
+def seen(records: list[Record]) -> list[Seen]:
+    now = time.monotonic()
+    return [
+        Seen(
+            str(r.partition),
+            r.value["dynamodb"]["Keys"]["pk"]["S"],
+            int(r.value["dynamodb"]["NewImage"]["n"]["N"]),
+            now,
+        )
+        for r in records
+    ]
+
+
+def in_lineage_order(handled: list[Seen], double: StreamsDouble, arn: str) -> list[str]:
+    """Children that began before their parent's last record was handled."""
+    parents = {
+        s["ShardId"]: s.get("ParentShardId")
+        for s in double.answer("DescribeStream", {"StreamArn": arn})["StreamDescription"]["Shards"]
+    }
+    first = {h.shard: h.at for h in reversed(handled)}
+    last = {h.shard: h.at for h in handled}
+    return [
+        child for child, parent in parents.items() if parent in last and child in first and first[child] < last[parent]
+    ]
+
+
+async def test_each_items_changes_are_handled_in_order_across_shard_rollovers(
+    rolling: Callable[[int], RollingTable],
+) -> None:
+    """Two shards roll over four times while items change and the worker reads: every change of each item is
+    handled once, in order; a child's first record only after its parent's last; the lease table ends with each
+    parent at SHARD_END and each open shard at its last sequence number."""
+    r = rolling(2)
+    keys = [f"item-{k}" for k in range(6)]
+    handled: list[Seen] = []
+    app = App("ddb")
+
+    @app.function(source=r.source(lease_duration_seconds=2), batch_size=7)
+    async def native(records: list[Record]) -> None:
+        handled.extend(seen(records))
+
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        for round_ in range(4):
+            r.change(keys * 5)
+            half = 30 * round_ + 15  # half of this round's changes: the roll comes while the worker reads on
+            await wait_for(lambda: len(handled) >= half, 20, "half of the round handled")  # noqa: B023
+            r.roll()
+        r.change(keys * 2)
+        await wait_for(lambda: r.table.checkpoints() == r.ends, 30, "every shard checkpointed at its end")
+    finally:
+        worker.stop()
+        await running
+    assert {key: [h.n for h in handled if h.key == key] for key in keys} == {key: list(range(22)) for key in keys}
+    assert in_lineage_order(handled, r.double, r.table.arn) == []
+    assert len(r.ends) == 10 and list(r.ends.values()).count("SHARD_END") == 8
+
+
+async def test_two_workers_share_the_shards_and_each_change_is_handled_once(
+    rolling: Callable[[int], RollingTable],
+) -> None:
+    """Two workers of one function on a four-shard stream: each holds two shards (the lease table says so), every
+    change is handled exactly once, and the shards that roll over meanwhile are read by whoever holds their lineage
+    once the parent ended."""
+    r = rolling(4)
+    keys = [f"item-{k}" for k in range(16)]
+    r.change(keys * 3)
+    handled: dict[str, list[Seen]] = {"a": [], "b": []}
+    workers = []
+    for name in handled:
+        app = App("ddb")
+
+        @app.function(source=r.source(lease_duration_seconds=2), batch_size=10)
+        async def native(records: list[Record], into: list[Seen] = handled[name]) -> None:
+            into.extend(seen(records))
+
+        workers.append(Worker(app))
+    running = [asyncio.create_task(w.run(handle_signals=False)) for w in workers]
+    try:
+        await wait_for(
+            lambda: sorted(collections.Counter(r.table.owners().values()).values()) == [2, 2], 30, "two shards each"
+        )
+        r.roll()
+        r.change(keys * 2)
+        await wait_for(lambda: r.table.checkpoints() == r.ends, 30, "every shard checkpointed at its end")
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*running)
+    everything = handled["a"] + handled["b"]
+    assert sorted((h.key, h.n) for h in everything) == sorted((key, n) for key in keys for n in range(5))
+    assert handled["a"] and handled["b"]
+    assert {h.shard for h in handled["a"]}.isdisjoint({h.shard for h in handled["b"]})
+
+
+async def test_throttled_get_records_are_backed_off_and_never_reach_the_handler(
+    rolling: Callable[[int], RollingTable], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_reader, "BACKOFF_BASE_SECONDS", 0.05)
+    r = rolling(1)
+    r.change(["a", "b", "c"])
+    r.double.throttle(4)
+    handled: list[Seen] = []
+    app = App("ddb")
+
+    @app.function(source=r.source())
+    async def native(records: list[Record]) -> None:
+        handled.extend(seen(records))
+
+    await run_worker(app, None, lambda: r.table.checkpoints() == r.ends, timeout=30)
+    assert [(h.key, h.n) for h in handled] == [("a", 0), ("b", 0), ("c", 0)]
