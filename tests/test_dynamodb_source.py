@@ -493,3 +493,45 @@ async def test_throttled_get_records_are_backed_off_and_never_reach_the_handler(
 
     await run_worker(app, None, lambda: r.table.checkpoints() == r.ends, timeout=30)
     assert [(h.key, h.n) for h in handled] == [("a", 0), ("b", 0), ("c", 0)]
+
+
+class Assignments:
+    """An AssignmentListener that notes what it is told (the engine's part, for a reader driven by hand)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[Partition, Any] = {}
+
+    async def assigned(self, offsets: dict[Partition, Any]) -> None:
+        self.offsets |= offsets
+
+    async def revoked(self, partitions: set[Partition]) -> None: ...
+
+    async def lost(self, partitions: set[Partition]) -> None: ...
+
+    async def ended(self, partition: Partition) -> None: ...
+
+
+async def test_the_lag_is_the_age_of_the_oldest_record_fetched_and_not_committed_and_0_when_caught_up(
+    table: Callable[..., Table],
+) -> None:
+    """DynamoDB Streams says nothing like Kinesis's MillisBehindLatest: IteratorAge is measured from the records."""
+    t = table("KEYS_ONLY")
+    change_an_item(t)
+    reader = t.source().reader(group_id=t.leases)
+    await reader.connect()
+    try:
+        await reader.start(Assignments())
+        fetched: dict[Partition, Any] = {}
+        deadline = time.monotonic() + 20
+        while not fetched and time.monotonic() < deadline:
+            fetched = dict(await reader.fetch(0.5))
+        [(partition, records)] = fetched.items()
+        oldest = records[0].timestamp
+        lag = reader.lag(partition, 0)
+        now = round(time.time() * 1000)
+        assert lag is not None and now - oldest - 1000 <= lag <= now - oldest
+        assert reader.lag(partition, records[-1].offset) == 0
+        await reader.commit({partition: records[-1].offset})
+        assert t.checkpoints() == {str(partition.partition): str(records[-1].offset)}
+    finally:
+        await reader.stop()
