@@ -31,6 +31,7 @@ from streamfn.connectors.shards.reader import Page
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError, Unreachable
 from streamfn.record import Partition
+from streamfn.source import ShardStatus
 
 REGION = "us-east-1"
 VIEW_TYPES = ("KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES")
@@ -535,3 +536,37 @@ async def test_the_lag_is_the_age_of_the_oldest_record_fetched_and_not_committed
         assert t.checkpoints() == {str(partition.partition): str(records[-1].offset)}
     finally:
         await reader.stop()
+
+
+async def test_status_shows_each_shards_lease_lineage_and_lag(rolling: Callable[[int], RollingTable]) -> None:
+    r = rolling(1)
+    [parent] = r.shards
+    r.change(["a", "b", "c"])
+    r.roll()
+    r.change(["a", "b"])
+    [child] = set(r.ends) - {parent}
+    source = r.source(lease_duration_seconds=2)
+
+    before = await source.status(group_id=r.table.leases, default_servers=None)
+    assert (before.state, before.members, before.connection.arn) == ("ENABLED", (), r.table.arn)
+    [first, second] = before.partitions
+    assert (first.partition, second.partition) == (Partition(r.table.name, parent), Partition(r.table.name, child))
+    assert (first.committed, first.shard) == (None, ShardStatus(None, (), (child,)))
+    assert (second.committed, second.shard) == (None, ShardStatus(None, (parent,), ()))
+    assert first.end is not None and second.end is None and first.lag >= 1 and second.lag >= 1
+
+    app = App("ddb")
+
+    @app.function(source=source)
+    async def native(records: list[Record]) -> None:
+        pass
+
+    await run_worker(app, None, lambda: r.table.checkpoints() == r.ends, timeout=30)
+    after = await source.status(group_id=r.table.leases, default_servers=None)
+    assert [(p.committed, p.lag) for p in after.partitions] == [("SHARD_END", 0), (int(r.ends[child]), 0)]
+
+
+async def test_status_of_a_table_without_a_stream_says_so(table: Callable[..., Table]) -> None:
+    t = table(None)
+    found = await t.source().status(group_id=t.leases, default_servers=None)
+    assert found.state.startswith("the table has no stream enabled; enable one") and found.partitions == ()

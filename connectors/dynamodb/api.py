@@ -121,6 +121,8 @@ class DynamoDBStreamsApi:
         self.description = named + (f" ({where})" if where else "")
         self.connection = TableStreamLocation(region=access.region_name or "")
         """Filled in by `connect` (the stream's ARN names its region)."""
+        self.state = ""
+        """The stream's status, from `connect`."""
         self.client: Any = None
         self._stack = AsyncExitStack()
 
@@ -129,13 +131,14 @@ class DynamoDBStreamsApi:
             self.client = await self._stack.enter_async_context(self.access.client("dynamodbstreams"))
         arn = self._stream_arn or await self._latest_stream()
         try:
-            await self.client.describe_stream(StreamArn=arn, Limit=1)
+            described = (await self.client.describe_stream(StreamArn=arn, Limit=1))["StreamDescription"]
         except ClientError as error:
             if error_code(error) == "ResourceNotFoundException":
                 raise Unreachable(f"{self.description}: no such stream {arn}") from None
             raise
         self.connection.arn = arn
         self.connection.region = arn.split(":")[3]
+        self.state = str(described.get("StreamStatus", ""))
 
     async def _latest_stream(self) -> str:
         """The table's LatestStreamArn (DescribeTable), if its stream is enabled."""
@@ -194,8 +197,8 @@ class DynamoDBStreamsApi:
             )
         return str(response["ShardIterator"])
 
-    async def records(self, shard: str, iterator: str) -> Page:
-        response = await self.client.get_records(ShardIterator=iterator, Limit=self.max_records)
+    async def records(self, shard: str, iterator: str, limit: int | None = None) -> Page:
+        response = await self.client.get_records(ShardIterator=iterator, Limit=limit or self.max_records)
         return Page(
             [stream_record(self.topic, shard, item) for item in response.get("Records", [])],
             response.get("NextShardIterator"),

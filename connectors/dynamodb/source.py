@@ -110,5 +110,12 @@ class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
         )
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        """Per shard: the lease's owner and checkpoint, lineage, lag (connectors/shards/status.py)."""
-        raise NotImplementedError
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
+        from streamfn.connectors.shards.status import shard_status  # only the command line asks
+
+        access = self.access()
+        api = DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn)
+        where = f"DynamoDB table {self.table_name}'s stream" + (
+            f" at {access.endpoint_url}" if access.endpoint_url else ""
+        )
+        return await shard_status(api, access, group_id, where)

@@ -64,6 +64,8 @@ class KinesisApi:
         self.description = f"Kinesis stream {stream}" + (f" ({where})" if where else "")
         self.connection = StreamLocation(region=access.region_name or "", account="", identity_arn="")
         """Filled in by `connect` (the stream's ARN names its account and region)."""
+        self.state = ""
+        """The stream's status, from `connect`."""
         self.client: Any = None
         self._stack = AsyncExitStack()
 
@@ -76,6 +78,7 @@ class KinesisApi:
         _, _, _, region, account, _ = summary["StreamARN"].split(":", 5)
         self.connection.region, self.connection.account = region, account
         self.connection.identity_arn = identity["Arn"]
+        self.state = str(summary["StreamStatus"])
 
     async def shards(self) -> list[Shard]:
         """The stream's shards now (ListShards, every page), with their parents."""
@@ -102,8 +105,8 @@ class KinesisApi:
         response = await self.client.get_shard_iterator(**arguments)
         return str(response["ShardIterator"])
 
-    async def records(self, shard: str, iterator: str) -> Page:
-        response = await self.client.get_records(ShardIterator=iterator, Limit=self.max_records)
+    async def records(self, shard: str, iterator: str, limit: int | None = None) -> Page:
+        response = await self.client.get_records(ShardIterator=iterator, Limit=limit or self.max_records)
         children = [
             Shard(child["ShardId"], tuple(child.get("ParentShards", ()))) for child in response.get("ChildShards", ())
         ]

@@ -134,12 +134,13 @@ class KinesisSource(TopicFormat, ShardSourceOptions):
         )
 
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/kinesis/status.py)."""
-        from streamfn.connectors.kinesis.status import stream_status  # only the command line asks
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
+        from streamfn.connectors.shards.status import shard_status  # only the command line asks
 
-        return await stream_status(
-            self.stream_name, self.access(), group_id, starting_timestamp=self.starting_position_timestamp
-        )
+        access = self.access()
+        where = f"Kinesis stream {self.stream_name}" + (f" at {access.endpoint_url}" if access.endpoint_url else "")
+        api = KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp)
+        return await shard_status(api, access, group_id, where)
 
     # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem, Refillable.
 

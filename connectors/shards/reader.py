@@ -76,6 +76,8 @@ class ShardApi(Protocol):
     """A short name for task names: "kinesis", "dynamodb"."""
     missing: str
     """What a ResourceNotFoundException at connect means: "no such stream"."""
+    state: str
+    """The stream's status as the service said it at `connect` (Kinesis: ACTIVE...; DynamoDB Streams: ENABLED...)."""
     connection: Any
     """The reader's `connection` (where the stream is, as the dialect names it), filled in by `connect`."""
     max_records: int
@@ -97,8 +99,8 @@ class ShardApi(Protocol):
     async def iterator(self, shard: str, after: int | None, start: str) -> str:
         """An iterator after sequence number `after`, else at `start` (TRIM_HORIZON, LATEST, AT_TIMESTAMP)."""
 
-    async def records(self, shard: str, iterator: str) -> Page:
-        """One GetRecords call (at most `max_records`)."""
+    async def records(self, shard: str, iterator: str, limit: int | None = None) -> Page:
+        """One GetRecords call (at most `limit`, by default `max_records`)."""
 
     async def close(self) -> None:
         """Close the client."""
