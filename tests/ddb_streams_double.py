@@ -13,9 +13,11 @@ What it models, as AWS documents it: shard ids of AWS's shape and length; sequen
 keep increasing across the stream; DescribeStream paged by Limit / ExclusiveStartShardId / LastEvaluatedShardId;
 iterators TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER; GetRecords' Limit (at most 1,000) and,
 on a closed shard read to its end, no NextShardIterator; ResourceNotFoundException for an unknown stream or shard;
+`trim`: the oldest records of a shard go, as the 24-hour retention trims them (TrimmedDataAccessException for an
+iterator asked before the trim point, or one that points at trimmed records);
 records as the API returns them (eventVersion "1.1", eventSource, awsRegion, ApproximateCreationDateTime in epoch
 seconds, SizeBytes); `throttle(n)`: the next n GetRecords answer LimitExceededException.
-What it does not: iterator expiry (15 minutes), the 24-hour trim (TrimmedDataAccessException), empty pages on an
+What it does not: iterator expiry (15 minutes), trimming by time (only on command), empty pages on an
 open shard that still has records, stream labels or view types changing, authentication (any signature passes),
 and it writes no change of its own: `put` says what happened to which item (no table behind it).
 Keys are routed to open shards by a hash of their Keys over "slots": a roll keeps each slot's lineage (a key's
@@ -54,6 +56,11 @@ class _Shard:
     start: int
     end: int | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    """What is left of the shard's records (the trimmed ones are gone)."""
+    trimmed: int = 0
+    """How many records were trimmed from its front: positions in iterators count them."""
+    trim_point: int = 0
+    """The sequence number of the last record trimmed."""
 
     def described(self) -> dict[str, Any]:
         ranges: dict[str, str] = {"StartingSequenceNumber": str(self.start)}
@@ -197,6 +204,14 @@ class StreamsDouble:
             stream.slots[stream.slots.index(shard)] = left
             return left, right
 
+    def trim(self, arn: str, shard: str, count: int) -> None:
+        """Trim the shard's `count` oldest records, as the 24-hour retention does."""
+        with self._lock:
+            target = self._streams[arn].shard(shard)
+            gone, target.records = target.records[:count], target.records[count:]
+            target.trimmed += len(gone)
+            target.trim_point = int(gone[-1]["dynamodb"]["SequenceNumber"])
+
     def throttle(self, times: int) -> None:
         """The next `times` GetRecords calls answer LimitExceededException."""
         with self._lock:
@@ -268,26 +283,32 @@ class StreamsDouble:
             index = len(sequences)
         elif kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
             wanted = int(request["SequenceNumber"])
+            at_or_after_trimmed = wanted < shard.trim_point or (wanted == shard.trim_point and kind.startswith("AT_"))
+            if shard.trimmed and at_or_after_trimmed:
+                raise ApiError("TrimmedDataAccessException", f"{wanted} is before the trim point of {shard.id}")
             index = next(
                 (i for i, s in enumerate(sequences) if s > wanted or (s == wanted and kind == "AT_SEQUENCE_NUMBER")),
                 len(sequences),
             )
         else:
             raise ApiError("ValidationException", f"unknown ShardIteratorType {kind}")
-        return {"ShardIterator": _token(stream.arn, shard.id, index)}
+        return {"ShardIterator": _token(stream.arn, shard.id, shard.trimmed + index)}
 
     def _get_records(self, request: dict[str, Any]) -> dict[str, Any]:
         if self._throttles:
             self._throttles -= 1
             raise ApiError("LimitExceededException", "Rate exceeded for stream")
-        arn, shard_id, index = orjson.loads(base64.b64decode(request["ShardIterator"]))
+        arn, shard_id, position = orjson.loads(base64.b64decode(request["ShardIterator"]))
         shard = self._stream(arn).shard(shard_id)
+        index = position - shard.trimmed
+        if index < 0:
+            raise ApiError("TrimmedDataAccessException", f"the iterator points at trimmed records of {shard_id}")
         limit = min(int(request.get("Limit", 1000)), 1000)
         records = shard.records[index : index + limit]
         answer: dict[str, Any] = {"Records": records}
         following = index + len(records)
         if shard.end is None or following < len(shard.records):
-            answer["NextShardIterator"] = _token(arn, shard_id, following)
+            answer["NextShardIterator"] = _token(arn, shard_id, shard.trimmed + following)
         return answer
 
 

@@ -570,3 +570,33 @@ async def test_status_of_a_table_without_a_stream_says_so(table: Callable[..., T
     t = table(None)
     found = await t.source().status(group_id=t.leases, default_servers=None)
     assert found.state.startswith("the table has no stream enabled; enable one") and found.partitions == ()
+
+
+async def test_records_trimmed_before_they_were_handled_are_skipped_with_a_warning_and_reading_goes_on(
+    rolling: Callable[[int], RollingTable], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint older than the stream's trim point (24 hours on AWS): GetShardIterator after it answers
+    TrimmedDataAccessException; the reader starts again at the oldest record left (TRIM_HORIZON), as Lambda does,
+    and says how far it was."""
+    r = rolling(1)
+    [shard] = r.shards
+    r.change(["a", "b"])
+    handled: list[Seen] = []
+    app = App("ddb")
+
+    @app.function(source=r.source())
+    async def native(records: list[Record]) -> None:
+        handled.extend(seen(records))
+
+    await run_worker(app, None, lambda: r.table.checkpoints() == r.ends, timeout=30)
+    checkpoint = int(r.ends[shard])
+    r.change(["c", "d", "e"])
+    r.double.trim(r.table.arn, shard, 4)  # a, b, and c, d: never handled
+    await run_worker(app, None, lambda: r.table.checkpoints() == r.ends, timeout=30)
+    assert [h.key for h in handled] == ["a", "b", "e"]
+    warnings = [m for m in caplog.messages if "trimmed" in m]
+    assert warnings == [
+        f"DynamoDB table {r.table.name} ({REGION}): shard {shard}: the records after sequence number {checkpoint} "
+        "were trimmed from the stream (past its 24-hour retention) before they were handled; reading on from the "
+        "oldest record left (TRIM_HORIZON)"
+    ]
