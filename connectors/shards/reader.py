@@ -85,6 +85,7 @@ class ShardApi(Protocol):
     poll_interval: float
     """How often a caught-up shard is polled (Lambda's base rate for the service)."""
     throttles: frozenset[str]
+    """Error codes that are throttles: backed off like any failed call, logged at INFO (expected under load)."""
     expired: frozenset[str]
     """Error codes after which a new iterator is taken after the last record fetched."""
     gone: frozenset[str]
@@ -136,6 +137,8 @@ class _Shard:
 
 
 class ShardReader:
+    """The SourceReader of a shard source: `api` reaches the stream, `access` the lease table (DynamoDB)."""
+
     def __init__(
         self,
         api: ShardApi,
