@@ -63,7 +63,8 @@ from rich.table import Table
 from streamfn import App, Record
 from streamfn.connectors.kafka.embedded import free_port
 from streamfn.connectors.kinesis import KinesisSource
-from streamfn.connectors.kinesis.reader import MAX_RECORDS_PER_CALL, KinesisReader
+from streamfn.connectors.kinesis.api import KinesisApi
+from streamfn.connectors.shards.reader import ShardReader
 from streamfn.context import LambdaContext
 from streamfn.engine.worker import Worker
 
@@ -183,7 +184,7 @@ async def run_plain(endpoint: str, stream: Stream) -> harness.TimedRun:
             while received < count:
                 if not started:
                     started.append(harness.now())
-                response = await kinesis.get_records(ShardIterator=iterator, Limit=MAX_RECORDS_PER_CALL)
+                response = await kinesis.get_records(ShardIterator=iterator, Limit=KinesisApi.max_records)
                 received += len(response["Records"])
                 iterator = response["NextShardIterator"]
             return received
@@ -202,20 +203,22 @@ STARTED: list[harness.Mark] = []
 class TimedSource(KinesisSource):
     """A KinesisSource whose readers note when their first GetRecords request leaves, in STARTED."""
 
-    def reader(self, *, group_id: str) -> KinesisReader:
+    def reader(self, *, group_id: str) -> ShardReader:
         made = super().reader(group_id=group_id)
         connect = made.connect
 
         async def connect_then_time() -> None:
             await connect()
-            real = made._kinesis.get_records
+            api = made.api
+            assert isinstance(api, KinesisApi)
+            real = api.client.get_records
 
             async def get_records(**arguments: Any) -> Any:
                 if not STARTED:
                     STARTED.append(harness.now())
                 return await real(**arguments)
 
-            made._kinesis.get_records = get_records
+            api.client.get_records = get_records
 
         made.connect = connect_then_time  # type: ignore[method-assign]
         return made
@@ -410,7 +413,7 @@ async def bench(args: argparse.Namespace, endpoint: str, console: Console) -> in
         console,
         "config",
         f"~{len(make_value(0, args.value_bytes))} B JSON values, batch_size={args.batch_size}, "
-        f"GetRecords Limit={MAX_RECORDS_PER_CALL}, repeats={args.repeats} (interleaved), "
+        f"GetRecords Limit={KinesisApi.max_records}, repeats={args.repeats} (interleaved), "
         f"variants={','.join(args.variants)}",
     )
     harness.print_line(console, "machine", f"{os.cpu_count()} CPUs, {harness.versions('aiobotocore', 'moto')}")

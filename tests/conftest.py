@@ -341,12 +341,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """moto's endpoint, with dummy credentials and region in the environment (as the AWS chain reads them), and
     caught-up Kinesis shards polled every 0.1 s instead of Lambda's 1 s, to keep tests fast."""
-    from streamfn.connectors.kinesis import reader
+    from streamfn.connectors.kinesis.api import KinesisApi
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setattr(reader, "POLL_INTERVAL_SECONDS", 0.1)
+    monkeypatch.setattr(KinesisApi, "poll_interval", 0.1)
     return moto_endpoint
 
 
@@ -391,3 +391,27 @@ def kinesalite(aws: str, kinesalite_endpoint: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesalite_endpoint)
     return kinesalite_endpoint
+
+
+# --- DynamoDB Streams (moto for tables; a test double for shards that roll over) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def ddb_streams_double_server() -> Iterator[Any]:
+    """The DynamoDB Streams double (tests/ddb_streams_double.py) for the session, started when a test asks for it."""
+    from ddb_streams_double import StreamsDouble
+
+    double = StreamsDouble()
+    try:
+        yield double
+    finally:
+        double.close()
+
+
+@pytest.fixture
+def ddb_streams(aws: str, ddb_streams_double_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """DynamoDB Streams on the double, everything else (tables, DescribeTable, the lease table) on moto, through
+    the AWS chain's endpoint variables as a user would set them: the double."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", ddb_streams_double_server.endpoint)
+    return ddb_streams_double_server

@@ -22,10 +22,10 @@ from conftest import read_topic, run_worker, wait_for
 
 from streamfn import App, Record
 from streamfn.connectors.kinesis import KinesisSource
-from streamfn.connectors.kinesis import reader as kinesis_reader
-from streamfn.connectors.kinesis.reader import KinesisReader
+from streamfn.connectors.kinesis.api import KinesisApi
 from streamfn.connectors.kinesis.source import DIALECT
 from streamfn.connectors.shards import AwsAccess, LeaseLost, LeaseTable
+from streamfn.connectors.shards import reader as shard_reader
 from streamfn.engine.worker import Worker
 from streamfn.errors import ConfigError, Unreachable
 from streamfn.failures.model import InvalidResponse, first_failed_index
@@ -251,11 +251,11 @@ GetRecords = Callable[..., Awaitable[dict[str, Any]]]
 def intercept_get_records(monkeypatch: pytest.MonkeyPatch, fault: Callable[[GetRecords, dict[str, Any]], Any]) -> None:
     """Route every GetRecords of the readers connected from now on through `fault(real_call, arguments)`: moto
     neither throttles nor ends a shard (its closed shards never return a null NextShardIterator)."""
-    connect = KinesisReader.connect
+    connect = KinesisApi.connect
 
-    async def connect_then_intercept(reader: KinesisReader) -> None:
-        await connect(reader)
-        real = reader._kinesis.get_records
+    async def connect_then_intercept(api: KinesisApi) -> None:
+        await connect(api)
+        real = api.client.get_records
         if getattr(real, "intercepted", False):
             return
 
@@ -263,9 +263,9 @@ def intercept_get_records(monkeypatch: pytest.MonkeyPatch, fault: Callable[[GetR
             return await fault(real, arguments)
 
         get_records.intercepted = True  # type: ignore[attr-defined]
-        reader._kinesis.get_records = get_records
+        api.client.get_records = get_records
 
-    monkeypatch.setattr(KinesisReader, "connect", connect_then_intercept)
+    monkeypatch.setattr(KinesisApi, "connect", connect_then_intercept)
 
 
 def iterator_shard(arguments: dict[str, Any]) -> tuple[str, int]:
@@ -289,7 +289,7 @@ async def test_throttling_is_backed_off_and_never_reaches_the_handler(
         return await real(**arguments)
 
     intercept_get_records(monkeypatch, throttle_five_times)
-    monkeypatch.setattr(kinesis_reader, "BACKOFF_BASE_SECONDS", 0.05)
+    monkeypatch.setattr(shard_reader, "BACKOFF_BASE_SECONDS", 0.05)
     handled: list[int] = []
     app = App("kin")
 

@@ -19,21 +19,17 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from streamfn.capabilities import Produced, Refill
 from streamfn.config import check_starting_timestamp, http_url
 from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.kinesis.api import KinesisApi
 from streamfn.connectors.kinesis.dialect import KinesisDialect
-from streamfn.connectors.kinesis.reader import KinesisReader
-from streamfn.connectors.shards import AwsAccess, default_table_name
-from streamfn.connectors.shards.aws import check_credentials
-from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
-from streamfn.connectors.shards.table import TABLE_NAME
-from streamfn.errors import ConfigError
-from streamfn.failures.model import Destination
+from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards.reader import ShardReader
+from streamfn.connectors.shards.source import ShardSourceOptions
 from streamfn.source import GroupStatus
-from streamfn.state.changelog import Changelog
 
 DIALECT = KinesisDialect()
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
@@ -76,11 +72,13 @@ def stream_access(address: Any) -> AwsAccess:
     )
 
 
-class KinesisSource(TopicFormat):
+class KinesisSource(TopicFormat, ShardSourceOptions):
     """Where a function reads from: one Kinesis data stream. Values and keys (the partition key, as UTF-8 bytes)
-    are decoded as KafkaSource's are (TopicFormat)."""
+    are decoded as KafkaSource's are (TopicFormat); AWS's address and the lease and state tables are every shard
+    source's (ShardSourceOptions)."""
 
     owner = "KinesisSource"
+    kind = "a Kinesis"
 
     stream: str | None = Field(None, pattern=_STREAM_NAME.pattern)
     stream_arn: str | None = Field(None, validation_alias=AliasChoices("stream_arn", "EventSourceArn"))
@@ -91,22 +89,8 @@ class KinesisSource(TopicFormat):
     starting_position_timestamp: float | None = Field(
         None, ge=0, validation_alias=AliasChoices("starting_position_timestamp", "StartingPositionTimestamp")
     )
-    region_name: str | None = Field(None, min_length=1)
-    endpoint_url: str | None = None
-    """For Kinesis-compatible servers (moto, LocalStack); it serves the lease table's DynamoDB too."""
-    aws_access_key_id: str | None = Field(None, min_length=1)
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
-    lease_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
-    """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
-    lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
-    """How long a lease lives without renewal: a killed worker's shards move to others after about this long."""
-    state_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
-    """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
-    table's name + "-state"."""
 
     _arn = field_validator("stream_arn")(checked_stream_arn)
-    _http_url = field_validator("endpoint_url")(optional_http_url)
 
     @model_validator(mode="after")
     def _consistent(self) -> KinesisSource:
@@ -115,7 +99,6 @@ class KinesisSource(TopicFormat):
                 "give the stream's name (stream=) or its ARN (stream_arn= or EventSourceArn=): one of them"
             )
         check_starting_timestamp(self.starting_position, self.starting_position_timestamp)
-        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
 
     def __str__(self) -> str:
@@ -137,54 +120,27 @@ class KinesisSource(TopicFormat):
         """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
         return stream_access(self)
 
-    def reader(self, *, group_id: str) -> KinesisReader:
+    def reader(self, *, group_id: str) -> ShardReader:
         value, key = self.codecs()
-        return KinesisReader(
-            self.stream_name,
-            self.access(),
+        access = self.access()
+        return ShardReader(
+            KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp),
+            access,
             lease_table=group_id,
             value_codec=value,
             key_codec=key,
             starting_position=self.starting_position,
-            starting_timestamp=self.starting_position_timestamp,
             lease_duration=self.lease_duration_seconds,
         )
 
-    def group_id(self, app_name: str, function_name: str) -> str:
-        """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""
-        return self.lease_table or default_table_name(app_name, function_name)
-
-    def changelog(self, *, group_id: str) -> Changelog:
-        """The state of tumbling windows and aggregations: a DynamoDB table, `state_table`, by default next to the
-        lease table (`group_id`), "<lease table>-state"."""
-        return DynamoChangelog(self.state_table or state_table_name(group_id), self.access())
-
-    def destination(self, uri: str) -> Destination:
-        """`arn:aws:sqs:<region>:<account>:<queue>`, Lambda's usual destination for a stream: an SqsQueue reached
-        with the source's endpoint and credentials (its region: the ARN's), which gets Lambda's failure record."""
-        from streamfn.connectors.sqs.sink import QUEUE_ARN, SqsQueue  # only a function that names one loads it
-
-        if not QUEUE_ARN.fullmatch(uri):
-            raise ConfigError(
-                "allowed for a Kinesis source: arn:aws:sqs:<region>:<account>:<queue> (an SQS queue, as Lambda's "
-                "DestinationConfig names one) or a destination object such as SqsQueue(url) or KafkaTopic('name')"
-            )
-        access = self.access()
-        return SqsQueue.from_arn(
-            uri,
-            endpoint_url=access.endpoint_url,
-            aws_access_key_id=access.aws_access_key_id,
-            aws_secret_access_key=access.aws_secret_access_key,
-            aws_session_token=access.aws_session_token,
-        )
-
     async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/kinesis/status.py)."""
-        from streamfn.connectors.kinesis.status import stream_status  # only the command line asks
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
+        from streamfn.connectors.shards.status import shard_status  # only the command line asks
 
-        return await stream_status(
-            self.stream_name, self.access(), group_id, starting_timestamp=self.starting_position_timestamp
-        )
+        access = self.access()
+        where = f"Kinesis stream {self.stream_name}" + (f" at {access.endpoint_url}" if access.endpoint_url else "")
+        api = KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp)
+        return await shard_status(api, access, group_id, where)
 
     # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem, Refillable.
 

@@ -33,6 +33,20 @@ class Shard:
     id: str
     parents: tuple[str, ...] = ()
     closed: bool = False
+    start: int = 0
+    """The first sequence number of its range (as listed; `streamfn status` shows it)."""
+    end: int | None = None
+    """The last sequence number of a closed shard's range, as listed (None while open, or unknown)."""
+
+    @classmethod
+    def described(cls, shard: dict[str, Any]) -> Shard:
+        """A shard as AWS describes it (Kinesis ListShards, DescribeStream of both services): its parents, its
+        sequence number range, closed when the range has an end."""
+        parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
+        ranges = shard.get("SequenceNumberRange", {})
+        end = ranges.get("EndingSequenceNumber")
+        start = int(ranges.get("StartingSequenceNumber", 0))
+        return cls(shard["ShardId"], parents, end is not None, start, None if end is None else int(end))
 
 
 @dataclass(frozen=True)

@@ -10,53 +10,38 @@ split parent's keys into the parent, not its children.
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import boto3
 import orjson
 
 from conformance.harness import Letter, Put
+from conformance.shards import LEASE_DURATION_SECONDS, READERS, REGION, LeaseTableStream, keep
 from streamfn.connectors.kinesis import KinesisSource
-from streamfn.connectors.kinesis.reader import KinesisReader
 from streamfn.connectors.memory import MemoryDestination
+from streamfn.connectors.shards.reader import ShardReader
 
-REGION = "us-east-1"
-LEASE_DURATION_SECONDS = 1.0
-"""Short, so that a lease taken by another worker is found lost within a renew period (a third of it)."""
 _streams = itertools.count()
 
 
 class HarnessKinesisSource(KinesisSource):
     """A KinesisSource that keeps its readers, so that the harness can ask them what they were refused."""
 
-    def reader(self, *, group_id: str) -> KinesisReader:
-        made = super().reader(group_id=group_id)
-        READERS.setdefault(group_id, []).append(made)
-        return made
-
-
-READERS: dict[str, list[KinesisReader]] = {}
+    def reader(self, *, group_id: str) -> ShardReader:
+        return keep(group_id, super().reader(group_id=group_id))
 
 
 @dataclass
-class KinesisHarnessStream:
-    endpoint: str
-    name: str
-    shards: list[str]
-    """Shard ids by partition index."""
-    hash_keys: list[str]
+class KinesisHarnessStream(LeaseTableStream):
+    endpoint: str = ""
+    name: str = ""
+    hash_keys: list[str] = field(default_factory=list)
     """The starting hash key of each shard (records put with it land in that shard)."""
-    on_failure: MemoryDestination
-    group: str
-    sequences: dict[int, list[int]] = field(default_factory=dict)
-    """Per partition, the sequence numbers of the records put, in order."""
+    on_failure: MemoryDestination = field(default_factory=lambda: MemoryDestination("dlq"))
 
     def __post_init__(self) -> None:
         self.kinesis = boto3.client("kinesis", endpoint_url=self.endpoint, region_name=REGION)
-        self.dynamodb = boto3.client("dynamodb", endpoint_url=self.endpoint, region_name=REGION)
 
     async def put(self, records: Sequence[Put]) -> None:
         for start in range(0, len(records), 500):
@@ -82,21 +67,6 @@ class KinesisHarnessStream:
             lease_duration_seconds=LEASE_DURATION_SECONDS,
         )
 
-    def _leases(self, group: str) -> list[dict[str, Any]]:
-        try:
-            return list(self.dynamodb.scan(TableName=group, ConsistentRead=True)["Items"])
-        except self.dynamodb.exceptions.ResourceNotFoundException:
-            return []
-
-    async def covered(self, group: str) -> dict[int, int]:
-        checkpoints = {item["leaseKey"]["S"]: item["checkpoint"]["S"] for item in self._leases(group)}
-        covered = {}
-        for index, shard in enumerate(self.shards):
-            checkpoint = checkpoints.get(shard, "")
-            value = int(checkpoint) if checkpoint.isdigit() else 0
-            covered[index] = bisect_right(self.sequences.get(index, []), value)
-        return covered
-
     async def letters(self) -> list[Letter]:
         return [
             Letter(
@@ -106,26 +76,6 @@ class KinesisHarnessStream:
             )
             for letter in self.on_failure.letters
         ]
-
-    def take(self, group: str, partition: int) -> None:
-        """Another worker takes the shard's lease, as the lease table's take does (a conditional write on the
-        counter, which the holder's next renew then finds changed)."""
-        shard = self.shards[partition]
-        [item] = [item for item in self._leases(group) if item["leaseKey"]["S"] == shard]
-        self.dynamodb.update_item(
-            TableName=group,
-            Key={"leaseKey": {"S": shard}},
-            UpdateExpression="SET leaseOwner = :owner, leaseCounter = leaseCounter + :one",
-            ConditionExpression="leaseCounter = :counter",
-            ExpressionAttributeValues={
-                ":owner": {"S": "another-worker"},
-                ":one": {"N": "1"},
-                ":counter": item["leaseCounter"],
-            },
-        )
-
-    def refused(self, group: str) -> list[Any]:
-        return [refusal for reader in READERS.get(group, []) for refusal in reader.refused]
 
 
 @dataclass
@@ -144,12 +94,13 @@ class KinesisHarness:
         kinesis.create_stream(StreamName=name, ShardCount=partitions)
         shards = sorted(kinesis.list_shards(StreamName=name)["Shards"], key=lambda s: s["ShardId"])
         made = KinesisHarnessStream(
-            self.endpoint,
-            name,
+            boto3.client("dynamodb", endpoint_url=self.endpoint, region_name=REGION),
             [s["ShardId"] for s in shards],
-            [s["HashKeyRange"]["StartingHashKey"] for s in shards],
-            MemoryDestination(f"dlq-{name}"),
             f"leases-{name}",
+            endpoint=self.endpoint,
+            name=name,
+            hash_keys=[s["HashKeyRange"]["StartingHashKey"] for s in shards],
+            on_failure=MemoryDestination(f"dlq-{name}"),
         )
         self.streams.append(made)
         return made

@@ -1,4 +1,6 @@
-"""KinesisReader: the engine's SourceReader over one Kinesis data stream, for one function of one worker.
+"""ShardReader: the engine's SourceReader over one sharded stream (a Kinesis data stream, a DynamoDB table's
+stream), for one function of one worker. What differs between the services is a `ShardApi`
+(connectors/kinesis/api.py, connectors/dynamodb/api.py): how to list the shards, get an iterator, read a page.
 
 Which shards it reads comes from the function's lease table (connectors/shards: a LeaseCoordinator per reader):
 a lease acquired becomes the engine's `assigned` (from the lease's checkpoint), a lease lost its `lost`, a commit
@@ -6,14 +8,15 @@ a fenced checkpoint write, and a shard whose last record was handled `coordinato
 start only once all their parents ended. Lifecycle events reach the engine from `fetch` (as the memory source and
 a Kafka client's rebalance callbacks do); a shard's end is drained in a task of its own.
 
-Polling, per owned shard, in a task of its own: GetShardIterator after the checkpoint (AFTER_SEQUENCE_NUMBER),
-else at the lease's starting position; then GetRecords again at once while the shard has more
-(MillisBehindLatest > 0), at Lambda's base rate of about once a second when caught up. One page per shard waits
-for the engine at a time, and none is fetched while the engine pauses the shard (backpressure). Throttles
-(ProvisionedThroughputExceeded, LimitExceeded) and service errors back off with full jitter and never reach the
-handler; an expired iterator is renewed after the last record fetched. The shard ends when GetRecords returns no
-NextShardIterator (AWS's signal; moto never sends it, kinesalite does); its children are the ChildShards AWS sends
-with it, else (emulators send none) the listed shards that name it as ParentShardId or AdjacentParentShardId.
+Polling, per owned shard, in a task of its own: an iterator after the checkpoint (AFTER_SEQUENCE_NUMBER), else at
+the lease's starting position; then GetRecords again at once while the shard has more (the service says it is
+behind, or the page was full), at the service's base rate when caught up (`ShardApi.poll_interval`). One page
+per shard waits for the engine at a time, and none is fetched while the engine pauses the shard (backpressure).
+Throttles (`ShardApi.throttles`) and service errors back off with full jitter and never reach the handler; an
+expired iterator (`ShardApi.expired`) is renewed after the last record fetched. The shard ends when GetRecords
+returns no next iterator (AWS's signal for both services) or the shard is gone (`ShardApi.gone`: expired from the
+stream, as KCL treats it); its children are the ones the service names with the end (Kinesis's ChildShards),
+else the listed shards that name it as a parent.
 """
 
 from __future__ import annotations
@@ -24,50 +27,84 @@ import logging
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamfn.connectors.kinesis.dialect import StreamLocation
-from streamfn.connectors.shards import (
-    AT_TIMESTAMP,
-    Acquired,
-    AwsAccess,
-    LeaseCoordinator,
-    LeaseError,
-    LeaseEvent,
-    LeaseLost,
-    LeaseTable,
-    Shard,
-)
+from streamfn.connectors.shards.aws import AwsAccess, error_code
+from streamfn.connectors.shards.coordinator import Acquired, LeaseCoordinator, LeaseEvent
+from streamfn.connectors.shards.lease import Checkpoint, Shard
+from streamfn.connectors.shards.table import LeaseError, LeaseLost, LeaseTable
 from streamfn.errors import Unreachable
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
 from streamfn.record import Partition, RawRecord, Record, SourceRecord
 from streamfn.source import AssignmentListener, CommitRefused
 
-log = logging.getLogger("streamfn.kinesis")
+log = logging.getLogger("streamfn.shards")
 
-MAX_RECORDS_PER_CALL = 10_000
-"""GetRecords' most records per call (Kinesis's limit)."""
-POLL_INTERVAL_SECONDS = 1.0
-"""How often a caught-up shard is polled: Lambda's base rate for Kinesis."""
 SHARD_SYNC_SECONDS = 60.0
 """How often the shard listing is synced into the lease table (KCL's default), besides at the start."""
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
-THROTTLES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "LimitExceededException",
-        "ThrottlingException",
-        "KMSThrottlingException",
-    }
-)
-MAX_LISTING_PAGES = 1_000
-"""A bound on ListShards paging (emulators have been seen to repeat a page forever)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One GetRecords answer, in the reader's terms."""
+
+    records: list[RawRecord]
+    next_iterator: str | None
+    """None: the shard is closed and every record of it was returned."""
+    behind: int | None = None
+    """Milliseconds behind the shard's tip (Kinesis's MillisBehindLatest); None when the service does not say."""
+    children: list[Shard] = field(default_factory=list)
+    """The children the service names with the shard's end (Kinesis's ChildShards); else the listing says."""
+
+
+class ShardApi(Protocol):
+    """What a shard service (Kinesis, DynamoDB Streams) answers the reader. Its methods raise botocore's errors
+    (ClientError: the reader reads the code against `throttles`, `expired`, `gone`; `connect` may raise Unreachable
+    with a line of its own)."""
+
+    topic: str
+    """The partitions' topic: the stream's name (Kinesis), the table's (DynamoDB Streams)."""
+    description: str
+    """What the source reads, for messages: "Kinesis stream orders (us-east-1)"."""
+    service: str
+    """A short name for task names: "kinesis", "dynamodb"."""
+    missing: str
+    """What a ResourceNotFoundException at connect means: "no such stream"."""
+    state: str
+    """The stream's status as the service said it at `connect` (Kinesis: ACTIVE...; DynamoDB Streams: ENABLED...)."""
+    connection: Any
+    """The reader's `connection` (where the stream is, as the dialect names it), filled in by `connect`."""
+    max_records: int
+    """GetRecords' most records per call."""
+    poll_interval: float
+    """How often a caught-up shard is polled (Lambda's base rate for the service)."""
+    throttles: frozenset[str]
+    """Error codes that are throttles: backed off like any failed call, logged at INFO (expected under load)."""
+    expired: frozenset[str]
+    """Error codes after which a new iterator is taken after the last record fetched."""
+    gone: frozenset[str]
+    """Error codes of GetRecords meaning the shard no longer exists: its end."""
+
+    async def connect(self) -> None:
+        """Open the service's client (once) and find the stream; fill in `connection`."""
+
+    async def shards(self) -> list[Shard]:
+        """Every shard listed now, with its parents and whether it is closed."""
+
+    async def iterator(self, shard: str, after: int | None, start: str) -> str:
+        """An iterator after sequence number `after`, else at `start` (TRIM_HORIZON, LATEST, AT_TIMESTAMP)."""
+
+    async def records(self, shard: str, iterator: str, limit: int | None = None) -> Page:
+        """One GetRecords call (at most `limit`, by default `max_records`)."""
+
+    async def close(self) -> None:
+        """Close the client."""
 
 
 @dataclass(eq=False)
@@ -85,11 +122,13 @@ class _Shard:
     """Set while another page may be fetched: not paused and no page waiting."""
     paused: bool = False
     closed: bool = False
-    """GetRecords returned no NextShardIterator: everything fetched is the shard's last."""
+    """GetRecords returned no next iterator: everything fetched is the shard's last."""
     children: list[Shard] = field(default_factory=list)
-    """The ChildShards AWS names with the shard's end (emulators name none: then the listing says)."""
-    behind: int | None = None
-    """MillisBehindLatest of the last GetRecords."""
+    """The children the service named with the shard's end (else the listing says)."""
+    polled: bool = False
+    """A GetRecords has answered (the lag is known)."""
+    behind: int = 0
+    """Milliseconds behind the tip the last GetRecords said (0 when the service does not say)."""
     pages: deque[tuple[int, int]] = field(default_factory=deque)
     """(last sequence number, first arrival ms) of each page fetched and not yet known committed (for the lag)."""
     task: asyncio.Task[None] | None = None
@@ -97,50 +136,30 @@ class _Shard:
     """Throttles and errors in a row (the backoff's exponent)."""
 
 
-def _record(stream: str, shard: str, item: dict[str, Any]) -> RawRecord:
-    """A Kinesis record in the SourceRecord shape: the shard as partition, the sequence number as position, the
-    partition key (UTF-8) as key, the approximate arrival time as timestamp (epoch milliseconds; Kafka's
-    LOG_APPEND_TIME: set by the stream on arrival)."""
-    arrival: datetime = item["ApproximateArrivalTimestamp"]
-    return RawRecord(
-        stream,
-        shard,
-        int(item["SequenceNumber"]),
-        round(arrival.timestamp() * 1000),
-        item["PartitionKey"].encode(),
-        bytes(item["Data"]),
-        timestamp_type=1,
-    )
+class ShardReader:
+    """The SourceReader of a shard source: `api` reaches the stream, `access` the lease table (DynamoDB)."""
 
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-class KinesisReader:
     def __init__(
         self,
-        stream: str,
+        api: ShardApi,
         access: AwsAccess,
         *,
         lease_table: str,
         value_codec: Codec,
         key_codec: Codec | None,
         starting_position: str,
-        starting_timestamp: float | None,
         lease_duration: float,
     ) -> None:
-        self.stream = stream
+        self.api = api
+        self.stream = api.topic
         self.access = access
+        """Reaches the lease table (DynamoDB)."""
         self.lease_table = lease_table
         self.value_codec, self.key_codec = value_codec, key_codec
         self._starting_position = starting_position
-        self._starting_timestamp = starting_timestamp
         self._lease_duration = lease_duration
-        where = ", ".join(filter(None, [access.region_name, access.endpoint_url]))
-        self.description = f"Kinesis stream {stream}" + (f" ({where})" if where else "")
-        self.connection = StreamLocation(region=access.region_name or "", account="", identity_arn="")
-        """Filled in by `connect` (the stream's ARN names its account and region)."""
+        self.description = api.description
+        self.connection = api.connection
         self.coordinator: LeaseCoordinator | None = None
         self.accepted: set[Partition] = set()
         """Shards the engine has a worker for."""
@@ -152,8 +171,6 @@ class KinesisReader:
         made before the loss was known (another worker took the lease since the last renew) is refused by the
         table's fence too, as it must be, and is not counted here: nothing could have prevented the attempt."""
         self._shards: dict[Partition, _Shard] = {}
-        self._stack = AsyncExitStack()
-        self._kinesis: Any = None
         self._table: LeaseTable | None = None
         self._listener: AssignmentListener | None = None
         self._wakeup = asyncio.Event()
@@ -162,27 +179,20 @@ class KinesisReader:
         self._random = random.Random()
 
     def __repr__(self) -> str:
-        return f"KinesisReader({self.stream}, {self.lease_table})"
+        return f"ShardReader({self.description}, {self.lease_table})"
 
     # --- connecting ------------------------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         try:
-            if self._kinesis is None:
-                self._kinesis = await self._stack.enter_async_context(self.access.client("kinesis"))
-            summary = (await self._kinesis.describe_stream_summary(StreamName=self.stream))["StreamDescriptionSummary"]
-            async with self.access.client("sts") as sts:
-                identity = await sts.get_caller_identity()
+            await self.api.connect()
             if self._table is None:
                 self._table = await LeaseTable.open(self.lease_table, self.access)
         except ClientError as error:
-            missing = _code(error) == "ResourceNotFoundException"
-            raise Unreachable(f"{self.description}: " + ("no such stream" if missing else str(error))) from None
+            missing = error_code(error) == "ResourceNotFoundException"
+            raise Unreachable(f"{self.description}: " + (self.api.missing if missing else str(error))) from None
         except (BotoCoreError, OSError, LeaseError) as error:
             raise Unreachable(f"{self.description}: {error}") from None
-        _, _, _, region, account, _ = summary["StreamARN"].split(":", 5)
-        self.connection.region, self.connection.account = region, account
-        self.connection.identity_arn = identity["Arn"]
 
     async def start(self, listener: AssignmentListener) -> None:
         assert self._table is not None, "connect first"
@@ -191,44 +201,24 @@ class KinesisReader:
         self.coordinator = LeaseCoordinator(
             self._table, lease_duration=self._lease_duration, initial_position=self._starting_position
         )
-        await self.coordinator.sync(await self.shards())
+        await self.coordinator.sync(await self.api.shards())
         self.coordinator.start()
         self._spawn(self._sync_loop(), "shard sync")
         self._spawn(self._pump(), "lease events")
 
     def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(work, name=f"streamfn:kinesis:{self.stream}:{name}")
+        task_name = f"streamfn:{self.api.service}:{self.stream}:{name}"
+        task: asyncio.Task[None] = asyncio.create_task(work, name=task_name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def shards(self) -> list[Shard]:
-        """The stream's shards now (ListShards, every page), with their parents."""
-        assert self._kinesis is not None
-        listed: list[Shard] = []
-        arguments: dict[str, Any] = {"StreamName": self.stream}
-        for _ in range(MAX_LISTING_PAGES):
-            page = await self._kinesis.list_shards(**arguments)
-            listed += [
-                Shard(
-                    shard["ShardId"],
-                    tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p),
-                    "EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
-                )
-                for shard in page.get("Shards", [])
-            ]
-            token = page.get("NextToken")
-            if not token:
-                break
-            arguments = {"NextToken": token}
-        return listed
 
     async def _sync_loop(self) -> None:
         assert self.coordinator is not None
         while True:
             await asyncio.sleep(SHARD_SYNC_SECONDS)
             try:
-                await self.coordinator.sync(await self.shards())
+                await self.coordinator.sync(await self.api.shards())
             except (ClientError, BotoCoreError, OSError, LeaseError) as error:
                 log.warning("%s: shard sync failed, trying again in %.0f s: %s", self, SHARD_SYNC_SECONDS, error)
 
@@ -282,7 +272,7 @@ class KinesisReader:
                 self.ending.add(partition)
                 self._spawn(self._end(partition), f"{partition.partition}:ended")
 
-    def _poll(self, partition: Partition, checkpoint: int | str) -> None:
+    def _poll(self, partition: Partition, checkpoint: Checkpoint) -> None:
         after = checkpoint if isinstance(checkpoint, int) else None
         start = checkpoint if isinstance(checkpoint, str) else "AFTER_SEQUENCE_NUMBER"
         shard = self._shards[partition] = _Shard(partition, start, after)
@@ -306,7 +296,7 @@ class KinesisReader:
             return
         shard = str(partition.partition)
         try:
-            children = self._shards[partition].children or [s for s in await self.shards() if shard in s.parents]
+            children = self._shards[partition].children or [s for s in await self.api.shards() if shard in s.parents]
             await self.coordinator.end(shard, children)
         except (ClientError, BotoCoreError, OSError, LeaseError) as error:
             log.warning("%s: the end of shard %s was not recorded (its next owner ends it): %s", self, shard, error)
@@ -356,10 +346,11 @@ class KinesisReader:
         return position
 
     def lag(self, partition: Partition, committed: int) -> int | None:
-        """Milliseconds behind the tip: the shard's MillisBehindLatest, or the age of the oldest record fetched and
-        not yet committed when that is more; None before the first GetRecords."""
+        """Milliseconds behind the tip: the age of the oldest record fetched and not yet committed, or what the
+        service says (Kinesis's MillisBehindLatest) when that is more; 0 when caught up; None before the first
+        GetRecords."""
         shard = self._shards.get(partition)
-        if shard is None or shard.behind is None:
+        if shard is None or not shard.polled:
             return None
         pages = shard.pages
         while pages and pages[0][0] <= committed:
@@ -383,8 +374,7 @@ class KinesisReader:
         if self._table is not None:
             await self._table.close()
             self._table = None
-        await self._stack.aclose()
-        self._kinesis = None
+        await self.api.close()
         if self._listener is not None:
             self._listener = None
             await close_codecs(self.value_codec, self.key_codec)
@@ -392,61 +382,45 @@ class KinesisReader:
     # --- polling one shard -------------------------------------------------------------------------------------------
 
     async def _read(self, shard: _Shard) -> None:
-        kinesis, name = self._kinesis, str(shard.partition.partition)
+        api, name = self.api, str(shard.partition.partition)
         iterator: str | None = None
         while True:
             try:
                 if iterator is None:
-                    iterator = await self._iterator(shard)
+                    iterator = await api.iterator(name, shard.after, shard.start)
                 await shard.ready.wait()
-                response = await kinesis.get_records(ShardIterator=iterator, Limit=MAX_RECORDS_PER_CALL)
+                page = await api.records(name, iterator)
             except ClientError as error:
-                code = _code(error)
-                if code == "ExpiredIteratorException":
+                code = error_code(error)
+                if code in api.expired:
                     iterator = None
                     continue
-                if code == "ResourceNotFoundException":  # the shard expired: as KCL, an end
+                if code in api.gone:  # the shard expired: as KCL, an end
                     shard.closed = True
                     self._wakeup.set()
                     return
-                await self._back_off(shard, code in THROTTLES, error)
+                await self._back_off(shard, code in api.throttles, error)
                 continue
             except (BotoCoreError, OSError, TimeoutError) as error:
                 await self._back_off(shard, False, error)
                 continue
             shard.throttled = 0
-            records = [_record(self.stream, name, item) for item in response.get("Records", [])]
-            shard.behind = int(response.get("MillisBehindLatest", 0))
+            records = page.records
+            shard.polled, shard.behind = True, page.behind or 0
             if records:
                 shard.after = records[-1].offset
                 shard.pages.append((records[-1].offset, records[0].timestamp))
                 shard.page = records
                 shard.ready.clear()
                 self._wakeup.set()
-            iterator = response.get("NextShardIterator")
+            iterator = page.next_iterator
             if iterator is None:
-                shard.children = [
-                    Shard(child["ShardId"], tuple(child.get("ParentShards", ())))
-                    for child in response.get("ChildShards", [])
-                ]
+                shard.children = page.children
                 shard.closed = True
                 self._wakeup.set()
                 return
-            if not shard.behind and len(records) < MAX_RECORDS_PER_CALL:
-                await asyncio.sleep(POLL_INTERVAL_SECONDS)
-
-    async def _iterator(self, shard: _Shard) -> str:
-        """An iterator after the last record fetched (or the checkpoint), else at the lease's starting position."""
-        arguments: dict[str, Any] = {"StreamName": self.stream, "ShardId": str(shard.partition.partition)}
-        if shard.after is not None:
-            arguments |= {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": str(shard.after)}
-        elif shard.start == AT_TIMESTAMP:
-            timestamp = datetime.fromtimestamp(self._starting_timestamp or 0, UTC)
-            arguments |= {"ShardIteratorType": AT_TIMESTAMP, "Timestamp": timestamp}
-        else:
-            arguments["ShardIteratorType"] = shard.start
-        response = await self._kinesis.get_shard_iterator(**arguments)
-        return str(response["ShardIterator"])
+            if not shard.behind and len(records) < api.max_records:
+                await asyncio.sleep(api.poll_interval)
 
     async def _back_off(self, shard: _Shard, throttled: bool, error: BaseException) -> None:
         """Full jitter, capped: a throttle or a failed call is tried again, never reported to the handler."""

@@ -1,0 +1,121 @@
+"""DynamoDBStreamSource: a function reading a DynamoDB table's stream, with the AWS names of a DynamoDB Streams event
+source mapping (EventSourceArn, StartingPosition).
+
+The stream: `table=` (its latest stream, found with DescribeTable when the worker connects) or `stream_arn=`.
+Region, endpoint and credentials as for every shard source (connectors/shards/source.py): given here, else AWS's
+chain, where AWS_ENDPOINT_URL_DYNAMODB_STREAMS reaches the stream and AWS_ENDPOINT_URL_DYNAMODB the table and the
+lease table (AWS_ENDPOINT_URL both). The shards are shared by every worker of the function through its lease
+table, as for Kinesis; a stream's shards roll over on their own (about every four hours), and a child starts only
+once its parent is drained, so each item's changes are handled in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+
+from streamfn.connectors.dynamodb.api import STREAM_ARN, DynamoDBStreamsApi, table_of
+from streamfn.connectors.dynamodb.dialect import DIALECT, DynamoDBDialect
+from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards.reader import ShardReader
+from streamfn.connectors.shards.source import ShardSourceOptions
+from streamfn.source import GroupStatus
+
+TABLE_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{3,255}$"
+AT_TIMESTAMP_REFUSED = "Unsupported starting position for arn type: {arn}"
+"""Lambda's answer (InvalidParameterValueException) to AT_TIMESTAMP for a DynamoDB stream."""
+
+
+class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
+    """Where a function reads from: the stream of one DynamoDB table. AWS's address and the lease and state tables
+    are every shard source's (ShardSourceOptions)."""
+
+    owner = "DynamoDBStreamSource"
+    kind = "a DynamoDB Streams"
+
+    table: str | None = Field(None, pattern=TABLE_NAME_PATTERN)
+    stream_arn: str | None = Field(None, validation_alias=AliasChoices("stream_arn", "EventSourceArn"))
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        "TRIM_HORIZON", validation_alias=AliasChoices("starting_position", "StartingPosition")
+    )
+    """Where a shard without a checkpoint starts (once per lease table: the shard's first lease records it).
+    AT_TIMESTAMP is Kinesis's only: refused as Lambda refuses it."""
+    value_model: Any = None
+    """A pydantic model the new image of each change is validated into (native handlers)."""
+
+    @field_validator("stream_arn")
+    @classmethod
+    def _arn(cls, value: str | None) -> str | None:
+        if value is not None and not STREAM_ARN.match(value):
+            raise ValueError(
+                "must be a DynamoDB stream ARN, arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>"
+            )
+        return value
+
+    @field_validator("value_model")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, type) and issubclass(value, BaseModel)):
+            raise ValueError("must be a pydantic model class (a subclass of pydantic.BaseModel)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DynamoDBStreamSource:
+        if (self.table is None) == (self.stream_arn is None):
+            raise ValueError(
+                "give the table's name (table=) or its stream's ARN (stream_arn= or EventSourceArn=): one of them"
+            )
+        if self.starting_position == "AT_TIMESTAMP":
+            arn = self.stream_arn or f"arn:aws:dynamodb:<region>:<account>:table/{self.table}/stream/<label>"
+            raise ValueError(
+                f"starting_position='AT_TIMESTAMP' is invalid: {AT_TIMESTAMP_REFUSED.format(arn=arn)} "
+                "(Lambda's answer: DynamoDB Streams start at TRIM_HORIZON or LATEST)"
+            )
+        return self
+
+    def __str__(self) -> str:
+        return f"DynamoDBStreamSource({self.table_name!r})"
+
+    @property
+    def table_name(self) -> str:
+        return self.table if self.table is not None else table_of(self.stream_arn or "")
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.table_name]
+
+    @property
+    def dialect(self) -> DynamoDBDialect:
+        return DIALECT
+
+    def access(self) -> AwsAccess:
+        """Region (given, else the stream ARN's), endpoint and credentials for every client of the source
+        (DynamoDB Streams, DynamoDB)."""
+        found = STREAM_ARN.match(self.stream_arn or "")
+        return self.aws_access(found.group("region") if found else None)
+
+    def reader(self, *, group_id: str) -> ShardReader:
+        value, key = self.codecs()
+        access = self.access()
+        return ShardReader(
+            DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn),
+            access,
+            lease_table=group_id,
+            value_codec=value,
+            key_codec=key,
+            starting_position=self.starting_position,
+            lease_duration=self.lease_duration_seconds,
+        )
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
+        from streamfn.connectors.shards.status import shard_status  # only the command line asks
+
+        access = self.access()
+        api = DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn)
+        where = f"DynamoDB table {self.table_name}'s stream" + (
+            f" at {access.endpoint_url}" if access.endpoint_url else ""
+        )
+        return await shard_status(api, access, group_id, where)

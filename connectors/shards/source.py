@@ -1,0 +1,97 @@
+"""What the shard sources' declarations share (KinesisSource, DynamoDBStreamSource): where AWS is (region,
+endpoint, explicit credentials), the function's lease and state tables, and Lambda's usual destination for a
+stream (an SQS queue ARN) resolved with the source's endpoint and credentials.
+
+Region, endpoint and credentials: what is given here, else the AWS configuration chain (AWS_REGION, the
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> variables, the profile, the instance role), so one pipeline runs
+against AWS, LocalStack or moto unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from streamfn.config import http_url
+from streamfn.connectors.shards.aws import AwsAccess, check_credentials
+from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
+from streamfn.connectors.shards.table import TABLE_NAME, default_table_name
+from streamfn.errors import ConfigError, StrictModel
+from streamfn.failures.model import Destination
+from streamfn.state.changelog import Changelog
+
+
+class ShardSourceOptions(StrictModel):
+    """The parameters every shard source has besides what it reads: AWS's address and the function's tables."""
+
+    kind: ClassVar[str] = "a shard"
+    """How destination errors name the source: "a Kinesis", "a DynamoDB Streams"."""
+
+    region_name: str | None = Field(None, min_length=1)
+    endpoint_url: str | None = None
+    """For AWS-compatible servers (moto, LocalStack): every service the source uses (the stream's, and DynamoDB
+    for the lease table) is reached there."""
+    aws_access_key_id: str | None = Field(None, min_length=1)
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    lease_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
+    """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
+    lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
+    """How long a lease lives without renewal: a killed worker's shards move to others after about this long."""
+    state_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
+    """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
+    table's name + "-state"."""
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Any:
+        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
+        return self
+
+    def aws_access(self, arn_region: str | None) -> AwsAccess:
+        """Region (given, else the stream ARN's, else AWS's chain), endpoint and credentials for every client of
+        the source."""
+        return AwsAccess(
+            region_name=self.region_name or arn_region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+    def access(self) -> AwsAccess:
+        """The source's clients' access (each source knows where its ARN names a region)."""
+        raise NotImplementedError
+
+    def group_id(self, app_name: str, function_name: str) -> str:
+        """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""
+        return self.lease_table or default_table_name(app_name, function_name)
+
+    def changelog(self, *, group_id: str) -> Changelog:
+        """The state of tumbling windows and aggregations: a DynamoDB table, `state_table`, by default next to the
+        lease table (`group_id`), "<lease table>-state"."""
+        return DynamoChangelog(self.state_table or state_table_name(group_id), self.access())
+
+    def destination(self, uri: str) -> Destination:
+        """`arn:aws:sqs:<region>:<account>:<queue>`, Lambda's usual destination for a stream: an SqsQueue reached
+        with the source's endpoint and credentials (its region: the ARN's), which gets Lambda's failure record."""
+        from streamfn.connectors.sqs.sink import QUEUE_ARN, SqsQueue  # only a function that names one loads it
+
+        if not QUEUE_ARN.fullmatch(uri):
+            raise ConfigError(
+                f"allowed for {self.kind} source: arn:aws:sqs:<region>:<account>:<queue> (an SQS queue, as Lambda's "
+                "DestinationConfig names one) or a destination object such as SqsQueue(url) or KafkaTopic('name')"
+            )
+        access = self.access()
+        return SqsQueue.from_arn(
+            uri,
+            endpoint_url=access.endpoint_url,
+            aws_access_key_id=access.aws_access_key_id,
+            aws_secret_access_key=access.aws_secret_access_key,
+            aws_session_token=access.aws_session_token,
+        )
