@@ -415,3 +415,98 @@ def test_a_partitions_state_entry_keeps_positions_past_64_bits_exactly() -> None
     restored = PartitionState([entry])
     assert restored.meta == {"last": sequence, "covers": sequence, "state": {"n": 1}}
     assert type(restored.meta["last"]) is int
+
+
+@pytest.mark.parametrize("records_as", ["data classes", "parser models"])
+async def test_a_powertools_handler_runs_unchanged_and_reports_its_failed_record_by_sequence_number(
+    records_as: str,
+) -> None:
+    """AWS Lambda Powertools for DynamoDB Streams as a Lambda function uses it: the event parses as its
+    DynamoDBStreamModel and reads as its DynamoDBStreamEvent; BatchProcessor(EventType.DynamoDBStreams), with its
+    data classes or its parser models, reports the record its handler fails (order o-2) by sequence number. With
+    bisection that record is cut out and, once its one retry is spent, dead-lettered alone; every other change is
+    handled."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent
+    from aws_lambda_powertools.utilities.parser import parse
+    from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
+
+    stream = MemoryStream(TABLE)
+    o2 = {"id": {"S": "o-2"}}
+    end = put(
+        stream,
+        0,
+        [
+            Change("INSERT", ORDER, new=INSERTED),
+            Change("INSERT", o2, new={**o2, "total": {"N": "3"}}),
+            Change("MODIFY", ORDER, new=MODIFIED, old=INSERTED),
+            Change("REMOVE", ORDER, old=MODIFIED, ttl=True),
+        ],
+    )
+    sequences = stream.shards[SHARD].positions
+    models = records_as == "parser models"
+    processor = BatchProcessor(
+        event_type=EventType.DynamoDBStreams, model=DynamoDBStreamRecordModel if models else None
+    )
+    handled: list[tuple[str, Any, Any, Any]] = []
+    parsed: list[tuple[str, str, Any]] = []
+    responses: list[Any] = []
+    dlq = MemoryDestination("dlq")
+    app = App("ddb")
+
+    def record_handler(record: Any) -> None:
+        if models:
+            change = (record.eventName, record.dynamodb.Keys, record.dynamodb.NewImage, record.dynamodb.OldImage)
+        else:
+            images = (record.dynamodb.keys, record.dynamodb.new_image, record.dynamodb.old_image)
+            change = (record.event_name.name, *images)
+        if change[1] == {"id": "o-2"}:
+            raise ValueError("order o-2 is refused")
+        handled.append(change)
+
+    @app.function(
+        source=source(stream),
+        batch_size=10,
+        backoff=FAST,
+        function_response_types=["ReportBatchItemFailures"],
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=1,
+        on_failure=dlq,
+    )
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        model = parse(event=event, model=DynamoDBStreamModel)  # the whole event validates as Powertools models it
+        parsed.extend((r.eventName, r.awsRegion, r.userIdentity) for r in model.Records)
+        assert [r.dynamodb.sequence_number for r in DynamoDBStreamEvent(event).records] == [
+            r.dynamodb.SequenceNumber for r in model.Records
+        ]
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+        responses.append(response)
+        return response
+
+    await run_until(app, committed(stream, end), "the end committed")
+    # The first invocation handles every change but o-2's; the retries from o-2 on handle the later ones again.
+    assert handled[:3] == [
+        ("INSERT", {"id": "o-1"}, {"id": "o-1", "total": Decimal(10), "customer": "c-7"}, None if models else {}),
+        (
+            "MODIFY",
+            {"id": "o-1"},
+            {"id": "o-1", "total": Decimal("12.5"), "customer": "c-7"},
+            {"id": "o-1", "total": Decimal(10), "customer": "c-7"},
+        ),
+        ("REMOVE", {"id": "o-1"}, None if models else {}, {"id": "o-1", "total": Decimal("12.5"), "customer": "c-7"}),
+    ]
+    assert all(change in handled[:3] for change in handled[3:])
+    assert responses[0] == {"batchItemFailures": [{"itemIdentifier": str(sequences[1])}]}
+    assert [(name, region) for name, region, _ in parsed[:4]] == [
+        ("INSERT", REGION),
+        ("INSERT", REGION),
+        ("MODIFY", REGION),
+        ("REMOVE", REGION),
+    ]
+    identities = [None if user is None else (user.type, user.principalId) for _, _, user in parsed[:4]]
+    assert identities == [None, None, None, ("Service", "dynamodb.amazonaws.com")]
+    [letter] = dlq.letters
+    assert (letter.offset, letter.condition) == (sequences[1], "RetryAttemptsExhausted")
+    assert letter.record["DDBStreamBatchInfo"]["startSequenceNumber"] == str(sequences[1])
