@@ -510,3 +510,9 @@ async def test_a_powertools_handler_runs_unchanged_and_reports_its_failed_record
     [letter] = dlq.letters
     assert (letter.offset, letter.condition) == (sequences[1], "RetryAttemptsExhausted")
     assert letter.record["DDBStreamBatchInfo"]["startSequenceNumber"] == str(sequences[1])
+
+
+def test_ddb_batch_info_writes_arrival_times_to_the_second_as_aws_does() -> None:
+    from streamfn.connectors.dynamodb.dialect import arrival
+
+    assert [arrival(1_573_690_399_000), arrival(1_573_690_399_999)] == ["2019-11-14T00:13:19Z"] * 2
