@@ -516,3 +516,26 @@ def test_ddb_batch_info_writes_arrival_times_to_the_second_as_aws_does() -> None
     from streamfn.connectors.dynamodb.dialect import arrival
 
     assert [arrival(1_573_690_399_000), arrival(1_573_690_399_999)] == ["2019-11-14T00:13:19Z"] * 2
+
+
+async def test_with_parallelization_each_items_changes_stay_in_order() -> None:
+    """Records are routed to lanes by their key, the item's `Keys`: with 4 lanes, every item's changes are handled in
+    stream order while the items interleave."""
+    stream = MemoryStream(TABLE)
+    changes = [
+        Change("MODIFY", {"id": {"S": f"o-{n % 5}"}}, new={"id": {"S": f"o-{n % 5}"}, "v": {"N": str(n // 5)}})
+        for n in range(40)
+    ]
+    end = put(stream, 0, changes)
+    handled: list[tuple[str, int]] = []
+    app = App("ddb")
+
+    @app.function(source=source(stream), batch_size=2, parallelization_factor=4)
+    async def handler(records: list[Record]) -> None:
+        await asyncio.sleep(0.001)
+        handled.extend((r.key["id"], int(r.value.new_image["v"])) for r in records)
+
+    await run_until(app, committed(stream, end), "the end committed")
+    assert sorted(handled) == sorted((f"o-{n % 5}", n // 5) for n in range(40))
+    for item in {f"o-{n}" for n in range(5)}:
+        assert [v for i, v in handled if i == item] == list(range(8))
