@@ -1,4 +1,4 @@
-"""Lambda filter criteria on Kafka records: a conformance suite built from AWS's documented examples.
+"""Lambda filter criteria on Kafka and DynamoDB stream records: a conformance suite of AWS's documented examples.
 
 Each group cites the page its examples come from. Patterns are given as dicts for readability and passed to
 `compile_criteria` as JSON strings, Lambda's exact shape. Records are aiokafka ConsumerRecords, as the Kafka
@@ -476,6 +476,111 @@ def test_a_pattern_may_be_a_dict_and_keys_snake_case() -> None:
     assert compiled is not None
     assert compiled.patterns == ('{"value":{"Name":["Alice"]}}',)
     assert compiled.matches(record({"Name": "Alice"}))
+
+
+# DynamoDB Streams: Lambda "Using event filtering with a DynamoDB event source" (with-ddb-filtering), its example
+# record (primary key CustomerName) and each of its examples; the CDK's DynamoEventSource example (eventName, a BOOL
+# attribute) and DynamoDB's TTL guide (userIdentity), which filter outside `dynamodb` too. Records are built as the
+# DynamoDB Streams reader delivers them (tests/dynamodb_records.py); patterns are JSON texts, as Lambda takes them.
+CUSTOMER = {"CustomerName": {"S": "AnyCompany Industries"}}
+ACCOUNT = {"AccountManager": {"S": "Pat Candella"}, "PaymentTerms": {"S": "60 days"}, **CUSTOMER}
+ORGANIZATIONS = {
+    "UserID": {"S": "12345"},
+    "Name": {"S": "John Doe"},
+    "Organizations": {"L": [{"S": "Sales"}, {"S": "Marketing"}, {"S": "Support"}]},
+}
+KEYS_PATTERN = '{ "dynamodb" : { "Keys" : { "CustomerName" : { "S" : [ "AnyCompany Industries" ] } } } }'
+MANAGERS_PATTERN = (
+    '{ "dynamodb" : { "NewImage" : { "AccountManager" : { "S" : [ "Pat Candella", "Shirley Rodriguez" ] } } } }'
+)
+AWS_AND_PATTERN = (  # as the page writes it: `dynamodb` twice, so the last wins (EventBridge's JSON rule)
+    '{ "dynamodb" : { "NewImage" : { "AccountManager" : { "S" : [ "Pat Candella" ] } } } , '
+    '"dynamodb" : { "OldImage" : { "AccountManager" : { "S" : [ "Terry Whitlock" ] } } } }'
+)
+AND_PATTERN = (  # the AND the page means, written with one `dynamodb`
+    '{ "dynamodb" : { "NewImage" : { "AccountManager" : { "S" : [ "Pat Candella" ] } }, '
+    '"OldImage" : { "AccountManager" : { "S" : [ "Terry Whitlock" ] } } } }'
+)
+TTL_PATTERN = '{ "userIdentity": { "type": [ "Service" ], "principalId": [ "dynamodb.amazonaws.com" ] } }'
+
+
+def ddb(event_name: str = "INSERT", keys: Any = None, new: Any = None, old: Any = None, ttl: bool = False) -> Any:
+    from dynamodb_records import Change, raw_record
+
+    return raw_record(Change(event_name, keys or CUSTOMER, new, old, ttl), 100000000000000000111)
+
+
+def managed(new: str, old: str) -> Any:
+    return ddb("MODIFY", new={**ACCOUNT, "AccountManager": {"S": new}}, old={**ACCOUNT, "AccountManager": {"S": old}})
+
+
+DYNAMODB_MATCHING: dict[str, tuple[str, Any, bool]] = {
+    "keys: the primary key": (KEYS_PATTERN, ddb(new=ACCOUNT), True),
+    "keys: another primary key": (KEYS_PATTERN, ddb(keys={"CustomerName": {"S": "Other"}}), False),
+    "attributes: one of the new image's values": (MANAGERS_PATTERN, managed("Shirley Rodriguez", "x"), True),
+    "attributes: another value": (MANAGERS_PATTERN, managed("Terry Whitlock", "Pat Candella"), False),
+    "attributes: a REMOVE has no new image": (MANAGERS_PATTERN, ddb("REMOVE", old=ACCOUNT), False),
+    "boolean, as AWS writes it: both images match": (AWS_AND_PATTERN, managed("Pat Candella", "Terry Whitlock"), True),
+    "boolean, as AWS writes it: the last `dynamodb` wins": (AWS_AND_PATTERN, managed("Other", "Terry Whitlock"), True),
+    "boolean, one `dynamodb`: both images match": (AND_PATTERN, managed("Pat Candella", "Terry Whitlock"), True),
+    "boolean, one `dynamodb`: the new image does not": (AND_PATTERN, managed("Other", "Terry Whitlock"), False),
+    # "DynamoDB event filtering doesn't support the use of numeric operators ... converted to strings"
+    "numbers are strings: numeric never matches": (
+        '{"dynamodb": {"NewImage": {"total": {"N": [{"numeric": [">", 10]}]}}}}',
+        ddb(new={**CUSTOMER, "total": {"N": "15"}}),
+        False,
+    ),
+    "numbers are strings: their text matches": (
+        '{"dynamodb": {"NewImage": {"total": {"N": ["15"]}}}}',
+        ddb(new={**CUSTOMER, "total": {"N": "15"}}),
+        True,
+    ),
+    "exists on an intermediate node never matches": (
+        '{ "dynamodb" : { "NewImage" : { "Organizations" : [ { "exists": true } ] } } }',
+        ddb(new=ORGANIZATIONS),
+        False,
+    ),
+    "exists on the leaf": (
+        '{ "dynamodb" : { "NewImage" : {"Organizations": {"L": {"S": [ {"exists": true } ] } } } } }',
+        ddb(new=ORGANIZATIONS),
+        True,
+    ),
+    "CDK: eventName and a BOOL attribute": (
+        '{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"id": {"BOOL": [true]}}}}',
+        ddb(new={**CUSTOMER, "id": {"BOOL": True}}),
+        True,
+    ),
+    "CDK: another eventName": ('{"eventName": ["INSERT"]}', ddb("MODIFY", new=ACCOUNT, old=ACCOUNT), False),
+    "TTL guide: a deletion by time to live": (TTL_PATTERN, ddb("REMOVE", old=ACCOUNT, ttl=True), True),
+    "TTL guide: a deletion by a client": (TTL_PATTERN, ddb("REMOVE", old=ACCOUNT), False),
+    "eventSource is the stream's": ('{"eventSource": ["aws:dynamodb"]}', ddb(new=ACCOUNT), True),
+    "the region of a stream whose location is known": ('{"awsRegion": ["eu-west-1"]}', ddb(new=ACCOUNT), True),
+    "the stream's ARN": ('{"eventSourceARN": [{"prefix": "arn:aws:dynamodb:eu-west-1:"}]}', ddb(new=ACCOUNT), True),
+}
+
+
+@pytest.mark.parametrize("case", list(DYNAMODB_MATCHING))
+def test_dynamodb_patterns_match_as_aws_documents(case: str) -> None:
+    from dynamodb_records import location
+
+    from streamfn.connectors.dynamodb.dialect import record_fields
+
+    pattern, stream_record, expected = DYNAMODB_MATCHING[case]
+    compiled = compile_criteria({"Filters": [{"Pattern": pattern}]}, record_fields(location()))
+    assert compiled is not None
+    assert compiled.matches(stream_record) is expected
+
+
+def test_a_dynamodb_record_that_is_not_json_is_dropped_by_a_pattern_on_its_data() -> None:
+    """Lambda's DynamoDB data-format table: non-JSON data and a JSON pattern on it: the record is dropped."""
+    from dynamodb_records import location
+
+    from streamfn.connectors.dynamodb.dialect import record_fields
+    from streamfn.record import RawRecord
+
+    compiled = compile_criteria({"Filters": [{"Pattern": KEYS_PATTERN}]}, record_fields(location()))
+    assert compiled is not None
+    assert compiled.matches(RawRecord("orders", "shardId-1", 1, 0, None, b"not json")) is False
 
 
 NO_FILTERS: dict[str, Any] = {"no criteria": None, "no filters": {"Filters": []}, "an empty model": FilterCriteria()}

@@ -16,15 +16,19 @@
   (AWS documents only `data`), the record's `kinesis` metadata at the top level: partitionKey, sequenceNumber,
   approximateArrivalTimestamp, kinesisSchemaVersion.
 - The batching window defaults to 0 s; the lag is IteratorAge, in milliseconds behind the stream's tip.
+
+What Lambda's two stream sources share (item identifiers, the batch-info block but for its name and timestamp
+precision, tumbling-window fields, defaults, IteratorAge) is `StreamDialect` and `StreamBatchInfo`, which
+DynamoDB Streams' dialect (streamfn.connectors.dynamodb.dialect) builds on too.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from streamfn.failures.model import BatchInfo, FailedItem, FailedRecord, InvalidResponse, LambdaEvent
 from streamfn.filters.criteria import RecordFields
@@ -63,6 +67,14 @@ ITERATOR_AGE: Final = LagMetric(
     "Milliseconds between the oldest record not yet handled and the shard's tip (0: caught up).",
     "Lambda's IteratorAge metric for stream sources",
 )
+
+
+class StreamArns(Protocol):
+    """Where a stream source is, as far as its failure records and window events name it (Kinesis's StreamLocation,
+    DynamoDB's TableStreamLocation)."""
+
+    def stream_arn(self, stream: str) -> str:
+        """The ARN of the stream a partition's topic names."""
 
 
 @dataclass(slots=True)
@@ -135,33 +147,38 @@ class KinesisEvent:
         }
 
 
-class KinesisBatchInfo:
-    """The `KinesisBatchInfo` block of a failure record from a stream at `location`."""
+class StreamBatchInfo:
+    """The batch-info block of a failure record from a stream at `location`: `name` (KinesisBatchInfo,
+    DDBStreamBatchInfo) with arrival times written by `arrival` (from epoch ms; Kinesis: milliseconds, DynamoDB
+    Streams: seconds)."""
 
-    def __init__(self, location: StreamLocation) -> None:
+    def __init__(self, location: StreamArns, name: str, arrival: Callable[[int], str]) -> None:
         self._location = location
+        self._name = name
+        self._arrival = arrival
 
     def __call__(self, failure: FailedRecord, payload_size: int) -> tuple[str, dict[str, Any]]:
         record = failure.record
         window = failure.window
         first, last = (record.offset, record.offset) if window is None else (window.first_offset, window.last_offset)
-        return "KinesisBatchInfo", {
+        arrived = self._arrival(record.timestamp)
+        return self._name, {
             "shardId": shard_id(failure.partition),
             "startSequenceNumber": str(first),
             "endSequenceNumber": str(last),
-            "approximateArrivalOfFirstRecord": arrival(record.timestamp),
-            "approximateArrivalOfLastRecord": arrival(record.timestamp),
+            "approximateArrivalOfFirstRecord": arrived,
+            "approximateArrivalOfLastRecord": arrived,
             "batchSize": 1,
             "streamArn": self._location.stream_arn(failure.partition.topic),
         }
 
 
-class KinesisDialect:
-    """A Kinesis source's dialect. `lag_metric`: IteratorAge, unless a source measures its lag otherwise (the
-    in-memory source counts records)."""
+class StreamDialect:
+    """What Lambda's stream sources (Kinesis, DynamoDB Streams) share: a 0 s batching window, sequence numbers as
+    item identifiers, `shardId` and `eventSourceARN` in tumbling-window events, and the IteratorAge lag (unless a
+    source measures its lag otherwise: the in-memory source counts records)."""
 
     defaults: Mapping[str, Any] = DEFAULTS
-    filter_fields: RecordFields = RECORD_FIELDS
 
     def __init__(self, lag_metric: LagMetric = ITERATOR_AGE) -> None:
         self.lag_metric = lag_metric
@@ -170,11 +187,17 @@ class KinesisDialect:
     def failed_item(self) -> FailedItem:
         return failed_sequence_number
 
+    def window_fields(self, connection: StreamArns, partition: Partition) -> dict[str, Any]:
+        return {"shardId": shard_id(partition), "eventSourceARN": connection.stream_arn(partition.topic)}
+
+
+class KinesisDialect(StreamDialect):
+    """A Kinesis source's dialect."""
+
+    filter_fields: RecordFields = RECORD_FIELDS
+
     def lambda_event(self, connection: StreamLocation, value_codec: Codec, key_codec: Codec | None) -> LambdaEvent:
         return KinesisEvent(connection)
 
     def batch_info(self, connection: StreamLocation) -> BatchInfo:
-        return KinesisBatchInfo(connection)
-
-    def window_fields(self, connection: StreamLocation, partition: Partition) -> dict[str, Any]:
-        return {"shardId": shard_id(partition), "eventSourceARN": connection.stream_arn(partition.topic)}
+        return StreamBatchInfo(connection, "KinesisBatchInfo", arrival)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamfn.failures.model import FailedRecord, FailureOrigin
+from streamfn.failures.record import failure_payload, failure_record
 from streamfn.record import Partition, Position
 
 
@@ -22,6 +23,9 @@ class Letter:
     condition: str
     invoke_count: int
     error: str | None
+    record: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Lambda's failure record of it with its `payload`, as an S3 destination writes it (the source's batch-info
+    block: KinesisBatchInfo, DDBStreamBatchInfo...)."""
 
 
 class MemoryDestination:
@@ -50,6 +54,7 @@ class MemoryDestination:
                 str(f.condition),
                 f.invoke_count,
                 None if f.error is None else repr(f.error),
+                _failure_record(origin, f),
             )
             for f in failures
         )
@@ -58,3 +63,8 @@ class MemoryDestination:
 
     async def depth(self, source_connection: Any = None) -> int:
         return len(self.letters)
+
+
+def _failure_record(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
+    payload = failure_payload(origin, failure)
+    return failure_record(origin, failure, payload) | {"payload": payload}

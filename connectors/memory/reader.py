@@ -12,9 +12,8 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from typing import Literal
+from typing import Any, Literal
 
-from streamfn.connectors.memory.dialect import LOCATION
 from streamfn.connectors.memory.stream import MemoryStream
 from streamfn.formats.codec import Codec, close_codecs, open_codecs
 from streamfn.record import Partition, RawRecord, Record, SourceRecord
@@ -35,10 +34,11 @@ class MemoryReader:
         value_codec: Codec,
         key_codec: Codec | None,
         starting_position: Literal["TRIM_HORIZON", "LATEST"],
+        connection: Any,
     ) -> None:
         self.stream = stream
         self.group_id = group_id
-        self.connection = LOCATION
+        self.connection = connection
         """Where the source is, as events and failure records name it (opaque to the engine)."""
         self.description = f"stream {stream.name} in memory"
         self.value_codec, self.key_codec = value_codec, key_codec

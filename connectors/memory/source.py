@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
-from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.memory.changelog import MemoryChangelog
 from streamfn.connectors.memory.destination import MemoryDestination
-from streamfn.connectors.memory.dialect import DIALECT
+from streamfn.connectors.memory.dialect import DIALECT, LOCATION
 from streamfn.connectors.memory.reader import MemoryReader
 from streamfn.connectors.memory.stream import MemoryStream
+from streamfn.dialect import Dialect
 from streamfn.errors import ConfigError
-from streamfn.formats.codec import Format, make_codec
+from streamfn.formats.codec import Codec, Format, make_codec
 from streamfn.source import GroupStatus, PartitionStatus
 
 SCHEME = "memory://"
+
+CodecFormat = Format | Callable[[], Codec]
+"""A format by name, or what makes a reader's codec of a format a source fixes (DynamoDB Streams' changes)."""
+
+
+def _codec(format: CodecFormat, side: Literal["value", "key"]) -> Codec:
+    return make_codec(format, side=side) if isinstance(format, str) else format()
 
 
 class MemorySource:
@@ -23,12 +30,19 @@ class MemorySource:
         self,
         stream: MemoryStream,
         *,
-        value_format: Format = "json",
-        key_format: Format | None = None,
+        value_format: CodecFormat = "json",
+        key_format: CodecFormat | None = None,
         starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON",
         group_id: str | None = None,
+        dialect: Dialect = DIALECT,
+        connection: Any = LOCATION,
     ) -> None:
+        """`dialect` and `connection`: the Lambda rules the stream's records follow and where the stream says it is
+        (by default Kinesis's, streamfn.connectors.memory.dialect; DynamoDB Streams' with a TableStreamLocation and
+        that source's codecs, to run its rules through the engine without AWS)."""
         self.stream = stream
+        self.dialect = dialect
+        self.connection = connection
         self.value_format = value_format
         self.key_format = key_format
         self.starting_position = starting_position
@@ -39,19 +53,16 @@ class MemorySource:
         return f"MemorySource({self.stream.name!r})"
 
     @property
-    def dialect(self) -> KinesisDialect:
-        return DIALECT
-
-    @property
     def topics(self) -> Sequence[str]:
         return [self.stream.name]
 
     def reader(self, *, group_id: str) -> MemoryReader:
-        value = make_codec(self.value_format, side="value")
-        key = None if self.key_format is None else make_codec(self.key_format, side="key")
+        value = _codec(self.value_format, "value")
+        key = None if self.key_format is None else _codec(self.key_format, "key")
         return MemoryReader(
             self.stream,
             group_id=group_id,
+            connection=self.connection,
             value_codec=value,
             key_codec=key,
             starting_position=self.starting_position,

@@ -99,12 +99,18 @@ class MemoryStream:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
         timestamp: int | None = None,
+        position: int | None = None,
     ) -> int:
-        """Append a record (`timestamp`: epoch ms, by default now, as Kinesis's arrival time); its position."""
+        """Append a record (`timestamp`: epoch ms, by default now, as Kinesis's arrival time); its position: by
+        default the last one's + 10, or `position` (past the last), e.g. the sequence number the value names."""
         target = self.shards[self.partition(shard)]
         if target.ended:
             raise ShardEnded(f"{self}: shard {target.partition.partition!r} has ended (split or merged)")
-        position = (target.positions[-1] if target.positions else 0) + POSITION_STEP
+        last = target.positions[-1] if target.positions else 0
+        if position is None:
+            position = last + POSITION_STEP
+        elif position <= last:
+            raise ValueError(f"{self}: position {position} is not past the shard's last, {last}")
         now = int(time.time() * 1000) if timestamp is None else timestamp
         target.records.append(RawRecord(self.name, target.partition.partition, position, now, key, value, headers))
         target.positions.append(position)

@@ -43,7 +43,7 @@ from streamfn.failures.model import (
     StopProcessing,
 )
 from streamfn.failures.recovery import Recovery
-from streamfn.formats.codec import Codec, is_plain
+from streamfn.formats.codec import Codec, is_plain, model_validator
 from streamfn.observability.logs import bind, unbind
 from streamfn.observability.stats import FunctionStats
 from streamfn.observability.telemetry import NO_TELEMETRY, FunctionTelemetry
@@ -117,7 +117,7 @@ class FunctionRunner:
         self._key_codec = key_codec
         self._resolves = not (is_plain(value_codec) and is_plain(key_codec))
         """A format with a schema: resolve the batch's schemas first; Lambda-style payloads are validated too."""
-        self._decode_value = _decoder(value_codec.decode, function.config.value_model)
+        self._decode_value = _decoder(value_codec, function.config.value_model)
         self._decode_key = key_codec.decode if key_codec is not None else None
         self._invoker = Invoker(
             function.name, function.handler, function.config.timeout, function.config.reports_item_failures
@@ -485,7 +485,7 @@ class FunctionRunner:
     def _with_predecoded(self, predecoded: dict[Position, Any]) -> Callable[[SourceRecord], Any]:
         """Decode by record: the filters' decoded value when there is one (validated into the model, if any)."""
         decode, model = self._value_codec.decode, self.function.config.value_model
-        validate = model.model_validate if model is not None else None
+        validate = model_validator(self._value_codec, model) if model is not None else None
         missing = object()
 
         def value_of(r: SourceRecord) -> Any:
@@ -602,9 +602,10 @@ def _record(r: SourceRecord, value: Any, key: Any) -> Record:
     return Record(r.topic, r.partition, r.offset, r.timestamp, key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type])
 
 
-def _decoder(decode: Callable[[bytes | None], Any], model: type[BaseModel] | None) -> Callable[[bytes | None], Any]:
+def _decoder(codec: Codec, model: type[BaseModel] | None) -> Callable[[bytes | None], Any]:
     """Decode, then validate into the function's `value_model` if it declares one."""
+    decode = codec.decode
     if model is None:
         return decode
-    validate = model.model_validate
+    validate = model_validator(codec, model)
     return lambda data: validate(decode(data))

@@ -8,9 +8,10 @@ hot path never awaits; formats that need I/O (Avro through a schema registry: un
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
+from pydantic import BaseModel
 
 from streamfn.outputs.sink import encode as encode_any
 
@@ -46,6 +47,20 @@ class Codec(Protocol):
 
     async def encode(self, values: Sequence[Any], topic: str) -> list[bytes | None]:
         """Bytes for outputs written to `topic` (a registry subject derives from it); None stays None."""
+
+
+@runtime_checkable
+class Validating(Protocol):
+    """A codec whose values a function's `value_model` validates in part (DynamoDB Streams' changes: their new
+    image), not whole."""
+
+    def validator(self, model: type[BaseModel]) -> Callable[[Any], Any]:
+        """Validates one decoded value into `model`: the value with the validated part; raises if it fails."""
+
+
+def model_validator(codec: Codec, model: type[BaseModel]) -> Callable[[Any], Any]:
+    """How a function's `value_model` validates the values `codec` decodes: whole, unless the codec says otherwise."""
+    return codec.validator(model) if isinstance(codec, Validating) else model.model_validate
 
 
 class PlainCodec:

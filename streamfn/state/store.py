@@ -17,6 +17,7 @@ with the same `applied`, so after a restore:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from bisect import bisect_right
@@ -55,6 +56,22 @@ META_KEY = b"\x00meta"
 """The partition's own entry (a watermark, an open Lambda window): written last at each checkpoint."""
 
 
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    """The partition's entry as JSON. The positions it holds (`last`, `covers`) may pass 64 bits (Kinesis's and
+    DynamoDB Streams' sequence numbers), which orjson cannot write: such an entry is written by the standard
+    library's json, once per batch, as `decode_meta` reads every entry back, exactly (orjson would make them
+    floats)."""
+    try:
+        return encode_json(meta)
+    except TypeError:
+        return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def decode_meta(data: bytes | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {} if data is None else json.loads(data) or {}
+    return meta
+
+
 class PartitionState:
     """One partition's keyed state: values (JSON-serializable) in memory, changes staged for the changelog."""
 
@@ -65,10 +82,10 @@ class PartitionState:
         """Records this checkpoint value covers are reflected in the whole state (the last complete checkpoint)."""
         applied: dict[bytes, Position] = {}
         for entry in entries:
-            value = None if entry.value is None else orjson.loads(entry.value)
             if entry.key == META_KEY:
-                self.meta, self.floor = value or {}, entry.applied
+                self.meta, self.floor = decode_meta(entry.value), entry.applied
                 continue
+            value = None if entry.value is None else orjson.loads(entry.value)
             if value is None:
                 self.values.pop(entry.key, None)
             else:
@@ -102,7 +119,7 @@ class PartitionState:
         changes: dict[bytes, bytes | None] = {
             key: None if (value := self.values.get(key)) is None else encode_json(value) for key in self._dirty
         }
-        changes[META_KEY] = encode_json(self.meta)
+        changes[META_KEY] = encode_meta(self.meta)
         self._dirty.clear()
         self._staged.append((applied, changes))
         if applied >= self.replay_until:
