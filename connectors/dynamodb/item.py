@@ -95,9 +95,13 @@ def serialized(value: Any, what: str) -> dict[str, Typed]:
             raise Invalid(f"has an attribute named {name!r}: names must be non-empty strings")
         try:
             attributes[name] = _serializer.serialize(_storable(attribute, name))
-        except (TypeError, ValueError, decimal.DecimalException) as error:
-            reason = str(error) or type(error).__name__  # decimal's traps: Inexact, Rounded, Overflow...
-            raise Invalid(f"has attribute {name!r} that DynamoDB cannot store: {reason}") from None
+        except decimal.DecimalException:  # TypeSerializer's context traps Inexact, Rounded, Overflow, Underflow
+            raise Invalid(
+                f"has attribute {name!r} holding a number DynamoDB cannot store (at most 38 significant digits, "
+                "magnitude 1E-130 to under 1E+126)"
+            ) from None
+        except (TypeError, ValueError) as error:
+            raise Invalid(f"has attribute {name!r} that DynamoDB cannot store: {error}") from None
     return attributes
 
 
