@@ -231,21 +231,29 @@ def emitted(partition: int | str, covers: int, *values: Any) -> list[Emitted]:
 async def test_positions_compare_as_integers_of_any_size_within_one_source_partition(
     aws: str, table: Callable[..., str]
 ) -> None:
-    """Sequence numbers past DynamoDB's 38 digits and of different lengths compare as the integers they are; a
+    """Sequence numbers past DynamoDB's 38 digits and of different lengths compare as the integers they are (the
+    same position again is not newer: a replayed batch never rewrites its items, even with other values); a
     change from another source partition is not ordered against them and writes over (last writer wins)."""
     name = table()
-    writer = await sink(aws, name, position_attribute="at").open(SinkContext("f", lambda *a: None, group=GROUP))  # type: ignore[arg-type,return-value]
+    context = SinkContext("f", lambda *a: None, group=GROUP)  # type: ignore[arg-type,return-value]
     big = 10**45
-    try:
-        for covers, value in [(999, "first"), (big + 7, "40+ digits"), (big + 6, "older"), (1000, "shorter, older")]:
+    changes = [(999, "first"), (big + 7, "40+ digits"), (big + 6, "older"), (1000, "shorter, older")]
+    changes.append((big + 7, "the same position again"))  # a batch replayed after a restart, another value: skipped
+    for covers, value in changes:
+        writer = await sink(aws, name, position_attribute="at").open(context)  # a new writer: nothing remembered
+        try:
             await writer.write(emitted("shardId-1", covers, {"id": "k", "v": value}))
-        assert [(i["v"], i["at"]["position"]) for i in contents(aws, name)] == [("40+ digits", str(big + 7))]
+        finally:
+            await writer.close()
+    assert [(i["v"], i["at"]["position"]) for i in contents(aws, name)] == [("40+ digits", str(big + 7))]
+    writer = await sink(aws, name, position_attribute="at").open(context)
+    try:
         await writer.write(emitted("shardId-2", 5, {"id": "k", "v": "other shard"}))
-        assert [(i["v"], i["at"]) for i in contents(aws, name)] == [
-            ("other shard", {"partition": "orders-shardId-2", "position": "5"})
-        ]
     finally:
         await writer.close()
+    assert [(i["v"], i["at"]) for i in contents(aws, name)] == [
+        ("other shard", {"partition": "orders-shardId-2", "position": "5"})
+    ]
 
 
 async def test_items_dynamodb_could_never_store_go_to_on_failure_with_the_reason(
@@ -420,9 +428,14 @@ async def throttling_proxy(target: str, throttled: int, unprocessed: int) -> Asy
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("position_attribute", [None, "_position"], ids=["batch", "conditional"])
+@pytest.mark.parametrize(
+    ("position_attribute", "throttled"),
+    # Conditional writes go 25 at a time: enough throttled calls that some outlast botocore's own 3 attempts.
+    [(None, 4), ("_position", 40)],
+    ids=["batch", "conditional"],
+)
 async def test_throttling_and_unprocessed_items_are_survived_and_every_item_is_written_exactly_once(
-    aws: str, table: Callable[..., str], position_attribute: str | None
+    aws: str, table: Callable[..., str], position_attribute: str | None, throttled: int
 ) -> None:
     """DynamoDB throttles the first write calls and then leaves half of each BatchWriteItem unprocessed: the
     writer sends what was not taken again (after backoff), and only that, so moto receives each item's write
@@ -431,7 +444,7 @@ async def test_throttling_and_unprocessed_items_are_survived_and_every_item_is_w
     stream = MemoryStream("in")
     positions = put(stream, [{"n": n} for n in range(120)])
     dlq = MemoryDestination("ddb-throttled")
-    async with throttling_proxy(aws, throttled=4, unprocessed=3) as (endpoint, proxy):
+    async with throttling_proxy(aws, throttled=throttled, unprocessed=3) as (endpoint, proxy):
         app = App("ddb")
 
         @app.function(
@@ -447,7 +460,7 @@ async def test_throttling_and_unprocessed_items_are_survived_and_every_item_is_w
 
     assert [(i["id"], i["n"]) for i in contents(aws, name)] == sorted((f"k{n}", Decimal(n)) for n in range(120))
     assert proxy.received == {f"k{n}": 1 for n in range(120)}
-    assert proxy.answered["throttled"] == 4
+    assert proxy.answered["throttled"] == throttled
     assert proxy.answered["unprocessed"] == (3 if position_attribute is None else 0)
     assert dlq.letters == []
 
