@@ -36,6 +36,10 @@ FAST_RETRY = SinkRetry(max_attempts=20, initial_seconds=0.01, max_seconds=0.05)
 _names = itertools.count()
 
 
+def _no_chain(*args: Any) -> Any:
+    raise AssertionError("a DynamoDB table never chains to another function")
+
+
 def resource(endpoint: str) -> Any:
     return boto3.resource("dynamodb", endpoint_url=endpoint, region_name=REGION)
 
@@ -235,7 +239,7 @@ async def test_positions_compare_as_integers_of_any_size_within_one_source_parti
     same position again is not newer: a replayed batch never rewrites its items, even with other values); a
     change from another source partition is not ordered against them and writes over (last writer wins)."""
     name = table()
-    context = SinkContext("f", lambda *a: None, group=GROUP)  # type: ignore[arg-type,return-value]
+    context = SinkContext("f", _no_chain, group=GROUP)
     big = 10**45
     changes = [(999, "first"), (big + 7, "40+ digits"), (big + 6, "older"), (1000, "shorter, older")]
     changes.append((big + 7, "the same position again"))  # a batch replayed after a restart, another value: skipped
@@ -470,13 +474,13 @@ async def test_throttling_and_unprocessed_items_are_survived_and_every_item_is_w
 
 async def test_a_missing_table_is_a_config_error_when_the_sink_opens(aws: str) -> None:
     with pytest.raises(ConfigError, match=r"^DynamoDBTable\('no-such-table'\): there is no table 'no-such-table' in "):
-        await sink(aws, "no-such-table").open(SinkContext("f", lambda *a: None))  # type: ignore[arg-type,return-value]
+        await sink(aws, "no-such-table").open(SinkContext("f", _no_chain))
 
 
 async def test_the_position_attribute_cannot_be_a_key_attribute(aws: str, table: Callable[..., str]) -> None:
     name = table()
     with pytest.raises(ConfigError, match=r"position_attribute='id' is an attribute of the table's key \(id \(S\)\)"):
-        await sink(aws, name, position_attribute="id").open(SinkContext("f", lambda *a: None, group=GROUP))  # type: ignore[arg-type,return-value]
+        await sink(aws, name, position_attribute="id").open(SinkContext("f", _no_chain, group=GROUP))
 
 
 @pytest.mark.parametrize(
