@@ -124,7 +124,7 @@ async def test_outputs_are_upserted_by_the_tables_key_and_delete_outputs_remove_
             if v["op"] == "put":
                 out.append({"pk": v["pk"], "sk": v["sk"], "v": v["v"], "seen": (v["sk"], None), "raw": b"\x00\x01"})
             elif v["op"] == "delete":
-                out.append(Delete({"pk": v["pk"], "sk": v["sk"], "ignored": "yes"}))
+                out.append(Delete({"pk": v["pk"], "sk": v["sk"], "ignored": set()}))  # a whole old image, say
             else:
                 out.append(Reading(pk="m", sk=0, celsius=21.5, tags={"x", "y"}))
                 nested = {"pk": "n", "sk": Decimal("1.5"), "nested": {"m": {"deep": [1, 2.0, "t"]}}, "flag": True}
@@ -277,6 +277,7 @@ async def test_items_dynamodb_could_never_store_go_to_on_failure_with_the_reason
         "nan": {"id": "nan", "v": float("nan")},
         "digits": {"id": "digits", "v": 10**40 + 1},
         "not-a-dict": ["id", "x"],
+        "delete-no-key": Delete({"name": "x"}),
     }
     reasons = {
         "big": f"bytes as a DynamoDB item, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes",
@@ -287,6 +288,7 @@ async def test_items_dynamodb_could_never_store_go_to_on_failure_with_the_reason
         "nan": "has attribute 'v' = nan: DynamoDB numbers are finite",
         "digits": "has attribute 'v' holding a number DynamoDB cannot store (at most 38 significant digits",
         "not-a-dict": "is a list: the output must be a dict or a pydantic model",
+        "delete-no-key": "has no key attribute 'id' (the table's key: id (S))",
     }
     names = ["ok-1", *bad, "ok-2"]
     positions = dict(zip(names, put(stream, names), strict=True))

@@ -71,10 +71,14 @@ def item_of(output: Emitted, key: KeySchema, position: tuple[str, Typed] | None)
     DynamoDB could never store it."""
     try:
         if isinstance(output.value, Delete):
-            typed_key = key_of(serialized(plain(output.value.key), "the Delete's key"), key, every=False)
+            given = plain(output.value.key)
+            if not isinstance(given, Mapping):
+                raise Invalid(f"is a Delete of a {type(given).__name__}: its key must be a dict or a pydantic model")
+            wanted = {name: given[name] for name, _ in key.attributes if name in given}  # the rest is ignored
+            typed_key = key_of(serialized(wanted, "the Delete's key"), key)
             return Item(typed_key, None, identity(typed_key))
         typed = serialized(plain(output.value), "the output")
-        typed_key = key_of(typed, key, every=True)
+        typed_key = key_of(typed, key)
         if position is not None:
             typed[position[0]] = position[1]
         size = item_size(typed)
@@ -124,9 +128,8 @@ def _storable(value: Any, name: str) -> Any:
     return value
 
 
-def key_of(typed: Mapping[str, Typed], key: KeySchema, every: bool) -> dict[str, Typed]:
-    """The key attributes of an item (`every`: the others are its own) or of a Delete's key, checked against the
-    table's key schema."""
+def key_of(typed: Mapping[str, Typed], key: KeySchema) -> dict[str, Typed]:
+    """The key attributes of an item or of a Delete's key, checked against the table's key schema."""
     found: dict[str, Typed] = {}
     for name, kind in key.attributes:
         value = typed.get(name)

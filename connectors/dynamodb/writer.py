@@ -79,9 +79,9 @@ def writes(outputs: Sequence[Emitted], key: KeySchema, position_attribute: str |
     output DynamoDB could never store (checked before anything is sent)."""
     by_key: dict[tuple[Any, ...], Write] = {}
     for output in outputs:
-        position = position_of(output) if position_attribute is not None else None
-        attribute = None
-        if position is not None and position_attribute is not None:
+        position, attribute = None, None
+        if position_attribute is not None:
+            position = position_of(output)
             attribute = (position_attribute, {"M": {PARTITION: {"S": position[0]}, POSITION: {"S": position[1]}}})
         item = item_of(output, key, attribute)
         write = by_key.get(item.identity)
