@@ -146,9 +146,12 @@ async def run_streamfn(
     return harness.TimedRun(records, end.wall - started.wall, end.cpu - started.cpu)
 
 
-async def count_items(endpoint: str, table: str) -> int:
+async def count_and_drop(endpoint: str, table: str) -> int:
+    """The items the table holds; then it is deleted, so that moto (all in memory) stays as small for every run."""
     async with client(endpoint, "dynamodb") as dynamodb:
-        return int((await dynamodb.scan(TableName=table, Select="COUNT"))["Count"])
+        count = int((await dynamodb.scan(TableName=table, Select="COUNT"))["Count"])
+        await dynamodb.delete_table(TableName=table)
+    return count
 
 
 def print_results(console: Console, args: argparse.Namespace, results: dict[str, list[harness.TimedRun]]) -> None:
@@ -203,7 +206,7 @@ async def bench(args: argparse.Namespace, endpoint: str, console: Console) -> in
                 result = await run_conditional_loop(endpoint, table, values)
             else:
                 result = await run_streamfn(endpoint, table, stream, args.records, variant == "c", args.batch_size, run)
-        found = await count_items(endpoint, table)
+        found = await count_and_drop(endpoint, table)
         if found != args.records:
             raise RuntimeError(f"{VARIANTS[variant]}: the table holds {found} items, expected {args.records}")
         return result
