@@ -474,9 +474,22 @@ async def test_throttling_and_unprocessed_items_are_survived_and_every_item_is_w
 # --- configuration ----------------------------------------------------------------------------------------------
 
 
-async def test_a_missing_table_is_a_config_error_when_the_sink_opens(aws: str) -> None:
-    with pytest.raises(ConfigError, match=r"^DynamoDBTable\('no-such-table'\): there is no table 'no-such-table' in "):
-        await sink(aws, "no-such-table").open(SinkContext("f", _no_chain))
+async def test_a_missing_table_stops_the_worker_with_a_one_line_config_error_naming_the_function(aws: str) -> None:
+    stream = MemoryStream("in")
+    put(stream, [{"id": "a"}])
+    app = App("ddb")
+
+    @app.function(source=MemorySource(stream, group_id=GROUP), outputs=[sink(aws, "no-such-table")])
+    async def handler(records: list[Record]) -> list[Any]:
+        return [r.value for r in records]
+
+    with pytest.raises(ConfigError) as raised:
+        await run_worker(app, None, lambda: False, timeout=30)
+    assert str(raised.value) == (
+        f"function 'handler': DynamoDBTable('no-such-table'): there is no table 'no-such-table' in region {REGION} "
+        f"at {aws}"
+    )
+    assert stream.committed(GROUP) == {}
 
 
 async def test_the_position_attribute_cannot_be_a_key_attribute(aws: str, table: Callable[..., str]) -> None:

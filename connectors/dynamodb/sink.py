@@ -95,13 +95,13 @@ class DynamoDBTable(StrictModel):
             )
 
     async def open(self, context: SinkContext) -> TableWriter:
-        if self.position_attribute is not None and not context.group:
-            raise ConfigError(
-                f"{self}: position_attribute={self.position_attribute!r} needs a function with a source of its own "
-                "(its positions are what the items record)"
-            )
         stack = AsyncExitStack()
         try:
+            if self.position_attribute is not None and not context.group:
+                raise ConfigError(
+                    f"{self}: position_attribute={self.position_attribute!r} needs a function with a source of its "
+                    "own (its positions are what the items record)"
+                )
             client = await stack.enter_async_context(self.access().client("dynamodb"))
             key = await self._key(client)
             if self.position_attribute in dict(key.attributes):
@@ -109,8 +109,10 @@ class DynamoDBTable(StrictModel):
                     f"{self}: position_attribute={self.position_attribute!r} is an attribute of the table's key "
                     f"({key}); name another attribute"
                 )
-        except BaseException:
+        except BaseException as error:
             await stack.aclose()
+            if isinstance(error, ConfigError):  # said of the function whose sink it is, as declaration errors are
+                raise error.for_function(context.function) from None
             raise
         return TableWriter(client, stack, self.table, key, self.position_attribute)
 
