@@ -10,6 +10,7 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -90,6 +91,7 @@ class Reading(BaseModel):
     sk: int
     celsius: float
     tags: set[str]
+    at: datetime
 
 
 async def test_outputs_are_upserted_by_the_tables_key_and_delete_outputs_remove_items(
@@ -97,8 +99,8 @@ async def test_outputs_are_upserted_by_the_tables_key_and_delete_outputs_remove_
 ) -> None:
     """Dicts and pydantic models become items by the table's composite key (a later output of a key replaces the
     item, in the same batch or a later one), values converted (floats as the Decimal of their text, tuples as
-    lists, sets, bytes, nested maps, None); `Delete` removes an item (its other attributes ignored), and deleting
-    an item that does not exist is no error."""
+    lists, sets, bytes, nested maps, None, datetimes as ISO 8601 text); `Delete` removes an item (its other
+    attributes ignored), and deleting an item that does not exist is no error."""
     name = table((("pk", "HASH", "S"), ("sk", "RANGE", "N")))
     stream = MemoryStream("orders")
     last = put(
@@ -126,7 +128,9 @@ async def test_outputs_are_upserted_by_the_tables_key_and_delete_outputs_remove_
             elif v["op"] == "delete":
                 out.append(Delete({"pk": v["pk"], "sk": v["sk"], "ignored": set()}))  # a whole old image, say
             else:
-                out.append(Reading(pk="m", sk=0, celsius=21.5, tags={"x", "y"}))
+                out.append(
+                    Reading(pk="m", sk=0, celsius=21.5, tags={"x", "y"}, at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+                )
                 nested = {"pk": "n", "sk": Decimal("1.5"), "nested": {"m": {"deep": [1, 2.0, "t"]}}, "flag": True}
                 out.append(Output(nested, key="n"))
         return out
@@ -142,7 +146,13 @@ async def test_outputs_are_upserted_by_the_tables_key_and_delete_outputs_remove_
             "raw": boto3_binary(b"\x00\x01"),
         },
         {"pk": "b", "sk": Decimal(1), "v": Decimal(4), "seen": [Decimal(1), None], "raw": boto3_binary(b"\x00\x01")},
-        {"pk": "m", "sk": Decimal(0), "celsius": Decimal("21.5"), "tags": {"x", "y"}},
+        {
+            "pk": "m",
+            "sk": Decimal(0),
+            "celsius": Decimal("21.5"),
+            "tags": {"x", "y"},
+            "at": "2026-01-02T03:04:05+00:00",
+        },
         {"pk": "n", "sk": Decimal("1.5"), "nested": {"m": {"deep": [Decimal(1), Decimal("2.0"), "t"]}}, "flag": True},
     ]
 
