@@ -32,6 +32,8 @@ MAX_ITEM_BYTES = 400 * 1024
 KEY_TYPES = {"S": "a string", "N": "a number", "B": "binary"}
 
 _serializer = TypeSerializer()
+_AS_THEY_ARE = (str, int, bytes, Decimal, type(None))
+"""Values TypeSerializer takes as they are (bool is an int)."""
 Typed = dict[str, Any]
 """An attribute value in DynamoDB's typed form ({"S": "text"}, {"N": "1"}, {"M": {...}}...)."""
 
@@ -111,6 +113,8 @@ def serialized(value: Any, what: str) -> dict[str, Typed]:
 
 def _storable(value: Any, name: str) -> Any:
     """`value` with what TypeSerializer refuses but has an obvious DynamoDB form converted (module docstring)."""
+    if isinstance(value, _AS_THEY_ARE):  # the common case first
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise Invalid(f"has attribute {name!r} = {value}: DynamoDB numbers are finite")
@@ -155,7 +159,7 @@ def item_size(typed: Mapping[str, Typed]) -> int:
 
 
 def _size(typed: Typed) -> int:
-    ((kind, value),) = typed.items()
+    kind, value = next(iter(typed.items()))  # the one entry
     if kind == "S":
         return len(value.encode())
     if kind == "B":
@@ -176,6 +180,6 @@ def _size(typed: Typed) -> int:
 
 
 def _number_size(text: str) -> int:
-    """1 byte per two significant digits, plus 1."""
-    digits = Decimal(text).normalize().as_tuple().digits
-    return (len(digits) + 1) // 2 + 1
+    """1 byte per two significant digits, plus 1 (`text` as TypeSerializer writes it: "-12.5", "1E+2")."""
+    significant = text.lstrip("-").partition("E")[0].replace(".", "").strip("0")
+    return (max(len(significant), 1) + 1) // 2 + 1
