@@ -141,8 +141,8 @@ class TableWriter:
             response = await self._client.batch_write_item(RequestItems={self._table: entries})
         except ClientError as error:
             if error_code(error) == "ValidationException":
-                which = f"outputs {request[0].outputs[0]}..{request[-1].outputs[-1]}"
-                rejected.append(f"a BatchWriteItem of {which}: {error}")
+                first, last = request[0].outputs[0], request[-1].outputs[-1]
+                rejected.append(f"output {first}: {error}" if first == last else f"outputs {first}..{last}: {error}")
             else:
                 failed[error_code(error) or "ClientError"] += len(request)
             return
