@@ -5,7 +5,7 @@ from streamfn.config import Backoff
 from streamfn.engine.chain import Function
 from streamfn.errors import ConfigError
 from streamfn.failures.model import BatchItemFailures
-from streamfn.outputs.sink import Output, SinkRetry
+from streamfn.outputs.sink import Delete, Output, SinkRetry
 from streamfn.record import Partition, Record
 from streamfn.secrets import Secret
 from streamfn.state.windows import Hopping, Tumbling
@@ -15,6 +15,7 @@ __all__ = [
     "Backoff",
     "BatchItemFailures",
     "ConfigError",
+    "Delete",
     "Function",
     "Hopping",
     "Output",

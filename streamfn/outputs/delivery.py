@@ -25,7 +25,7 @@ from tenacity import (
 
 from streamfn.failures.model import StopProcessing
 from streamfn.observability.metrics import FunctionInstruments
-from streamfn.outputs.sink import Emitted, OffsetStoringWriter, RejectedOutput, Sink, SinkContext, SinkWriter
+from streamfn.outputs.sink import Delete, Emitted, OffsetStoringWriter, RejectedOutput, Sink, SinkContext, SinkWriter
 from streamfn.record import Partition
 
 log = logging.getLogger("streamfn.delivery")
@@ -40,6 +40,8 @@ class Outputs:
         self._instruments = instruments
         """Metrics on: each write attempt's duration and errors, per sink."""
         self._writers: list[SinkWriter] = []
+        self._cannot_delete = next((sink for sink in self._sinks if not getattr(sink, "deletes", False)), None)
+        """A sink that cannot take `Delete` outputs (the first one), if any."""
 
     def __bool__(self) -> bool:
         return bool(self._sinks)
@@ -66,6 +68,9 @@ class Outputs:
 
     async def write(self, outputs: Sequence[Emitted], stopping: Callable[[], bool]) -> Exception | None:
         """Write `outputs` to every sink; None once all acknowledged, else the error that exhausted its retries."""
+        refused = self._refused_deletion(outputs)
+        if refused is not None:
+            return refused
         results = await asyncio.gather(
             *(
                 self._write(sink, writer, outputs, stopping)
@@ -77,6 +82,19 @@ class Outputs:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # stopping or cancelled: nothing is committed
         return next((result for result in results if isinstance(result, Exception)), None)
+
+    def _refused_deletion(self, outputs: Sequence[Emitted]) -> RejectedOutput | None:
+        """A `Delete` output for a sink that cannot delete rejects the batch before any sink writes anything (one scan
+        per batch, only when a sink of the function cannot delete)."""
+        if self._cannot_delete is None:
+            return None
+        deletion = next((output for output in outputs if isinstance(output.value, Delete)), None)
+        if deletion is None:
+            return None
+        return RejectedOutput(
+            f"output {deletion.id} is {deletion.value!r}, and {self._cannot_delete} cannot delete: only sinks that "
+            "delete by key (DynamoDBTable) take Delete outputs"
+        )
 
     async def _write(
         self, sink: Sink, writer: SinkWriter, outputs: Sequence[Emitted], stopping: Callable[[], bool]

@@ -38,6 +38,16 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class Delete:
+    """An output that removes the item with this key from a sink that deletes by key (`deletes = True`:
+    DynamoDBTable), where a dict or model output would put it. `key` holds at least the key's attributes (others,
+    e.g. a whole old image, are ignored). Every other sink rejects a batch holding one before writing anything
+    (OutputDeliveryFailed, with the reason), rather than writing the deletion as if it were a value."""
+
+    key: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Provenance:
     """The invocation an output came from: its function and the source records it was invoked with."""
 

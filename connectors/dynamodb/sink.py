@@ -1,0 +1,132 @@
+"""DynamoDBTable: a DynamoDB table as a function's output, each output an item upserted by the table's key.
+
+Why these choices:
+- The key is the table's own, read from DescribeTable when the sink opens (a missing table is a ConfigError then):
+  an output is a put of the item (a dict or a pydantic model) replacing the item of its key, so a batch written
+  again (a retry, a replay after a crash) leaves each item once; `Delete(key)` outputs remove items.
+- Values are converted by boto3's TypeSerializer, floats as the Decimal of their shortest text
+  (connectors/dynamodb/item.py says which other conversions and checks apply). An output DynamoDB could never
+  store (over 400 KB, an empty set, no key...) is a RejectedOutput: its input records go to on_failure
+  (OutputDeliveryFailed, with the reason), before anything of the write is sent; never retried.
+- Writes are BatchWriteItem requests of 25; what DynamoDB leaves unprocessed or throttles is sent again, alone,
+  after the sink's SinkRetry backoff (connectors/dynamodb/writer.py). Under long throttling, `retry=SinkRetry(
+  max_attempts=-1)` never gives up (the partition waits, paused).
+- `position_attribute`: each item also records the source partition and position of the change that wrote it
+  (`{"partition": "<topic>-<partition>", "position": "<digits>"}`), and every write is a conditional PutItem or
+  DeleteItem that goes through only over an item from another source partition or an older position: a replayed
+  or late (lost partition) batch never overwrites a newer change. Positions are compared as integers of any size
+  (stored as digits, compared by length then text), per source partition only, as positions of different
+  partitions are not ordered. It costs a request per item instead of one per 25.
+  It is not `processing_guarantee="exactly_once"`: the guard is per item, with nothing stored per partition, so
+  it cannot skip a replayed batch as a whole (an item the replay emits that the first run did not is written),
+  and a deleted item keeps no position (an older put replayed after the delete puts it back until the replay
+  reaches the delete again; a late batch of a worker that lost the partition may put it back for good).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any, ClassVar
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from streamfn.config import http_url
+from streamfn.connectors.dynamodb.item import KeySchema
+from streamfn.connectors.dynamodb.writer import TableWriter
+from streamfn.connectors.shards.aws import AwsAccess, check_credentials, error_code
+from streamfn.errors import ConfigError, StrictModel, Unreachable
+from streamfn.outputs.sink import SinkContext, SinkRetry
+
+TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+
+
+class DynamoDBTable(StrictModel):
+    """A DynamoDB table, by name: each output (a dict or a pydantic model) is put as an item, by the table's key;
+    `Delete(key)` outputs delete. Region, endpoint and credentials as KinesisStream takes them (else the AWS
+    configuration chain)."""
+
+    owner = "DynamoDBTable"
+    deletes: ClassVar[bool] = True
+    """Takes `Delete` outputs."""
+
+    table: str = Field(pattern=TABLE_NAME.pattern)
+    position_attribute: str | None = Field(None, min_length=1, max_length=255)
+    """Conditional writes: the attribute each item keeps its change's source position in (module docstring)."""
+    region_name: str | None = Field(None, min_length=1)
+    endpoint_url: str | None = None
+    aws_access_key_id: str | None = Field(None, min_length=1)
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    retry: SinkRetry = Field(default_factory=SinkRetry)
+
+    def __init__(self, table: str | None = None, /, **values: Any) -> None:
+        super().__init__(**({"table": table} if table is not None else {}), **values)
+
+    def __str__(self) -> str:
+        return f"DynamoDBTable({self.table!r})"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DynamoDBTable:
+        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
+        return self
+
+    def access(self) -> AwsAccess:
+        return AwsAccess(
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+    def check(self, source_topics: Sequence[str]) -> None:
+        if self.table in source_topics:
+            raise ConfigError(
+                f"{self} is the table whose stream the function reads: each write would be read again as a change "
+                "by the same function; use another table"
+            )
+
+    async def open(self, context: SinkContext) -> TableWriter:
+        stack = AsyncExitStack()
+        try:
+            if self.position_attribute is not None and not context.group:
+                raise ConfigError(
+                    f"{self}: position_attribute={self.position_attribute!r} needs a function with a source of its "
+                    "own (its positions are what the items record)"
+                )
+            client = await stack.enter_async_context(self.access().client("dynamodb"))
+            key = await self._key(client)
+            if self.position_attribute in dict(key.attributes):
+                raise ConfigError(
+                    f"{self}: position_attribute={self.position_attribute!r} is an attribute of the table's key "
+                    f"({key}); name another attribute"
+                )
+        except BaseException as error:
+            await stack.aclose()
+            if isinstance(error, ConfigError):  # said of the function whose sink it is, as declaration errors are
+                raise error.for_function(context.function) from None
+            raise
+        return TableWriter(client, stack, self.table, key, self.position_attribute)
+
+    async def _key(self, client: Any) -> KeySchema:
+        """The table's key schema (DescribeTable); what keeps it from being read said in one line."""
+        where = f"in region {client.meta.region_name}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        try:
+            described = await client.describe_table(TableName=self.table)
+        except ClientError as error:
+            if error_code(error) == "ResourceNotFoundException":
+                raise ConfigError(f"{self}: there is no table {self.table!r} {where}") from None
+            raise ConfigError(f"{self}: DescribeTable {where} failed: {error}") from None
+        except (EndpointConnectionError, ConnectTimeoutError, OSError, TimeoutError) as error:
+            raise Unreachable(f"{self}: DynamoDB {where} did not answer: {error}") from None
+        except BotoCoreError as error:  # no credentials, no region
+            raise ConfigError(f"{self}: {error}") from None
+        return KeySchema.described(described["Table"])
