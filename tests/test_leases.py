@@ -500,13 +500,33 @@ def test_expiry_is_counted_on_this_workers_clock_from_the_last_counter_change() 
     assert not expiry.available(renewed, 120) and expiry.available(renewed, 120.7)
 
 
+def test_a_worker_that_ended_a_shard_counts_as_live_for_one_lease_duration() -> None:
+    expiry = Expiry(duration=10)
+    expiry.observe({"s0": Lease("s0", counter=4, owner="a"), "s1": Lease("s1", counter=2, owner="b")}, now=100)
+    assert expiry.finishers() == set()
+    ended = Lease("s0", counter=5, checkpoint=SHARD_END)  # a finished lease has no owner
+    released = Lease("s1", counter=3)  # a lease given up (a worker leaving) is no sign of life
+    expiry.observe({"s0": ended, "s1": released}, now=101)
+    assert expiry.finishers() == {"a"}
+    expiry.observe({"s0": ended, "s1": released}, now=111)
+    assert expiry.finishers() == {"a"}
+    expiry.observe({"s0": ended, "s1": released}, now=111.5)
+    assert expiry.finishers() == set()
+
+
 def test_fair_share_choice() -> None:
     def table(**owners: str | None) -> dict[str, Lease]:
         return {key: Lease(key, owner=owner) for key, owner in owners.items()}
 
-    def chosen(leases: dict[str, Lease], mine: set[str], expired: frozenset[str] = frozenset(), steal: int = 1) -> Any:
+    def chosen(
+        leases: dict[str, Lease],
+        mine: set[str],
+        expired: frozenset[str] = frozenset(),
+        steal: int = 1,
+        finishers: frozenset[str] = frozenset(),
+    ) -> Any:
         available = {key: lease.owner is None or key in expired for key, lease in leases.items()}
-        choice = choose(leases, mine, "me", available, steal, random.Random(7))
+        choice = choose(leases, mine, "me", available, steal, random.Random(7), finishers)
         return sorted(lease.key for lease in choice.take), [lease.owner for lease in choice.steal]
 
     eight = {f"s{i}": None for i in range(8)}
@@ -527,3 +547,9 @@ def test_fair_share_choice() -> None:
         "done": Lease("done", checkpoint=SHARD_END),
     }
     assert chosen(lineage, set()) == ([], [])
+    # a rollover: every shard ended at once (their leases unowned); the worker that ended the others still counts
+    rolled = {f"c{i}": Lease(f"c{i}", parents=frozenset({f"p{i}"})) for i in range(4)}
+    rolled |= {f"p{i}": Lease(f"p{i}", checkpoint=SHARD_END) for i in range(4)}
+    assert len(chosen(rolled, set())[0]) == 4  # alone
+    assert len(chosen(rolled, set(), finishers=frozenset({"b"}))[0]) == 2
+    assert len(chosen(rolled, set(), finishers=frozenset({"b", "me"}))[0]) == 2

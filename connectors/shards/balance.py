@@ -6,7 +6,9 @@ Kept apart from the coordinator's I/O so the arithmetic can be read (and tested)
   earlier than the write); a lease is available when nobody owns it or its counter has not moved for longer than
   the lease duration. A new worker therefore needs two scans a lease duration apart to call a lease expired.
 - **Fair share** (computeLeasesToTake, chooseLeasesToSteal): workable leases (not finished, parents done) are
-  shared by the live owners plus this worker, target ceil(leases / workers). Available leases go first (shuffled,
+  shared by the live owners plus this worker, target ceil(leases / workers), where a worker seen ending a shard
+  within the last lease duration counts as live (a finished lease has no owner: at a rollover every worker may
+  own nothing workable for a moment). Available leases go first (shuffled,
   so workers starting together collide less); only when none is available does the worker steal from the single
   most loaded worker while that one is above the target (or at it, when this worker needs two or more), at most
   `max_steal` per scan.
@@ -25,11 +27,13 @@ from streamfn.connectors.shards.lineage import takeable
 
 
 class Expiry:
-    """When this worker last saw each lease's counter move."""
+    """When this worker last saw each lease's counter move, and which workers recently finished a shard."""
 
     def __init__(self, duration: float) -> None:
         self.duration = duration
         self._seen: dict[str, tuple[int, float]] = {}
+        self._owners: dict[str, str] = {}
+        self._finished: dict[str, float] = {}
 
     def observe(self, leases: Mapping[str, Lease], now: float) -> None:
         """Note a scan that answered at `now`; leases no longer in the table are forgotten."""
@@ -39,6 +43,18 @@ class Expiry:
             else (lease.counter, now)
             for key, lease in leases.items()
         }
+        for key, lease in leases.items():
+            owner = self._owners.get(key)
+            if owner is not None and lease.ended:
+                self._finished[owner] = now
+        self._owners = {key: lease.owner for key, lease in leases.items() if lease.owner is not None}
+        self._finished = {owner: at for owner, at in self._finished.items() if now - at <= self.duration}
+
+    def finishers(self) -> set[str]:
+        """Workers seen ending a shard within the last lease duration (a finished lease has no owner), alive though
+        they may hold nothing workable for a moment: at a rollover every worker's shards end at once, and without
+        them this worker would count itself alone and take every child, to have half of them stolen back."""
+        return set(self._finished)
 
     def available(self, lease: Lease, now: float) -> bool:
         """Unowned, or its counter unchanged for longer than the lease duration."""
@@ -61,13 +77,16 @@ def choose(
     available: Mapping[str, bool],
     max_steal: int,
     rng: random.Random,
+    finishers: Collection[str] = (),
 ) -> Choice:
-    """What to take from a scan (`leases`), holding `mine`; `available` tells, per lease, whether it expired."""
+    """What to take from a scan (`leases`), holding `mine`; `available` tells, per lease, whether it expired;
+    `finishers` are workers alive though they may own nothing workable (Expiry.finishers)."""
     workable = {key: lease for key, lease in leases.items() if takeable(lease, leases)}
     live = {key: lease for key, lease in workable.items() if not available[key]}
     loads = Counter(lease.owner for key, lease in live.items() if key not in mine)
     loads.pop(me, None)
-    target = math.ceil(len(workable) / (len(loads) + 1))
+    workers = set(loads) | set(finishers) | {me}
+    target = math.ceil(len(workable) / len(workers))
     needed = target - len(mine)
     if needed <= 0:
         return Choice([], [])

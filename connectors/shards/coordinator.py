@@ -12,9 +12,9 @@ KCL 2.x's algorithm (the reference's lease-table section), with these choices:
   (KCL 2.x announces at once, and the victim goes on processing until its next renew, #265). Expired and
   unowned leases are announced at once: their previous holder has already given them up.
 - **Fair shares** (balance.choose): every take period, unowned and expired leases first, up to the target
-  ceil(leases / workers), then steals from the most loaded worker, `max_steal` (default 1) at a time. Leases
-  count only when workable: finished leases (SHARD_END, never owned) and children still waiting for their
-  parents do not.
+  ceil(leases / workers) (a worker that just ended a shard counts), then steals from the most loaded worker,
+  `max_steal` (default 1) at a time. Leases count only when workable: finished leases (SHARD_END, never owned)
+  and children still waiting for their parents do not.
 - **Renew and checkpoint never race.** Both bump the counter, so each lease has one asyncio lock around both.
 - **Graceful release.** `release_all` gives leases up in the table (a conditional REMOVE of leaseOwner), so the
   next scan of another worker takes them, instead of KCL 2.x's wait for expiry.
@@ -336,7 +336,15 @@ class LeaseCoordinator:
         await self._clean(leases, now)
 
         available = {key: self._expiry.available(lease, now) for key, lease in leases.items()}
-        choice = choose(leases, self._held.keys(), self.worker_id, available, self.max_steal, self._random)
+        choice = choose(
+            leases,
+            self._held.keys(),
+            self.worker_id,
+            available,
+            self.max_steal,
+            self._random,
+            self._expiry.finishers(),
+        )
         await asyncio.gather(*(self._take(lease, stolen=False) for lease in choice.take))
         for lease in choice.steal:
             await self._take(lease, stolen=True)
