@@ -111,7 +111,14 @@ class DynamoDBStreamsApi:
     expired: frozenset[str] = frozenset({"ExpiredIteratorException", "TrimmedDataAccessException"})
     gone: frozenset[str] = frozenset({"ResourceNotFoundException"})
 
-    def __init__(self, access: AwsAccess, *, table: str | None = None, stream_arn: str | None = None) -> None:
+    def __init__(
+        self,
+        access: AwsAccess,
+        *,
+        table: str | None = None,
+        stream_arn: str | None = None,
+        location: TableStreamLocation | None = None,
+    ) -> None:
         assert (table is None) != (stream_arn is None), "a table or a stream ARN"
         self.access = access
         self.topic = table if table is not None else table_of(stream_arn or "")
@@ -119,8 +126,9 @@ class DynamoDBStreamsApi:
         where = ", ".join(filter(None, [access.region_name, access.endpoint_url]))
         named = f"DynamoDB table {table}" if table is not None else f"DynamoDB stream {stream_arn}"
         self.description = named + (f" ({where})" if where else "")
-        self.connection = TableStreamLocation(region=access.region_name or "")
-        """Filled in by `connect` (the stream's ARN names its region)."""
+        self.connection = location if location is not None else TableStreamLocation(region="")
+        """Filled in by `connect` (the stream's ARN names its region); the source's own, which its dialect reads."""
+        self.connection.region = self.connection.region or access.region_name or ""
         self.state = ""
         """The stream's status, from `connect`."""
         self.client: Any = None

@@ -11,16 +11,18 @@ once its parent is drained, so each item's changes are handled in order.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
 from streamfn.connectors.dynamodb.api import STREAM_ARN, DynamoDBStreamsApi, table_of
-from streamfn.connectors.dynamodb.dialect import DIALECT, DynamoDBDialect
-from streamfn.connectors.kafka.codecs import TopicFormat
+from streamfn.connectors.dynamodb.change import change_codec, keys_codec
+from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
+from streamfn.connectors.dynamodb.location import TableStreamLocation
 from streamfn.connectors.shards import AwsAccess
 from streamfn.connectors.shards.reader import ShardReader
 from streamfn.connectors.shards.source import ShardSourceOptions
+from streamfn.formats.codec import Codec
 from streamfn.source import GroupStatus
 
 TABLE_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{3,255}$"
@@ -28,9 +30,10 @@ AT_TIMESTAMP_REFUSED = "Unsupported starting position for arn type: {arn}"
 """Lambda's answer (InvalidParameterValueException) to AT_TIMESTAMP for a DynamoDB stream."""
 
 
-class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
+class DynamoDBStreamSource(ShardSourceOptions):
     """Where a function reads from: the stream of one DynamoDB table. AWS's address and the lease and state tables
-    are every shard source's (ShardSourceOptions)."""
+    are every shard source's (ShardSourceOptions). Values are Changes and keys the item's key attributes
+    (connectors/dynamodb/change.py): no format to choose; a function's `value_model` validates the new images."""
 
     owner = "DynamoDBStreamSource"
     kind = "a DynamoDB Streams"
@@ -42,8 +45,10 @@ class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
     )
     """Where a shard without a checkpoint starts (once per lease table: the shard's first lease records it).
     AT_TIMESTAMP is Kinesis's only: refused as Lambda refuses it."""
-    value_model: Any = None
-    """A pydantic model the new image of each change is validated into (native handlers)."""
+    _location: TableStreamLocation = PrivateAttr(default_factory=lambda: TableStreamLocation(region=""))
+    """Where the stream is once a reader has connected: the readers fill it in, the dialect's filter fields
+    (`awsRegion`, `eventSourceARN`) read it."""
+    _dialect: DynamoDBDialect | None = PrivateAttr(None)
 
     @field_validator("stream_arn")
     @classmethod
@@ -52,13 +57,6 @@ class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
             raise ValueError(
                 "must be a DynamoDB stream ARN, arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>"
             )
-        return value
-
-    @field_validator("value_model")
-    @classmethod
-    def _model(cls, value: Any) -> Any:
-        if value is not None and not (isinstance(value, type) and issubclass(value, BaseModel)):
-            raise ValueError("must be a pydantic model class (a subclass of pydantic.BaseModel)")
         return value
 
     @model_validator(mode="after")
@@ -88,7 +86,13 @@ class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
 
     @property
     def dialect(self) -> DynamoDBDialect:
-        return DIALECT
+        if self._dialect is None:
+            self._dialect = DynamoDBDialect(self._location)
+        return self._dialect
+
+    def codecs(self) -> tuple[Codec, Codec | None]:
+        """Values as Changes, keys as the item's key attributes (fixed: a stream's records are always these)."""
+        return change_codec(), keys_codec()
 
     def access(self) -> AwsAccess:
         """Region (given, else the stream ARN's), endpoint and credentials for every client of the source
@@ -100,7 +104,7 @@ class DynamoDBStreamSource(TopicFormat, ShardSourceOptions):
         value, key = self.codecs()
         access = self.access()
         return ShardReader(
-            DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn),
+            DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn, location=self._location),
             access,
             lease_table=group_id,
             value_codec=value,
