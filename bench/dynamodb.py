@@ -8,7 +8,8 @@ What it measures
 
     (a) plain aiobotocore: GetShardIterator(TRIM_HORIZON) then GetRecords(Limit=1000) again at once until the
         shard's records are in; no decoding, no checkpoint (the baseline);
-    (b) streamfn, native no-op handler `async def noop(records)` (the stream records decoded as JSON into Records),
+    (b) streamfn, native no-op handler `async def noop(records)` (each stream record decoded into a Change: its
+        images converted to Python values by boto3's TypeDeserializer),
         a fresh lease table per run (created, scanned, taken; a conditional checkpoint write per commit);
     (c) streamfn, Lambda-style no-op handler `def noop(event, context)`, a sync def (run in the thread pool).
 
@@ -126,7 +127,6 @@ async def run_streamfn(endpoint: str, table: str, records: int, variant: str, ba
         endpoint_url=endpoint,
         region_name=REGION,
         lease_table=harness.unique_name("leases", variant, run),
-        value_format="json",
     )
     handler = native_noop if variant == "b" else lambda_noop
     app.function(source=source, name="noop", batch_size=batch_size, timeout=harness.HANDLER_TIMEOUT_SECONDS)(handler)

@@ -14,13 +14,16 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import boto3
+import orjson
 import pytest
 from conftest import run_worker, wait_for
 from ddb_streams_double import StreamsDouble
+from test_sink_sqs import create_queue, receive
 
 from streamfn import App, Record
 from streamfn.connectors.dynamodb import Change, DynamoDBStreamSource
@@ -633,3 +636,64 @@ async def test_records_trimmed_before_they_were_handled_are_skipped_with_a_warni
         "were trimmed from the stream (past its 24-hour retention) before they were handled; reading on from the "
         "oldest record left (TRIM_HORIZON)"
     ]
+
+
+async def test_a_powertools_handler_runs_unchanged_and_its_failed_change_reaches_an_sqs_destination(
+    table: Callable[..., Table],
+) -> None:
+    """On moto's stream end to end: AWS Lambda Powertools' parser model validates each event whole, and
+    BatchProcessor(EventType.DynamoDBStreams) with its record models reports the change its handler refuses (the
+    MODIFY) by sequence number; with bisection and one retry that change alone goes to the SQS queue named by ARN,
+    as Lambda's failure record with DDBStreamBatchInfo, and the lease table ends at the stream's last record."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.parser import parse
+    from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
+
+    t = table("NEW_AND_OLD_IMAGES")
+    change_an_item(t)
+    url = await create_queue(t.endpoint)
+    processor = BatchProcessor(event_type=EventType.DynamoDBStreams, model=DynamoDBStreamRecordModel)
+    handled: list[str] = []
+    responses: list[Any] = []
+
+    def record_handler(record: Any) -> None:
+        if record.eventName == "MODIFY":
+            raise ValueError("modifications are refused")
+        handled.append(record.eventName)
+
+    app = App("ddb")
+
+    @app.function(
+        source=t.source(),
+        batch_size=10,
+        function_response_types=["ReportBatchItemFailures"],
+        bisect_batch_on_function_error=True,
+        maximum_retry_attempts=1,
+        on_failure=f"arn:aws:sqs:{REGION}:123456789012:{url.rsplit('/', 1)[-1]}",
+    )
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        parsed = parse(event=event, model=DynamoDBStreamModel)
+        assert {(r.awsRegion, r.eventSource) for r in parsed.Records} == {(REGION, "aws:dynamodb")}
+        responses.append(process_partial_response(event, record_handler, processor, context))
+        return responses[-1]
+
+    await run_worker(app, None, lambda: t.checkpoints() == t.last_sequences(), timeout=40)
+    described = t.stream_records()
+    modify = described[1]["dynamodb"]
+    assert responses[0] == {"batchItemFailures": [{"itemIdentifier": modify["SequenceNumber"]}]}
+    assert handled[:2] == ["INSERT", "REMOVE"]
+    [message] = await receive(t.endpoint, url, 1)
+    body = orjson.loads(message["Body"])
+    arrived = datetime.fromtimestamp(int(modify["ApproximateCreationDateTime"].timestamp()), UTC)
+    assert (body["requestContext"]["condition"], body["DDBStreamBatchInfo"]) == (
+        "RetryAttemptsExhausted",
+        {
+            "shardId": next(iter(t.checkpoints())),
+            "startSequenceNumber": modify["SequenceNumber"],
+            "endSequenceNumber": modify["SequenceNumber"],
+            "approximateArrivalOfFirstRecord": arrived.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "approximateArrivalOfLastRecord": arrived.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "batchSize": 1,
+            "streamArn": t.arn,
+        },
+    )
