@@ -12,7 +12,9 @@ What it measures
            count is calibrated once in this process, the same for every run): bound by one core per process;
     (agg)  `@app.aggregate(key="user", window=Tumbling(60), timestamp="ts")` folding a count and a sum of `amount`
            per user and window, the closed windows' results written to a KafkaTopic; the window state goes to its
-           changelog topic before each commit.
+           changelog topic before each commit;
+    (sum)  issue 18's count+sum job: a native handler over JSON values (`value_format="json"`, batch_size 10,000)
+           counting records and summing `amount` per user in memory (`--sum-records`, 1,000,000 by default).
 
     The worker counts run interleaved (1, 2, 1, 2, ...) `--repeats` times per job, because the machine is small and
     noisy; the table shows every run, the median records/s and the ratio of the medians (2 vs 1) of the same job.
@@ -25,8 +27,8 @@ How it times
     the group after the other one started is a rebalance inside the timed window, as it would be for users. The
     supervisor is then stopped with SIGTERM.
 
-Run from the repository root:  python bench/workers.py [--records N] [--agg-records N] [--spin-us US] [--repeats N]
-                               [--jobs cpu,agg] [-v]
+Run from the repository root:  python bench/workers.py [--records N] [--agg-records N] [--sum-records N]
+                               [--spin-us US] [--repeats N] [--jobs cpu,agg,sum] [-v]
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 WORKERS = (1, 2)
-JOBS = ("cpu", "agg")
+JOBS = ("cpu", "agg", "sum")
 PARTITIONS = 4
 USERS = 1000
 WATCH_SECONDS = 0.05
@@ -82,6 +84,17 @@ if os.environ["JOB"] == "cpu":
         for _ in records:
             for _ in range(SPIN):
                 pass
+elif os.environ["JOB"] == "sum":
+    counts, sums = {{}}, {{}}
+
+    @app.function(source=source, batch_size=10_000, maximum_batching_window_in_seconds=0.0)
+    async def count_sum(records):
+        if not started:
+            first_call()
+        for r in records:
+            user = r.value["user"]
+            counts[user] = counts.get(user, 0) + 1
+            sums[user] = sums.get(user, 0) + r.value["amount"]
 else:
     @app.aggregate(source=source, key="user", window=Tumbling(60), timestamp="ts",
                    outputs=[KafkaTopic(os.environ["GROUP"] + "-out")], batch_size=100,
@@ -194,7 +207,7 @@ def print_table(console: Console, results: dict[tuple[str, int], list[RunResult]
 async def bench(args: argparse.Namespace, servers: str, console: Console) -> int:
     args.spin = spin_count(args.spin_us)
     topics = {}
-    counts = {"cpu": args.records, "agg": args.agg_records}
+    counts = {"cpu": args.records, "agg": args.agg_records, "sum": args.sum_records}
     for job in args.jobs:
         topics[job] = harness.unique_name(job)
         count = counts[job]
@@ -207,9 +220,9 @@ async def bench(args: argparse.Namespace, servers: str, console: Console) -> int
             (
                 "jobs",
                 f"cpu: {args.spin:,} empty loop iterations per record (~{args.spin_us:g} µs here); "
-                "agg: count+sum per user, Tumbling(60), results to a KafkaTopic",
+                "agg: count+sum per user, Tumbling(60), results to a KafkaTopic; sum: count+sum per user in memory",
             ),
-            ("topics", f"{PARTITIONS} partitions, {USERS} users; batch_size=100"),
+            ("topics", f"{PARTITIONS} partitions, {USERS} users; batch_size=100 (sum: 10,000)"),
         ],
     )
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as name:
@@ -242,14 +255,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--agg-records", type=int, default=500_000, help="records of the agg job's topic (default 500000)"
     )
+    parser.add_argument(
+        "--sum-records", type=int, default=1_000_000, help="records of the sum job's topic (default 1000000)"
+    )
     parser.add_argument("--spin-us", type=float, default=50.0, help="cpu job: µs of work per record (default 50)")
     harness.add_subset(parser, "--jobs", list(JOBS))
     harness.add_repeats(parser, "worker count")
     harness.add_verbose(parser)
     args = parser.parse_args(argv)
     harness.checked_subset(parser, "--jobs", args.jobs, list(JOBS))
-    if min(args.records, args.agg_records, args.repeats) < 1 or args.spin_us < 0:
-        parser.error("--records, --agg-records and --repeats must be >= 1, --spin-us >= 0")
+    if min(args.records, args.agg_records, args.sum_records, args.repeats) < 1 or args.spin_us < 0:
+        parser.error("--records, --agg-records, --sum-records and --repeats must be >= 1, --spin-us >= 0")
     return args
 
 
