@@ -188,6 +188,15 @@ class Poller:
         self.ever_assigned = True
         self.last_fetch = time.monotonic()
         stored = await self._stored_positions(list(offsets))
+        if self._stopping.is_set():
+            # A rebalance that lands while this worker stops (the group client calls back until the reader has
+            # stopped): the partitions get no worker, which `run` would not release (it has taken its list) and
+            # whose lanes would restore state from a changelog being closed. Nothing is committed for them: the
+            # group's next owner starts from their commits.
+            log.info(
+                "function %s: partitions assigned while stopping, left: %s", self.function.name, _names(set(offsets))
+            )
+            return
         for partition, committed in offsets.items():
             self.checkpoint.track(partition, committed)
             resume = stored.get(partition, committed)
