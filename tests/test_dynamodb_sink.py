@@ -543,29 +543,37 @@ async def test_on_the_embedded_server_a_missing_table_is_created_with_the_declar
     aws: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With `key=` and `run --local aws`'s LOCAL_ENV, the sink creates its missing table (PAY_PER_REQUEST, the
-    declared key and types) and writes to it; without LOCAL_ENV (AWS) a missing table stays a ConfigError."""
+    declared key and types) and writes to it; without LOCAL_ENV (AWS) a missing table stays a ConfigError, and on
+    the embedded server without `key=` the error says to declare it."""
     from streamfn.connectors.shards.local import LOCAL_ENV
 
     name = f"made-{next(_names)}"
     stream = MemoryStream("orders")
     last = put(stream, [{"customer": "ana", "day": 1, "n": 2}, {"customer": "ben", "day": 1, "n": 0.5}])[-1]
 
-    def pipeline() -> App:
+    def pipeline(key: tuple[str, str] | None) -> App:
         app = App("ddb")
 
-        @app.function(source=MemorySource(stream, group_id=GROUP), outputs=[sink(aws, name, key=("customer", "day:N"))])
+        @app.function(source=MemorySource(stream, group_id=GROUP), outputs=[sink(aws, name, key=key)])
         async def handler(records: list[Record]) -> list[Any]:
             return [r.value for r in records]
 
         return app
 
-    with pytest.raises(ConfigError, match=rf"there is no table {name!r} in region {REGION} at {aws}$"):
-        await run_worker(pipeline(), None, lambda: False, timeout=30)
+    with pytest.raises(ConfigError) as raised:
+        await run_worker(pipeline(("customer", "day:N")), None, lambda: False, timeout=30)
+    assert str(raised.value).endswith(f"there is no table {name!r} in region {REGION} at {aws}")
+    monkeypatch.setenv(LOCAL_ENV, aws)
+    with pytest.raises(ConfigError) as raised:
+        await run_worker(pipeline(None), None, lambda: False, timeout=30)
+    assert str(raised.value) == (
+        f"function 'handler': DynamoDBTable({name!r}): there is no table {name!r} on the embedded server (in region "
+        f"{REGION} at {aws}): declare its key, key='attr' or key=('hash', 'range'), for the sink to create it there"
+    )
     assert name not in resource(aws).meta.client.list_tables()["TableNames"]
 
-    monkeypatch.setenv(LOCAL_ENV, aws)
     try:
-        await run_until_committed(pipeline(), stream, {0: last})
+        await run_until_committed(pipeline(("customer", "day:N")), stream, {0: last})
         described = resource(aws).meta.client.describe_table(TableName=name)["Table"]
         assert described["KeySchema"] == [
             {"AttributeName": "customer", "KeyType": "HASH"},

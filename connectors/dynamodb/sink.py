@@ -157,8 +157,13 @@ class DynamoDBTable(StrictModel):
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise ConfigError(f"{self}: DescribeTable {where} failed: {error}") from None
-            if declared is None or not os.environ.get(LOCAL_ENV):
+            if not os.environ.get(LOCAL_ENV):
                 raise ConfigError(f"{self}: there is no table {self.table!r} {where}") from None
+            if declared is None:
+                raise ConfigError(
+                    f"{self}: there is no table {self.table!r} on the embedded server ({where}): declare its key, "
+                    "key='attr' or key=('hash', 'range'), for the sink to create it there"
+                ) from None
             return await self._create(client, declared, where)
         except (EndpointConnectionError, ConnectTimeoutError, OSError, TimeoutError) as error:
             raise Unreachable(f"{self}: DynamoDB {where} did not answer: {error}") from None
