@@ -6,6 +6,7 @@ command.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -100,8 +101,6 @@ def tables(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tables]:
 
 def produce(table: str, lines: list[bytes], key_field: str | None = None) -> Any:
     """DynamoDBStreamSource.produce_lines in this process (what `produce` and `--seed` call)."""
-    import asyncio
-
     source = DynamoDBStreamSource(table=table)
     return asyncio.run(source.produce_lines(table, lines, key_field=key_field, default_servers=None))
 
