@@ -512,6 +512,87 @@ async def test_the_position_attribute_cannot_be_a_key_attribute(aws: str, table:
         await sink(aws, name, position_attribute="id").open(SinkContext("f", _no_chain, group=GROUP))
 
 
+async def test_a_declared_key_that_is_not_the_tables_stops_the_worker_naming_the_function_and_the_right_key(
+    aws: str, table: Callable[..., str]
+) -> None:
+    """`key=` is checked against DescribeTable when the sink opens, names and types, the partition key first: the
+    outputs were made for the declared key, so another one is a ConfigError saying how to declare the table's."""
+    name = table((("pk", "HASH", "S"), ("sk", "RANGE", "N")))
+    matching = await sink(aws, name, key=("pk", "sk:N")).open(SinkContext("f", _no_chain, group=GROUP))
+    await matching.close()
+    for declared in ("pk", ("pk", "sk"), ("sk:N", "pk")):
+        stream = MemoryStream("orders")
+        put(stream, [{"pk": "a", "sk": 1}])
+        app = App("ddb")
+
+        @app.function(source=MemorySource(stream, group_id=GROUP), outputs=[sink(aws, name, key=declared)])
+        async def handler(records: list[Record]) -> list[Any]:
+            return [r.value for r in records]
+
+        with pytest.raises(ConfigError) as raised:
+            await run_worker(app, None, lambda: False, timeout=30)
+        assert str(raised.value) == (
+            f"function 'handler': DynamoDBTable({name!r}): key={declared!r} is not the table's key, which is pk (S), "
+            f"sk (N) in region {REGION} at {aws}: declare key=('pk', 'sk:N')"
+        )
+        assert stream.committed(GROUP) == {}
+        assert contents(aws, name, key=lambda i: (i["pk"], i["sk"])) == []
+
+
+async def test_on_the_embedded_server_a_missing_table_is_created_with_the_declared_key_never_elsewhere(
+    aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `key=` and `run --local aws`'s LOCAL_ENV, the sink creates its missing table (PAY_PER_REQUEST, the
+    declared key and types) and writes to it; without LOCAL_ENV (AWS) a missing table stays a ConfigError, and on
+    the embedded server without `key=` the error says to declare it."""
+    from streamfn.connectors.shards.local import LOCAL_ENV
+
+    name = f"made-{next(_names)}"
+    stream = MemoryStream("orders")
+    last = put(stream, [{"customer": "ana", "day": 1, "n": 2}, {"customer": "ben", "day": 1, "n": 0.5}])[-1]
+
+    def pipeline(key: tuple[str, str] | None) -> App:
+        app = App("ddb")
+
+        @app.function(source=MemorySource(stream, group_id=GROUP), outputs=[sink(aws, name, key=key)])
+        async def handler(records: list[Record]) -> list[Any]:
+            return [r.value for r in records]
+
+        return app
+
+    with pytest.raises(ConfigError) as raised:
+        await run_worker(pipeline(("customer", "day:N")), None, lambda: False, timeout=30)
+    assert str(raised.value).endswith(f"there is no table {name!r} in region {REGION} at {aws}")
+    monkeypatch.setenv(LOCAL_ENV, aws)
+    with pytest.raises(ConfigError) as raised:
+        await run_worker(pipeline(None), None, lambda: False, timeout=30)
+    assert str(raised.value) == (
+        f"function 'handler': DynamoDBTable({name!r}): there is no table {name!r} on the embedded server (in region "
+        f"{REGION} at {aws}): declare its key, key='attr' or key=('hash', 'range'), for the sink to create it there"
+    )
+    assert name not in resource(aws).meta.client.list_tables()["TableNames"]
+
+    try:
+        await run_until_committed(pipeline(("customer", "day:N")), stream, {0: last})
+        described = resource(aws).meta.client.describe_table(TableName=name)["Table"]
+        assert described["KeySchema"] == [
+            {"AttributeName": "customer", "KeyType": "HASH"},
+            {"AttributeName": "day", "KeyType": "RANGE"},
+        ]
+        assert sorted(map(tuple, (d.values() for d in described["AttributeDefinitions"]))) == [
+            ("customer", "S"),
+            ("day", "N"),
+        ]
+        assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+        assert "StreamSpecification" not in described  # a sink's table needs no stream
+        assert contents(aws, name, key=lambda i: i["customer"]) == [
+            {"customer": "ana", "day": 1, "n": 2},
+            {"customer": "ben", "day": 1, "n": Decimal("0.5")},
+        ]
+    finally:
+        resource(aws).Table(name).delete()
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
@@ -520,6 +601,8 @@ async def test_the_position_attribute_cannot_be_a_key_attribute(aws: str, table:
         (("t-1",), {"position_attribute": ""}, "DynamoDBTable: position_attribute='' is invalid"),
         (("t-1",), {"aws_access_key_id": "k"}, "aws_access_key_id and aws_secret_access_key go together"),
         (("t-1",), {"endpoint_url": "ftp://x"}, "DynamoDBTable: endpoint_url='ftp://x' is invalid"),
+        (("t-1",), {"key": ("a", "b", "c")}, "DynamoDBTable: key=('a', 'b', 'c') is invalid: must be 'attr' or ("),
+        (("t-1",), {"key": ":N"}, "DynamoDBTable: key=':N' is invalid: must be 'attr' or ('hash', 'range')"),
     ],
 )
 def test_config_errors_are_one_line(args: Sequence[str], kwargs: dict[str, Any], message: str) -> None:

@@ -364,7 +364,10 @@ def test_the_kinesis_example_runs_with_one_command_on_the_embedded_server(aws: s
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(
-        r"^streamfn: embedded Kinesis-compatible server .* at http://127\.0\.0\.1:\d+ ", result.stdout, re.M
+        r"^streamfn: embedded AWS-compatible server \(moto: Kinesis, DynamoDB and its Streams, SQS\) "
+        r"at http://127\.0\.0\.1:\d+ ",
+        result.stdout,
+        re.M,
     )
     assert (
         "streamfn: seeded 243 records from examples/kinesis/clicks.jsonl into stream clicks (created: stream clicks "

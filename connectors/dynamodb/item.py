@@ -79,16 +79,25 @@ def item_of(output: Emitted, key: KeySchema, position: tuple[str, Typed] | None)
             wanted = {name: given[name] for name, _ in key.attributes if name in given}  # the rest is ignored
             typed_key = key_of(serialized(wanted, "the Delete's key"), key)
             return Item(typed_key, None, identity(typed_key))
-        typed = serialized(plain(output.value), "the output")
-        typed_key = key_of(typed, key)
-        if position is not None:
-            typed[position[0]] = position[1]
-        size = item_size(typed)
-        if size > MAX_ITEM_BYTES:
-            raise Invalid(f"is {size} bytes as a DynamoDB item, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes")
+        typed, typed_key = put_item(plain(output.value), key, "the output", position)
         return Item(typed_key, typed, identity(typed_key))
     except Invalid as problem:
         raise RejectedOutput(f"output {output.id} {problem}") from None
+
+
+def put_item(
+    value: Any, key: KeySchema, what: str, position: tuple[str, Typed] | None = None
+) -> tuple[dict[str, Typed], dict[str, Typed]]:
+    """A plain value (`what`: how the message names it) as a whole item and its key, in DynamoDB's typed form, with
+    `position` added; Invalid when DynamoDB could never store it (also the seeds of connectors/dynamodb/produce.py)."""
+    typed = serialized(value, what)
+    typed_key = key_of(typed, key)
+    if position is not None:
+        typed[position[0]] = position[1]
+    size = item_size(typed)
+    if size > MAX_ITEM_BYTES:
+        raise Invalid(f"is {size} bytes as a DynamoDB item, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes")
+    return typed, typed_key
 
 
 def serialized(value: Any, what: str) -> dict[str, Typed]:

@@ -4,6 +4,11 @@ Why these choices:
 - The key is the table's own, read from DescribeTable when the sink opens (a missing table is a ConfigError then):
   an output is a put of the item (a dict or a pydantic model) replacing the item of its key, so a batch written
   again (a retry, a replay after a crash) leaves each item once; `Delete(key)` outputs remove items.
+- `key=` (optional) declares that key: "attr" or ("hash", "range"), each attribute a string unless written
+  "attr:N" (number) or "attr:B" (binary). It is checked against the table when the sink opens (another key is a
+  ConfigError: the outputs were written for the declared one), and on the embedded server (`streamfn run --local
+  aws`, connectors/shards/local.py) a missing table is created with it, PAY_PER_REQUEST, so a pipeline runs there
+  with one command; never on AWS, where tables are made with their capacity, streams and alarms on purpose.
 - Values are converted by boto3's TypeSerializer, floats as the Decimal of their shortest text
   (connectors/dynamodb/item.py says which other conversions and checks apply). An output DynamoDB could never
   store (over 400 KB, an empty set, no key...) is a RejectedOutput: its input records go to on_failure
@@ -25,6 +30,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -36,11 +42,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from streamfn.config import http_url
 from streamfn.connectors.dynamodb.item import KeySchema
 from streamfn.connectors.dynamodb.writer import TableWriter
-from streamfn.connectors.shards.aws import AwsAccess, check_credentials, error_code
+from streamfn.connectors.shards.aws import AwsAccess, check_credentials, ensure_table, error_code
+from streamfn.connectors.shards.local import LOCAL_ENV
 from streamfn.errors import ConfigError, StrictModel, Unreachable
 from streamfn.outputs.sink import SinkContext, SinkRetry
 
 TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+KEY_ATTRIBUTE = re.compile(r"^(?P<name>.*?)(?::(?P<type>[SNB]))?$", re.S)
+"""A `key=` attribute: its name, and ":S", ":N" or ":B" for its type (S when not given)."""
 
 
 class DynamoDBTable(StrictModel):
@@ -53,6 +62,9 @@ class DynamoDBTable(StrictModel):
     """Takes `Delete` outputs."""
 
     table: str = Field(pattern=TABLE_NAME.pattern)
+    key: str | tuple[str, ...] | None = None
+    """The table's key as the outputs are written for it (module docstring): checked when the sink opens, and what
+    the embedded server's missing table is created with."""
     position_attribute: str | None = Field(None, min_length=1, max_length=255)
     """Conditional writes: the attribute each item keeps its change's source position in (module docstring)."""
     region_name: str | None = Field(None, min_length=1)
@@ -73,6 +85,19 @@ class DynamoDBTable(StrictModel):
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value)
 
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_attributes(cls, value: Any) -> Any:
+        """One line for any wrong `key=` (the union's errors, one per member, would say little)."""
+        if value is None or (isinstance(value, str) and _is_attribute(value)):
+            return value
+        if isinstance(value, list | tuple) and len(value) in (1, 2) and all(_is_attribute(a) for a in value):
+            return tuple(value)
+        raise ValueError(
+            "must be 'attr' or ('hash', 'range'): each attribute a name of 1 to 255 bytes (a string), 'name:N' (a "
+            "number) or 'name:B' (binary)"
+        )
+
     @model_validator(mode="after")
     def _credentials(self) -> DynamoDBTable:
         check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
@@ -86,6 +111,12 @@ class DynamoDBTable(StrictModel):
             aws_secret_access_key=self.aws_secret_access_key,
             aws_session_token=self.aws_session_token,
         )
+
+    def declared_key(self) -> KeySchema | None:
+        """`key=` as a key schema (attributes and types, the partition key first); None if not declared."""
+        if self.key is None:
+            return None
+        return KeySchema(tuple(_key_attribute(a) for a in ((self.key,) if isinstance(self.key, str) else self.key)))
 
     def check(self, source_topics: Sequence[str]) -> None:
         if self.table in source_topics:
@@ -117,16 +148,57 @@ class DynamoDBTable(StrictModel):
         return TableWriter(client, stack, self.table, key, self.position_attribute)
 
     async def _key(self, client: Any) -> KeySchema:
-        """The table's key schema (DescribeTable); what keeps it from being read said in one line."""
+        """The table's key schema (DescribeTable), checked against `key=`; on the embedded server a missing table
+        created with `key=`; what keeps it from being read said in one line."""
         where = f"in region {client.meta.region_name}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        declared = self.declared_key()
         try:
             described = await client.describe_table(TableName=self.table)
         except ClientError as error:
-            if error_code(error) == "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":
+                raise ConfigError(f"{self}: DescribeTable {where} failed: {error}") from None
+            if not os.environ.get(LOCAL_ENV):
                 raise ConfigError(f"{self}: there is no table {self.table!r} {where}") from None
-            raise ConfigError(f"{self}: DescribeTable {where} failed: {error}") from None
+            if declared is None:
+                raise ConfigError(
+                    f"{self}: there is no table {self.table!r} on the embedded server ({where}): declare its key, "
+                    "key='attr' or key=('hash', 'range'), for the sink to create it there"
+                ) from None
+            return await self._create(client, declared, where)
         except (EndpointConnectionError, ConnectTimeoutError, OSError, TimeoutError) as error:
             raise Unreachable(f"{self}: DynamoDB {where} did not answer: {error}") from None
         except BotoCoreError as error:  # no credentials, no region
             raise ConfigError(f"{self}: {error}") from None
-        return KeySchema.described(described["Table"])
+        key = KeySchema.described(described["Table"])
+        if declared is not None and key != declared:
+            raise ConfigError(
+                f"{self}: key={self.key!r} is not the table's key, which is {key} {where}: declare "
+                f"key={_declaration(key)!r}"
+            )
+        return key
+
+    async def _create(self, client: Any, key: KeySchema, where: str) -> KeySchema:
+        """The missing table created on the embedded server with the declared key (PAY_PER_REQUEST)."""
+        try:
+            keys = [(name, "RANGE" if i else "HASH", kind) for i, (name, kind) in enumerate(key.attributes)]
+            await ensure_table(client, self.table, keys)
+        except (ClientError, TimeoutError) as error:
+            raise ConfigError(f"{self}: creating the table {where} failed: {error}") from None
+        return key
+
+
+def _is_attribute(declared: Any) -> bool:
+    return isinstance(declared, str) and 1 <= len(_key_attribute(declared)[0].encode()) <= 255
+
+
+def _key_attribute(declared: str) -> tuple[str, str]:
+    """A `key=` attribute as (name, type)."""
+    found = KEY_ATTRIBUTE.match(declared)
+    assert found is not None  # any text matches
+    return found.group("name"), found.group("type") or "S"
+
+
+def _declaration(key: KeySchema) -> str | tuple[str, ...]:
+    """How `key=` declares a table's key schema."""
+    parts = tuple(name if kind == "S" else f"{name}:{kind}" for name, kind in key.attributes)
+    return parts[0] if len(parts) == 1 else parts

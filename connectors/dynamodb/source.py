@@ -11,10 +11,12 @@ once its parent is drained, so each item's changes are handled in order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
+from streamfn.capabilities import Produced
 from streamfn.connectors.dynamodb.api import STREAM_ARN, DynamoDBStreamsApi, table_of
 from streamfn.connectors.dynamodb.change import change_codec, keys_codec
 from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
@@ -123,3 +125,16 @@ class DynamoDBStreamSource(ShardSourceOptions):
             f" at {access.endpoint_url}" if access.endpoint_url else ""
         )
         return await shard_status(api, access, group_id, where)
+
+    # Capabilities the command line uses (streamfn.capabilities): Producing; LocalSystem is every shard source's
+    # (ShardSourceOptions).
+
+    async def produce_lines(
+        self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
+    ) -> Produced:
+        """Each line an item written to the table `stream` where this source's table is, so that its stream holds
+        the changes (connectors/dynamodb/produce.py; on the embedded server a missing table is created, keyed by
+        `key_field`)."""
+        from streamfn.connectors.dynamodb.produce import produce_items  # only the command line produces
+
+        return await produce_items(stream, lines, key_field=key_field, access=self.access())

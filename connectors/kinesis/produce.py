@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.capabilities import Produced
 from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards.local import LOCAL_ENV
 from streamfn.errors import ConfigError, Unreachable
 
 MAX_RECORDS = 500
@@ -28,8 +29,6 @@ MAX_RECORD_BYTES = 1024 * 1024
 MAX_KEY_CHARS = 256
 LOCAL_SHARDS = 4
 """The shards of a stream the embedded server creates for a seed (streamfn run --local aws)."""
-LOCAL_ENV = "STREAMFN_LOCAL_AWS"
-"""Set by `streamfn run --local aws` to the embedded server's endpoint: a missing stream is created there."""
 RETRY_SECONDS = 0.2
 ATTEMPTS = 10
 

@@ -15,9 +15,9 @@ table (connectors/shards/changelog.py), `state_table`, by default "<lease table>
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ClassVar, Literal
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
@@ -142,7 +142,8 @@ class KinesisSource(TopicFormat, ShardSourceOptions):
         api = KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp)
         return await shard_status(api, access, group_id, where)
 
-    # Capabilities the command line uses (streamfn.capabilities): Producing, LocalSystem, Refillable.
+    # Capabilities the command line uses (streamfn.capabilities): Producing, Refillable; LocalSystem is every shard
+    # source's (ShardSourceOptions).
 
     async def produce_lines(
         self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
@@ -151,20 +152,6 @@ class KinesisSource(TopicFormat, ShardSourceOptions):
         from streamfn.connectors.kinesis.produce import produce_lines  # only the command line produces
 
         return await produce_lines(stream, lines, key_field=key_field, access=self.access())
-
-    local_name: ClassVar[str] = "embedded Kinesis-compatible server (moto: Kinesis, DynamoDB)"
-    local_option: ClassVar[str] = "aws"
-
-    def needs_local(self, default_servers: str | None) -> bool:
-        """Never unasked: AWS is always somewhere to connect to (`run --local aws` starts the local server)."""
-        return False
-
-    @contextmanager
-    def local(self) -> Iterator[str]:
-        from streamfn.connectors.kinesis.local import embedded_aws
-
-        with embedded_aws() as endpoint:
-            yield endpoint
 
     @asynccontextmanager
     async def refill(self) -> AsyncIterator[Refill]:

@@ -91,11 +91,15 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-async def ensure_table(client: Any, name: str, keys: Sequence[tuple[str, str, str]]) -> None:
-    """Create the DynamoDB table `name` (PAY_PER_REQUEST; `keys`: (attribute, HASH or RANGE, S or B)) unless it
-    exists, then wait until it is ACTIVE. Another worker creating it at the same time is fine. Raises TimeoutError
-    past ACTIVE_TIMEOUT_SECONDS, ClientError as the service answers."""
+async def ensure_table(
+    client: Any, name: str, keys: Sequence[tuple[str, str, str]], *, stream_view_type: str | None = None
+) -> None:
+    """Create the DynamoDB table `name` (PAY_PER_REQUEST; `keys`: (attribute, HASH or RANGE, S, N or B); with a
+    stream of `stream_view_type` if given) unless it exists, then wait until it is ACTIVE. Another worker creating
+    it at the same time is fine. Raises TimeoutError past ACTIVE_TIMEOUT_SECONDS, ClientError as the service
+    answers."""
     if await _status(client, name) is None:
+        stream = {"StreamEnabled": True, "StreamViewType": stream_view_type} if stream_view_type else None
         try:
             await client.create_table(
                 TableName=name,
@@ -104,6 +108,7 @@ async def ensure_table(client: Any, name: str, keys: Sequence[tuple[str, str, st
                     {"AttributeName": attribute, "AttributeType": type_} for attribute, _, type_ in keys
                 ],
                 BillingMode="PAY_PER_REQUEST",
+                **({"StreamSpecification": stream} if stream else {}),
             )
         except ClientError as error:
             if error_code(error) != "ResourceInUseException":  # another worker created it first

@@ -1,6 +1,7 @@
 """What the shard sources' declarations share (KinesisSource, DynamoDBStreamSource): where AWS is (region,
-endpoint, explicit credentials), the function's lease and state tables, and Lambda's usual destination for a
-stream (an SQS queue ARN) resolved with the source's endpoint and credentials.
+endpoint, explicit credentials), the function's lease and state tables, Lambda's usual destination for a
+stream (an SQS queue ARN) resolved with the source's endpoint and credentials, and the embedded AWS-compatible
+server that `streamfn run --local aws` starts for them (one for the run: connectors/shards/local.py).
 
 Region, endpoint and credentials: what is given here, else the AWS configuration chain (AWS_REGION, the
 AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> variables, the profile, the instance role), so one pipeline runs
@@ -9,6 +10,8 @@ against AWS, LocalStack or moto unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -95,3 +98,20 @@ class ShardSourceOptions(StrictModel):
             aws_secret_access_key=access.aws_secret_access_key,
             aws_session_token=access.aws_session_token,
         )
+
+    # The command line's LocalSystem capability (streamfn.capabilities), the same for every shard source: the
+    # command line starts one server for `--local aws` whichever sources ask for it.
+
+    local_name: ClassVar[str] = "embedded AWS-compatible server (moto: Kinesis, DynamoDB and its Streams, SQS)"
+    local_option: ClassVar[str] = "aws"
+
+    def needs_local(self, default_servers: str | None) -> bool:
+        """Never unasked: AWS is always somewhere to connect to (`run --local aws` starts the local server)."""
+        return False
+
+    @contextmanager
+    def local(self) -> Iterator[str]:
+        from streamfn.connectors.shards.local import embedded_aws  # only `run --local aws` starts it
+
+        with embedded_aws() as endpoint:
+            yield endpoint

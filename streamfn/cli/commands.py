@@ -159,8 +159,9 @@ def run(
     local: Annotated[
         list[str] | None,
         typer.Option(
-            help="Start this local system for the run, in memory (repeatable): aws (moto: Kinesis and DynamoDB, "
-            "with dummy credentials; only ever started when asked), kafka (also started when no brokers are given)."
+            help="Start this local system for the run, in memory (repeatable): aws (moto: Kinesis, DynamoDB and its "
+            "Streams, SQS, with dummy credentials; only ever started when asked), kafka (also started when no brokers "
+            "are given)."
         ),
     ] = None,
 ) -> None:

@@ -1,12 +1,15 @@
-"""The embedded Kinesis-compatible server: moto in server mode (Kinesis, DynamoDB for the lease tables, STS), in
-memory, for as long as `streamfn run --local aws` runs.
+"""The embedded AWS-compatible server of the shard sources: moto in server mode (Kinesis; DynamoDB, its Streams and
+the lease tables; SQS for on_failure; STS), in memory, for as long as `streamfn run --local aws` runs. One server
+for the run, whichever shard sources ask for it (KinesisSource, DynamoDBStreamSource: ShardSourceOptions).
 
 Only ever started when asked for with `--local aws`: a user with AWS credentials in the environment must never
 find a pipeline running against an emulator, nor against AWS, without having chosen it. Meanwhile every AWS client
 of the run (and of its worker processes) goes to it: AWS_ENDPOINT_URL points at it (service-specific
 AWS_ENDPOINT_URL_* and AWS_PROFILE are set aside), with dummy credentials and, unless one is set, the region
-us-east-1; everything is restored when it stops. A stream that `--seed` names is created there when missing
-(connectors/kinesis/produce.py).
+us-east-1; everything is restored when it stops. LOCAL_ENV tells the run's connectors they are on it, so that
+what a seed or a sink names is created there when missing: a Kinesis stream (connectors/kinesis/produce.py), a
+DynamoDB table with its stream (connectors/dynamodb/produce.py), a DynamoDBTable sink's table declared with its
+`key=` (connectors/dynamodb/sink.py); never on AWS.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streamfn.connectors.kafka.embedded import free_port
-from streamfn.connectors.kinesis.produce import LOCAL_ENV
 from streamfn.errors import ConfigError
+
+LOCAL_ENV = "STREAMFN_LOCAL_AWS"
+"""Set by `streamfn run --local aws` to the embedded server's endpoint (and inherited by the run's worker
+processes): what is missing there may be created."""
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "streamfn-local", "AWS_SECRET_ACCESS_KEY": "streamfn-local"}
 SET_ASIDE = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -35,7 +41,7 @@ def embedded_aws() -> Iterator[str]:
         import moto.server  # noqa: F401  (started as a process below; imported to say what is missing)
     except ImportError:
         raise ConfigError(
-            "--local aws runs an embedded Kinesis-compatible server (moto), which is not installed: "
+            "--local aws runs an embedded AWS-compatible server (moto), which is not installed: "
             "pip install 'streamfn[embedded-aws]'"
         ) from None
     port = free_port()
