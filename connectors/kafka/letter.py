@@ -12,7 +12,8 @@ streamfn adds a `streamfn` object to the value only when needed:
   delivered decoded or without its header), so that redrive puts back the original bytes.
 - `payloadDropped`: the letter would have been larger than the destination takes (`max_message_bytes`), so the
   payload was left out (Lambda drops it too past its destinations' limits); the note says why and where the
-  record stays: its source topic, partition and offset, from which redrive reads it back.
+  record stays: its source topic, partition and offset (a stream's sequence number as text: it passes 64 bits), from
+  which redrive reads it back.
 
 Text that UTF-8 cannot carry (lone surrogates, e.g. from `surrogateescape`) is kept with backslash escapes: a
 letter that could never be encoded would hold its partition for ever.
@@ -68,7 +69,7 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord, max_bytes: int) ->
     note = {
         "reason": f"MaximumPayloadSizeExceeded: the dead letter would be {_size(letter)} bytes, over the "
         f"destination's max_message_bytes={max_bytes}; the record stays in its source topic",
-        "record": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "record": {"topic": record.topic, "partition": record.partition, "offset": _position(record.offset)},
         "dropped": dropped,
     }
     del message["payload"]
@@ -106,6 +107,12 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
     if item.get("value") != original:
         message["streamfn"] = {"originalValue": original}
     return message
+
+
+def _position(offset: int) -> int | str:
+    """An offset as JSON: a number, or as text past 64 bits (a stream's sequence number, as AWS writes it), which
+    JSON numbers do not carry exactly (and orjson refuses: the letter could never be written)."""
+    return offset if offset < 2**63 else str(offset)
 
 
 def _provenance(failure: FailedRecord) -> Headers:
