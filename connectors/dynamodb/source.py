@@ -11,10 +11,12 @@ once its parent is drained, so each item's changes are handled in order.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
+from streamfn.capabilities import Refill
 from streamfn.connectors.dynamodb.api import STREAM_ARN, DynamoDBStreamsApi, table_of
 from streamfn.connectors.dynamodb.change import change_codec, keys_codec
 from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
@@ -123,3 +125,9 @@ class DynamoDBStreamSource(ShardSourceOptions):
             f" at {access.endpoint_url}" if access.endpoint_url else ""
         )
         return await shard_status(api, access, group_id, where)
+
+    def refill(self) -> AbstractAsyncContextManager[Refill]:
+        """Redrive's client: dead-lettered changes written back to the table (connectors/dynamodb/refill.py)."""
+        from streamfn.connectors.dynamodb.refill import table_refill  # only the command line redrives
+
+        return table_refill(DynamoDBStreamsApi(self.access(), table=self.table, stream_arn=self.stream_arn))

@@ -159,6 +159,20 @@ class Letter:
     """A tumbling window's failed final invocation: its records were handled, there is no record to put back."""
 
 
+STREAM_LOCATION = ("eventSource", "awsRegion", "eventSourceARN")
+"""What a DynamoDB Streams dialect adds to the stored record from where the stream is."""
+
+
+def _stream_record(key: bytes | None, item: dict[str, Any]) -> tuple[bytes | None, bytes | None, Headers]:
+    """A stream's record as its source stored it, from its Lambda event record. Kinesis: the partition key and the
+    exact data. DynamoDB Streams: the letter's key (the item's Keys) and the event record without what the dialect
+    adds (connectors/dynamodb/api.py's `stream_record`: orjson, same order, so the same bytes)."""
+    if "kinesis" in item:
+        stream = item["kinesis"]
+        return stream["partitionKey"].encode(), b64decode(stream["data"]), []
+    return key, orjson.dumps({name: value for name, value in item.items() if name not in STREAM_LOCATION}), []
+
+
 class NotADeadLetter(ValueError):
     """A record of the dead-letter topic that streamfn did not write (no provenance block at the end)."""
 
@@ -175,15 +189,9 @@ def read_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     original = None
     if "windowInfo" in body.get("KafkaBatchInfo", {}):
         return Letter(topic, int(partition), int(offset), condition, None, window=True)
-    if "Records" in body.get("payload", {}):  # a stream's record (Kinesis's event): the shard id, the exact data
+    if "Records" in body.get("payload", {}):  # a stream's record (Kinesis's, DynamoDB's event): the shard id
         (item,) = body["payload"]["Records"]
-        stream = item["kinesis"]
-        exact: tuple[bytes | None, bytes | None, Headers] = (
-            stream["partitionKey"].encode(),
-            b64decode(stream["data"]),
-            [],
-        )
-        return Letter(topic, partition, int(offset), condition, exact)
+        return Letter(topic, partition, int(offset), condition, _stream_record(key, item))
     if "payloadDropped" not in extra:
         (item,) = body["payload"]["records"][f"{topic}-{partition}"]
         data = extra["originalValue"] if "originalValue" in extra else item.get("value")
