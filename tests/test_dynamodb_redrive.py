@@ -6,6 +6,7 @@ letter by letter, and nothing is written for them. Against moto in server mode a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -301,3 +302,51 @@ async def test_a_record_read_back_is_the_readers_byte_for_byte_and_none_once_tri
         assert await refill.get(shard, placed[0]) is None  # trimmed
         assert [await refill.get(shard, sequence) for sequence in placed[1:]] == [(r.key, r.value) for r in stored]
         assert await refill.get("shardId-00000000000000000000-00000000", placed[1]) is None
+
+
+WINDOWED = """
+import os
+from streamfn import App
+from streamfn.connectors.dynamodb import DynamoDBStreamSource
+from streamfn.connectors.kafka import KafkaTopic
+
+app = App("redrive")
+
+@app.function(
+    source=DynamoDBStreamSource(table=os.environ["TABLE"], lease_table=os.environ["LEASES"]),
+    tumbling_window_in_seconds=1,
+    window_idle_seconds=0.5,
+    maximum_retry_attempts=0,
+    on_failure=KafkaTopic(os.environ["DLQ"], bootstrap_servers=os.environ["BROKER"]),
+)
+def handle(event, context):
+    if event["isFinalInvokeForWindow"]:
+        raise RuntimeError("final invocation failure")
+    return {"state": {"count": event["state"].get("count", 0) + len(event["Records"])}}
+"""
+
+
+async def test_a_tumbling_windows_letter_is_skipped_with_a_line_saying_so(
+    setup: Callable[..., Setup], broker: str, tmp_path: Path
+) -> None:
+    """A window's failed final invocation (its records were handled) has no change to write back; its letter holds
+    the final event, with no record in it (a stream's letter has no windowInfo to tell it by)."""
+    s = setup("NEW_AND_OLD_IMAGES")
+    t = s.table
+    pipeline = write_pipeline(tmp_path, WINDOWED)
+    t.put("a")
+    reading = asyncio.create_task(read_topic(broker, s.dlq, 1, timeout=40))
+    await run_worker(load_app(pipeline), None, reading.done, timeout=40)
+    [letter] = reading.result()
+    assert orjson.loads(letter.value)["payload"]["Records"] == []
+    [record] = t.records()
+    items = t.items()
+
+    done = run_cli("redrive", str(pipeline), "--function", "handle", timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        f"skipped {t.name}-{t.shard()}@{record['dynamodb']['SequenceNumber']} (RetryAttemptsExhausted): a tumbling "
+        "window's final invocation; its records were handled",
+        f"redrove 0 records from {s.dlq}",
+    ]
+    assert (t.records(), t.items()) == ([record], items)

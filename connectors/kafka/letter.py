@@ -187,14 +187,15 @@ def read_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     body = orjson.loads(value) if value is not None else {}
     extra = body.get("streamfn", {})
     original = None
-    if "windowInfo" in body.get("KafkaBatchInfo", {}):
-        return Letter(topic, int(partition), int(offset), condition, None, window=True)
-    if "Records" in body.get("payload", {}):  # a stream's record (Kinesis's, DynamoDB's event): the shard id
-        (item,) = body["payload"]["Records"]
+    payload = body.get("payload", {})
+    stored = int(partition) if partition.isdigit() else partition  # a stream's: a shard id
+    if "windowInfo" in body.get("KafkaBatchInfo", {}) or "isFinalInvokeForWindow" in payload:  # streams: no windowInfo
+        return Letter(topic, stored, int(offset), condition, None, window=True)
+    if "Records" in payload:  # a stream's record (Kinesis's, DynamoDB's event)
+        (item,) = payload["Records"]
         return Letter(topic, partition, int(offset), condition, _stream_record(key, item))
     if "payloadDropped" not in extra:
-        (item,) = body["payload"]["records"][f"{topic}-{partition}"]
+        (item,) = payload["records"][f"{topic}-{partition}"]
         data = extra["originalValue"] if "originalValue" in extra else item.get("value")
         original = (key, None if data is None else b64decode(data), list(headers[:-block]))
-    stored = int(partition) if partition.isdigit() else partition  # a stream's letter without its payload: a shard
     return Letter(topic, stored, int(offset), condition, original)
