@@ -97,9 +97,9 @@ class Refill(Protocol):
     async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
         """The key and value of the record at `offset` of `partition`, None if the source no longer holds it."""
 
-    def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
-        """Why `put` could not put this record back as it was (said for each such letter, which is not put back),
-        None if it can (DynamoDB: an INSERT or MODIFY of a stream without new images)."""
+    async def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Why `put` could not put this record back as it was, or to any effect (said for each such letter, which is
+        not put back), None if it can (DynamoDB: a change without its new image, or one the table holds already)."""
 
 
 @runtime_checkable

@@ -183,29 +183,45 @@ async def test_redrive_writes_each_change_back_and_the_fixed_function_handles_th
     t.put("z", n={"N": "2"})  # MODIFY z: fails
     t.put("w")
     t.delete("w")  # REMOVE w: fails
-    await s.run("INSERT:y,MODIFY:z,REMOVE:w", monkeypatch)
-    assert [(name, pk) for name, pk, _ in s.handled()] == [("INSERT", "x"), ("INSERT", "z"), ("INSERT", "w")]
-    assert len(await read_topic(broker, s.dlq, 3)) == 3
-    failed = [t.records()[i]["dynamodb"]["SequenceNumber"] for i in (1, 3, 5)]  # INSERT y, MODIFY z, REMOVE w
+    t.put("v", n={"N": "1"})  # INSERT v: fails
+    t.put("u")
+    t.delete("u")  # REMOVE u: fails
+    await s.run("INSERT:y,MODIFY:z,REMOVE:w,INSERT:v,REMOVE:u", monkeypatch)
+    assert [(name, pk) for name, pk, _ in s.handled()] == [("INSERT", pk) for pk in "xzwu"]
+    assert len(await read_topic(broker, s.dlq, 5)) == 5
+    sequences = [r["dynamodb"]["SequenceNumber"] for r in t.records()]
 
-    # meanwhile each item changed again, so that every write back changes it (DynamoDB records no write that
-    # changes nothing): y deleted, z modified, w created again
+    # meanwhile y, z and w changed again, so that writing their changes back changes them (DynamoDB records no write
+    # that changes nothing): y deleted, z modified, w created again; v and u stay as their changes left them
     t.delete("y")
     t.put("z", n={"N": "3"})
     t.put("w", again={"BOOL": True})
     before, items = len(t.records()), t.items()
     shard = t.shard()
-    code, out, err = s.redrive("--dry-run")
-    assert (code, err) == (0, [])
-    assert sorted(out[:-1]) == sorted(
-        f"would redrive {t.name}-{shard}@{sequence} (RetryAttemptsExhausted)" for sequence in failed
-    )
-    assert out[-1] == f"would redrive 3 records from {s.dlq}"
-    assert (len(t.records()), t.items()) == (before, items)  # a dry run writes nothing
+    refused = [
+        f"cannot redrive {t.name}-{shard}@{sequences[6]} (RetryAttemptsExhausted): the item is already as this INSERT "
+        "left it, and DynamoDB records no change for a write that changes nothing, so the function would not see it "
+        "again; nothing was written",
+        f"cannot redrive {t.name}-{shard}@{sequences[8]} (RetryAttemptsExhausted): the item is already as this REMOVE "
+        "left it (deleted), and DynamoDB records no change for a write that changes nothing, so the function would "
+        "not see it again; nothing was written",
+    ]
+    for verb, dry in (("would redrive", ["--dry-run"]), ("redrove", [])):
+        code, out, err = s.redrive(*dry)
+        assert (code, sorted(err)) == (1, sorted(refused))
+        assert sorted(out[:-1]) == sorted(
+            f"{verb} {t.name}-{shard}@{sequences[i]} (RetryAttemptsExhausted)" for i in (1, 3, 5)
+        )
+        assert out[-1] == f"{verb} 3 records from {s.dlq}"
+        if dry:
+            assert (len(t.records()), t.items()) == (before, items)  # a dry run writes nothing
 
-    code, out, err = s.redrive()
-    assert (code, err, out[-1]) == (0, [], f"redrove 3 records from {s.dlq}")
-    assert t.items() == {"x": key("x") | {"n": {"N": "1"}}, "y": Y, "z": key("z") | {"n": {"N": "2"}}}
+    assert t.items() == {
+        "x": key("x") | {"n": {"N": "1"}},
+        "y": Y,
+        "z": key("z") | {"n": {"N": "2"}},
+        "v": key("v") | {"n": {"N": "1"}},
+    }
     written = t.records()[before:]
     assert sorted((r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"]) for r in written) == [
         ("INSERT", "y"),
@@ -218,12 +234,8 @@ async def test_redrive_writes_each_change_back_and_the_fixed_function_handles_th
     changes = [
         (r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"], int(r["dynamodb"]["SequenceNumber"])) for r in t.records()
     ]
-    assert changes[6:9] == [
-        ("REMOVE", "y", changes[6][2]),
-        ("MODIFY", "z", changes[7][2]),
-        ("INSERT", "w", changes[8][2]),
-    ]
-    assert s.handled()[3:] == changes[6:]  # those made meanwhile, then those redrive wrote, each once
+    assert [change[:2] for change in changes[9:12]] == [("REMOVE", "y"), ("MODIFY", "z"), ("INSERT", "w")]
+    assert s.handled()[4:] == changes[9:]  # those made meanwhile, then those redrive wrote, each once
 
     code, out, err = s.redrive()
     assert (code, out, err) == (0, [f"redrove 0 records from {s.dlq}"], [])

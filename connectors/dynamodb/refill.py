@@ -8,11 +8,12 @@ REMOVE) and the function handles that: the point of redrive. Attribute values go
 conversions (connectors/dynamodb/change.py to plain values, binary from base64 text to bytes; item.py back to
 DynamoDB's typed form).
 
-Limits of the choice: the write does not look at what the item is now, so a put brings back an image a later change
-replaced, and a REMOVE deletes an item created again since. DynamoDB writes no stream record for a write that
-changes nothing, so on AWS an item still as its failed change left it gets no new change (an emulator such as moto
-records every write). An INSERT or MODIFY of a stream without new images (view type KEYS_ONLY or OLD_IMAGE) cannot
-be written back as it was: it is refused, said for each letter, and nothing is written for it.
+Refused, said for each letter, nothing written for it **(choice)**: an INSERT or MODIFY of a stream without new images
+(view type KEYS_ONLY or OLD_IMAGE), which cannot be written back as it was; and a change the table holds already
+(the item, read consistently, equals the new image, or is absent for a REMOVE): DynamoDB writes no stream record
+for a write that changes nothing, so the function would never see it (moto records every write: the check keeps
+redrive's answer the same on both). Limits: the write does not care what the item became since, so a put brings
+back an image a later change replaced, and a REMOVE deletes an item created again since.
 
 A letter without its payload is read back from its shard at its sequence number (GetShardIterator
 AT_SEQUENCE_NUMBER, then GetRecords) as the reader stored it (connectors/dynamodb/api.py's `stream_record`), while
@@ -21,11 +22,12 @@ the stream still holds it (24 hours).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi, stream_record
@@ -34,6 +36,9 @@ from streamfn.connectors.dynamodb.item import Typed, serialized
 from streamfn.connectors.shards.aws import error_code
 from streamfn.errors import Unreachable
 
+_PLAIN: Callable[[dict[str, Any]], Any] = TypeDeserializer().deserialize
+"""An attribute value as the client returns it (binary as bytes) as a plain value (binary as boto3's Binary, equal to
+the bytes change.py's `attributes` gives)."""
 GONE = frozenset({"ResourceNotFoundException", "TrimmedDataAccessException"})
 """GetShardIterator's answers for a shard or sequence number the stream no longer holds."""
 
@@ -50,15 +55,30 @@ class TableRefill:
         self._streams = streams
         self._table = streams.topic
 
-    def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
+    async def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
         stored = orjson.loads(value or b"null")
-        change = stored["dynamodb"]
-        if stored["eventName"] == "REMOVE" or "NewImage" in change:
+        name, change = stored["eventName"], stored["dynamodb"]
+        image = change.get("NewImage")
+        if name != "REMOVE" and image is None:
+            return (
+                f"its {name} has no new image (stream view type {change['StreamViewType']}), so the item cannot be "
+                "written back as the change left it; nothing was written"
+            )
+        if await self._item(change["Keys"]) != (None if image is None else attributes(image)):
             return None
         return (
-            f"its {stored['eventName']} has no new image (stream view type {change['StreamViewType']}), so the item "
-            "cannot be written back as the change left it; nothing was written"
+            f"the item is already as this {name} left it{' (deleted)' if image is None else ''}, and DynamoDB records "
+            "no change for a write that changes nothing, so the function would not see it again; nothing was written"
         )
+
+    async def _item(self, keys: dict[str, Any]) -> dict[str, Any] | None:
+        """The item with these keys now (consistent read), as plain values; None if there is none."""
+        try:
+            found = await self._dynamodb.get_item(TableName=self._table, Key=_typed(keys), ConsistentRead=True)
+        except (ClientError, BotoCoreError, OSError) as error:
+            raise Unreachable(f"DynamoDB table {self._table}: GetItem failed: {error}") from None
+        item = found.get("Item")
+        return None if item is None else {name: _PLAIN(value) for name, value in item.items()}
 
     async def put(self, partition: int | str, key: bytes | None, value: bytes | None) -> None:
         stored = orjson.loads(value or b"null")

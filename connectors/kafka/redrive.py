@@ -10,7 +10,8 @@ after what it already redrove and never produces a record twice (short of a cras
 A function whose source is on another system (a Kinesis stream: streamfn.capabilities.Refillable) gets its letters'
 records put back there the same way, through the source's own client (RefillTarget): with its partition key and its
 data byte for byte; a letter without its payload is read back from the stream by sequence number. A record the
-source cannot take back as it was (a DynamoDB change without its new image) is reported as refused, with the
+source cannot take back as it was, or to any effect (a DynamoDB change without its new image, or one its table holds
+already) is reported as refused, with the
 reason, and not put back; progress moves past it, as past a lost one (the letter stays in the topic).
 """
 
@@ -77,7 +78,7 @@ class Target(Protocol):
     async def get(self, letter: Letter) -> Original | None:
         """The letter's record read back from the source (its payload was dropped), None if the source lost it."""
 
-    def refusal(self, original: Original) -> str | None:
+    async def refusal(self, original: Original) -> str | None:
         """Why the record cannot be put back as it was, None if it can."""
 
     async def put(self, letter: Letter, original: Original) -> Awaitable[Any] | None:
@@ -94,7 +95,7 @@ class KafkaTarget:
     async def get(self, letter: Letter) -> Original | None:
         return await self._sources.get(letter)
 
-    def refusal(self, original: Original) -> str | None:
+    async def refusal(self, original: Original) -> str | None:
         return None  # a topic takes any record back
 
     async def put(self, letter: Letter, original: Original) -> Awaitable[Any]:
@@ -116,9 +117,9 @@ class RefillTarget:
         found = await self._refill.get(letter.partition, letter.offset)
         return None if found is None else (*found, [])
 
-    def refusal(self, original: Original) -> str | None:
+    async def refusal(self, original: Original) -> str | None:
         key, value, _ = original
-        return self._refill.refusal(key, value)
+        return await self._refill.refusal(key, value)
 
     async def put(self, letter: Letter, original: Original) -> None:
         key, value, _ = original
@@ -194,7 +195,7 @@ async def redrive_letters(
                     elif original is None:
                         original = await target.get(letter)
                         origin = "source" if original is not None else "lost"
-                    reason = None if original is None else target.refusal(original)
+                    reason = None if original is None else await target.refusal(original)
                     if reason is not None:
                         origin = "refused"
                     elif original is not None and not dry_run:
