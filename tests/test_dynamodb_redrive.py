@@ -310,10 +310,13 @@ async def test_a_record_read_back_is_the_readers_byte_for_byte_and_none_once_tri
         stored = (await api.records(shard, await api.iterator(shard, None, "TRIM_HORIZON"))).records
     finally:
         await api.close()
-    async with source.refill() as refill:
-        assert await refill.get(shard, placed[0]) is None  # trimmed
-        assert [await refill.get(shard, sequence) for sequence in placed[1:]] == [(r.key, r.value) for r in stored]
-        assert await refill.get("shardId-00000000000000000000-00000000", placed[1]) is None
+    try:
+        async with source.refill() as refill:
+            assert await refill.get(shard, placed[0]) is None  # trimmed
+            assert [await refill.get(shard, n) for n in placed[1:]] == [(r.key, r.value) for r in stored]
+            assert await refill.get("shardId-00000000000000000000-00000000", placed[1]) is None
+    finally:
+        t.dynamodb.delete_table(TableName=t.name)
 
 
 WINDOWED = """

@@ -50,6 +50,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Typed]:
 
 
 class TableRefill:
+    """Redrive's client for one table: changes written to it, records read back from its stream."""
+
     def __init__(self, dynamodb: Any, streams: DynamoDBStreamsApi) -> None:
         self._dynamodb = dynamodb
         self._streams = streams
