@@ -66,7 +66,7 @@ class LocalSystem(Protocol):
         streamfn.errors.ConfigError if it cannot be started."""
 
 
-Origin = Literal["letter", "source", "lost", "window"]
+Origin = Literal["letter", "source", "lost", "window", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,10 @@ class Redriven:
     condition: str
     origin: Origin = "letter"
     """Where its bytes came from: the letter, or the source (the letter's payload was dropped for size); lost: the
-    source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce."""
+    source no longer holds it, nothing was produced; window: a tumbling window's letter, nothing to produce; refused:
+    the source cannot take the record back as it was (`Refill.refusal`), nothing was produced."""
+    reason: str = ""
+    """Why it was refused."""
 
 
 class Refill(Protocol):
@@ -88,15 +91,21 @@ class Refill(Protocol):
 
     async def put(self, partition: int | str, key: bytes | None, value: bytes | None) -> None:
         """Put one record back into its stream, acknowledged on return (Kinesis: PutRecord with the partition key
-        `key` and the data `value`; the stream's hash of the key picks the shard, as it did the first time)."""
+        `key` and the data `value`; the stream's hash of the key picks the shard, as it did the first time. DynamoDB
+        Streams: the change written to the table, PutItem of its new image or DeleteItem of its keys)."""
 
     async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
         """The key and value of the record at `offset` of `partition`, None if the source no longer holds it."""
 
+    async def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Why `put` could not put this record back as it was, or to any effect (said for each such letter, which is
+        not put back), None if it can (DynamoDB: a change without its new image, or one the table holds already)."""
+
 
 @runtime_checkable
 class Refillable(Protocol):
-    """A source that a destination on another system redrives into (Kinesis, for dead letters in a KafkaTopic)."""
+    """A source that a destination on another system redrives into (Kinesis, DynamoDB Streams: for dead letters in a
+    KafkaTopic)."""
 
     def refill(self) -> AbstractAsyncContextManager[Refill]:
         """A client for putting records back, closed when the context ends."""

@@ -12,11 +12,12 @@ once its parent is drained, so each item's changes are handled in order.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
-from streamfn.capabilities import Produced
+from streamfn.capabilities import Produced, Refill
 from streamfn.connectors.dynamodb.api import STREAM_ARN, DynamoDBStreamsApi, table_of
 from streamfn.connectors.dynamodb.change import change_codec, keys_codec
 from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
@@ -126,8 +127,8 @@ class DynamoDBStreamSource(ShardSourceOptions):
         )
         return await shard_status(api, access, group_id, where)
 
-    # Capabilities the command line uses (streamfn.capabilities): Producing; LocalSystem is every shard source's
-    # (ShardSourceOptions).
+    # Capabilities the command line uses (streamfn.capabilities): Producing, Refillable; LocalSystem is every shard
+    # source's (ShardSourceOptions).
 
     async def produce_lines(
         self, stream: str, lines: Iterable[bytes], *, key_field: str | None, default_servers: str | None
@@ -138,3 +139,9 @@ class DynamoDBStreamSource(ShardSourceOptions):
         from streamfn.connectors.dynamodb.produce import produce_items  # only the command line produces
 
         return await produce_items(stream, lines, key_field=key_field, access=self.access())
+
+    def refill(self) -> AbstractAsyncContextManager[Refill]:
+        """Redrive's client: dead-lettered changes written back to the table (connectors/dynamodb/refill.py)."""
+        from streamfn.connectors.dynamodb.refill import table_refill  # only the command line redrives
+
+        return table_refill(DynamoDBStreamsApi(self.access(), table=self.table, stream_arn=self.stream_arn))

@@ -12,7 +12,8 @@ streamfn adds a `streamfn` object to the value only when needed:
   delivered decoded or without its header), so that redrive puts back the original bytes.
 - `payloadDropped`: the letter would have been larger than the destination takes (`max_message_bytes`), so the
   payload was left out (Lambda drops it too past its destinations' limits); the note says why and where the
-  record stays: its source topic, partition and offset, from which redrive reads it back.
+  record stays: its source topic, partition and offset (a stream's sequence number as text: it passes 64 bits), from
+  which redrive reads it back.
 
 Text that UTF-8 cannot carry (lone surrogates, e.g. from `surrogateescape`) is kept with backslash escapes: a
 letter that could never be encoded would hold its partition for ever.
@@ -68,7 +69,7 @@ def dead_letter(origin: FailureOrigin, failure: FailedRecord, max_bytes: int) ->
     note = {
         "reason": f"MaximumPayloadSizeExceeded: the dead letter would be {_size(letter)} bytes, over the "
         f"destination's max_message_bytes={max_bytes}; the record stays in its source topic",
-        "record": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "record": {"topic": record.topic, "partition": record.partition, "offset": _position(record.offset)},
         "dropped": dropped,
     }
     del message["payload"]
@@ -106,6 +107,12 @@ def _message(origin: FailureOrigin, failure: FailedRecord) -> dict[str, Any]:
     if item.get("value") != original:
         message["streamfn"] = {"originalValue": original}
     return message
+
+
+def _position(offset: int) -> int | str:
+    """An offset as JSON: a number, or as text past 64 bits (a stream's sequence number, as AWS writes it), which
+    JSON numbers do not carry exactly (and orjson refuses: the letter could never be written)."""
+    return offset if offset < 2**63 else str(offset)
 
 
 def _provenance(failure: FailedRecord) -> Headers:
@@ -152,6 +159,20 @@ class Letter:
     """A tumbling window's failed final invocation: its records were handled, there is no record to put back."""
 
 
+STREAM_LOCATION = ("eventSource", "awsRegion", "eventSourceARN")
+"""What a DynamoDB Streams dialect adds to the stored record from where the stream is."""
+
+
+def _stream_record(key: bytes | None, item: dict[str, Any]) -> tuple[bytes | None, bytes | None, Headers]:
+    """A stream's record as its source stored it, from its Lambda event record. Kinesis: the partition key and the
+    exact data. DynamoDB Streams: the letter's key (the item's Keys) and the event record without what the dialect
+    adds (connectors/dynamodb/api.py's `stream_record`: orjson, same order, so the same bytes)."""
+    if "kinesis" in item:
+        stream = item["kinesis"]
+        return stream["partitionKey"].encode(), b64decode(stream["data"]), []
+    return key, orjson.dumps({name: value for name, value in item.items() if name not in STREAM_LOCATION}), []
+
+
 class NotADeadLetter(ValueError):
     """A record of the dead-letter topic that streamfn did not write (no provenance block at the end)."""
 
@@ -166,20 +187,15 @@ def read_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     body = orjson.loads(value) if value is not None else {}
     extra = body.get("streamfn", {})
     original = None
-    if "windowInfo" in body.get("KafkaBatchInfo", {}):
-        return Letter(topic, int(partition), int(offset), condition, None, window=True)
-    if "Records" in body.get("payload", {}):  # a stream's record (Kinesis's event): the shard id, the exact data
-        (item,) = body["payload"]["Records"]
-        stream = item["kinesis"]
-        exact: tuple[bytes | None, bytes | None, Headers] = (
-            stream["partitionKey"].encode(),
-            b64decode(stream["data"]),
-            [],
-        )
-        return Letter(topic, partition, int(offset), condition, exact)
+    payload = body.get("payload", {})
+    stored = int(partition) if partition.isdigit() else partition  # a stream's: a shard id
+    if "windowInfo" in body.get("KafkaBatchInfo", {}) or "isFinalInvokeForWindow" in payload:  # streams: no windowInfo
+        return Letter(topic, stored, int(offset), condition, None, window=True)
+    if "Records" in payload:  # a stream's record (Kinesis's, DynamoDB's event)
+        (item,) = payload["Records"]
+        return Letter(topic, partition, int(offset), condition, _stream_record(key, item))
     if "payloadDropped" not in extra:
-        (item,) = body["payload"]["records"][f"{topic}-{partition}"]
+        (item,) = payload["records"][f"{topic}-{partition}"]
         data = extra["originalValue"] if "originalValue" in extra else item.get("value")
         original = (key, None if data is None else b64decode(data), list(headers[:-block]))
-    stored = int(partition) if partition.isdigit() else partition  # a stream's letter without its payload: a shard
     return Letter(topic, stored, int(offset), condition, original)

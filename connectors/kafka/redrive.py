@@ -9,7 +9,10 @@ after what it already redrove and never produces a record twice (short of a cras
 
 A function whose source is on another system (a Kinesis stream: streamfn.capabilities.Refillable) gets its letters'
 records put back there the same way, through the source's own client (RefillTarget): with its partition key and its
-data byte for byte; a letter without its payload is read back from the stream by sequence number.
+data byte for byte; a letter without its payload is read back from the stream by sequence number. A record the
+source cannot take back as it was, or to any effect (a DynamoDB change without its new image, or one its table holds
+already) is reported as refused, with the
+reason, and not put back; progress moves past it, as past a lost one (the letter stays in the topic).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class Target(Protocol):
     async def get(self, letter: Letter) -> Original | None:
         """The letter's record read back from the source (its payload was dropped), None if the source lost it."""
 
+    async def refusal(self, original: Original) -> str | None:
+        """Why the record cannot be put back as it was, None if it can."""
+
     async def put(self, letter: Letter, original: Original) -> Awaitable[Any] | None:
         """Put the record back where it came from; what it returns is awaited before progress is committed."""
 
@@ -88,6 +94,9 @@ class KafkaTarget:
 
     async def get(self, letter: Letter) -> Original | None:
         return await self._sources.get(letter)
+
+    async def refusal(self, original: Original) -> str | None:
+        return None  # a topic takes any record back
 
     async def put(self, letter: Letter, original: Original) -> Awaitable[Any]:
         key, value, headers = original
@@ -107,6 +116,10 @@ class RefillTarget:
     async def get(self, letter: Letter) -> Original | None:
         found = await self._refill.get(letter.partition, letter.offset)
         return None if found is None else (*found, [])
+
+    async def refusal(self, original: Original) -> str | None:
+        key, value, _ = original
+        return await self._refill.refusal(key, value)
 
     async def put(self, letter: Letter, original: Original) -> None:
         key, value, _ = original
@@ -182,9 +195,14 @@ async def redrive_letters(
                     elif original is None:
                         original = await target.get(letter)
                         origin = "source" if original is not None else "lost"
-                    if original is not None and not dry_run:
+                    reason = None if original is None else await target.refusal(original)
+                    if reason is not None:
+                        origin = "refused"
+                    elif original is not None and not dry_run:
                         sent.append(await target.put(letter, original))
-                    done.append(Redriven(letter.topic, letter.partition, letter.offset, letter.condition, origin))
+                    done.append(
+                        Redriven(letter.topic, letter.partition, letter.offset, letter.condition, origin, reason or "")
+                    )
                     offsets[tp] = record.offset + 1
             for delivery in sent:
                 if delivery is not None:

@@ -35,6 +35,9 @@ class StreamRefill:
         except (ClientError, BotoCoreError, OSError) as error:
             raise Unreachable(f"Kinesis stream {self._stream}: PutRecord failed: {error}") from None
 
+    async def refusal(self, key: bytes | None, value: bytes | None) -> str | None:
+        return None  # a stream takes any key and data back
+
     async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
         try:
             iterator = await self._kinesis.get_shard_iterator(

@@ -361,18 +361,20 @@ def redrive(
     except Unreachable as error:
         _unreachable(error)
     verb = "would redrive" if dry_run else "redrove"
-    lost = [item for item in redriven if item.origin == "lost"]
+    cannot = [item for item in redriven if item.origin in ("lost", "refused")]
     windows = [item for item in redriven if item.origin == "window"]
     for item in redriven:
         where = f"{item.topic}-{item.partition}@{item.offset} ({item.condition})"
         if item.origin == "lost":
             print(f"cannot redrive {where}: its letter has no payload and the source lost it", file=sys.stderr)
+        elif item.origin == "refused":
+            print(f"cannot redrive {where}: {item.reason}", file=sys.stderr)
         elif item.origin == "window":
             out.print(f"skipped {where}: a tumbling window's final invocation; its records were handled")
         else:
             out.print(f"{verb} {where}{' from the source topic (payload dropped)' if item.origin == 'source' else ''}")
-    out.print(f"{verb} {len(redriven) - len(lost) - len(windows)} records from {destination.letters}")
-    if lost:
+    out.print(f"{verb} {len(redriven) - len(cannot) - len(windows)} records from {destination.letters}")
+    if cannot:
         raise typer.Exit(1)
 
 
