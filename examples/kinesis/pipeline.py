@@ -8,7 +8,7 @@ native handler over decoded records: the line that is not JSON never reaches it,
 its batch, which is bisected until the click is alone. Each function keeps its checkpoints per shard in its own
 lease table (DynamoDB), which the summary's last column shows.
 
-Run it with no AWS account, on an embedded Kinesis-compatible server (moto) that only `--local aws` starts, which
+Run it with no AWS account, on an embedded AWS-compatible server (moto) that only `--local aws` starts, which
 creates the stream (4 shards) for the seed (from the repository root):
 
     streamfn run examples/kinesis/pipeline.py --local aws --seed clicks=examples/kinesis/clicks.jsonl \
