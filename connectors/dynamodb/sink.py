@@ -37,14 +37,13 @@ from contextlib import AsyncExitStack
 from typing import Any, ClassVar
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from streamfn.config import http_url
 from streamfn.connectors.dynamodb.item import KeySchema
 from streamfn.connectors.dynamodb.writer import TableWriter
-from streamfn.connectors.shards.aws import AwsAccess, check_credentials, ensure_table, error_code
+from streamfn.connectors.shards.aws import AwsAccess, AwsAddress, ensure_table, error_code
 from streamfn.connectors.shards.local import LOCAL_ENV
-from streamfn.errors import ConfigError, StrictModel, Unreachable
+from streamfn.errors import ConfigError, Unreachable
 from streamfn.outputs.sink import SinkContext, SinkRetry
 
 TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
@@ -52,7 +51,7 @@ KEY_ATTRIBUTE = re.compile(r"^(?P<name>.*?)(?::(?P<type>[SNB]))?$", re.S)
 """A `key=` attribute: its name, and ":S", ":N" or ":B" for its type (S when not given)."""
 
 
-class DynamoDBTable(StrictModel):
+class DynamoDBTable(AwsAddress):
     """A DynamoDB table, by name: each output (a dict or a pydantic model) is put as an item, by the table's key;
     `Delete(key)` outputs delete. Region, endpoint and credentials as KinesisStream takes them (else the AWS
     configuration chain)."""
@@ -67,11 +66,6 @@ class DynamoDBTable(StrictModel):
     the embedded server's missing table is created with."""
     position_attribute: str | None = Field(None, min_length=1, max_length=255)
     """Conditional writes: the attribute each item keeps its change's source position in (module docstring)."""
-    region_name: str | None = Field(None, min_length=1)
-    endpoint_url: str | None = None
-    aws_access_key_id: str | None = Field(None, min_length=1)
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
     retry: SinkRetry = Field(default_factory=SinkRetry)
 
     def __init__(self, table: str | None = None, /, **values: Any) -> None:
@@ -79,11 +73,6 @@ class DynamoDBTable(StrictModel):
 
     def __str__(self) -> str:
         return f"DynamoDBTable({self.table!r})"
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
 
     @field_validator("key", mode="before")
     @classmethod
@@ -98,19 +87,8 @@ class DynamoDBTable(StrictModel):
             "number) or 'name:B' (binary)"
         )
 
-    @model_validator(mode="after")
-    def _credentials(self) -> DynamoDBTable:
-        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
-        return self
-
     def access(self) -> AwsAccess:
-        return AwsAccess(
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
+        return self.aws_access()
 
     def declared_key(self) -> KeySchema | None:
         """`key=` as a key schema (attributes and types, the partition key first); None if not declared."""

@@ -32,18 +32,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from streamfn.connectors.kinesis.source import (
     _STREAM_NAME,
     checked_stream_arn,
-    optional_http_url,
-    stream_access,
     stream_name,
+    stream_region,
 )
 from streamfn.connectors.shards import AwsAccess
-from streamfn.connectors.shards.aws import check_credentials
-from streamfn.errors import ConfigError, StrictModel
+from streamfn.connectors.shards.aws import AwsAddress
+from streamfn.errors import ConfigError
 from streamfn.outputs.sink import Delivered, Emitted, RejectedOutput, SinkContext, SinkRetry, encode
 
 MAX_RECORD_BYTES = 1_048_576
@@ -60,7 +59,7 @@ class KinesisDeliveryError(Exception):
     """A write Kinesis did not acknowledge in full but may on another attempt (throttled entries, unreachable)."""
 
 
-class KinesisStream(StrictModel):
+class KinesisStream(AwsAddress):
     """A Kinesis data stream, by name (`stream`) or ARN (`stream_arn`); each output becomes one record.
 
     Region, endpoint and credentials as KinesisSource takes them (else the AWS configuration chain)."""
@@ -75,11 +74,6 @@ class KinesisStream(StrictModel):
     strict_order: bool = False
     """True: at most one record per partition key in each request, so a retried entry never lands after a later
     record of its key (see the module docstring)."""
-    region_name: str | None = Field(None, min_length=1)
-    endpoint_url: str | None = None
-    aws_access_key_id: str | None = Field(None, min_length=1)
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
     retry: SinkRetry = Field(default_factory=SinkRetry)
 
     def __init__(self, stream: str | None = None, /, **values: Any) -> None:
@@ -89,7 +83,6 @@ class KinesisStream(StrictModel):
         return f"KinesisStream({self.stream_name!r})"
 
     _arn = field_validator("stream_arn")(checked_stream_arn)
-    _http_url = field_validator("endpoint_url")(optional_http_url)
 
     @field_validator("partition_key")
     @classmethod
@@ -102,7 +95,6 @@ class KinesisStream(StrictModel):
     def _consistent(self) -> KinesisStream:
         if (self.stream is None) == (self.stream_arn is None):
             raise ValueError("give the stream's name (stream=) or its ARN (stream_arn=): one of them")
-        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
 
     @property
@@ -110,7 +102,7 @@ class KinesisStream(StrictModel):
         return stream_name(self.stream, self.stream_arn)
 
     def access(self) -> AwsAccess:
-        return stream_access(self)
+        return self.aws_access(stream_region(self.stream_arn))
 
     def check(self, source_topics: Sequence[str]) -> None:
         if self.stream_name in source_topics:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from streamfn.capabilities import Produced, Refill
-from streamfn.config import check_starting_timestamp, http_url
+from streamfn.config import check_starting_timestamp
 from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.api import KinesisApi
 from streamfn.connectors.kinesis.dialect import KinesisDialect
@@ -45,11 +45,6 @@ def checked_stream_arn(value: str | None) -> str | None:
     return value
 
 
-def optional_http_url(value: str | None) -> str | None:
-    """A field validator of `endpoint_url`."""
-    return None if value is None else http_url(value)
-
-
 def stream_name(stream: str | None, arn: str | None) -> str:
     """The stream's name, given or taken from its (validated) ARN."""
     if stream is not None:
@@ -59,17 +54,10 @@ def stream_name(stream: str | None, arn: str | None) -> str:
     return found.group("stream")
 
 
-def stream_access(address: Any) -> AwsAccess:
-    """The clients' access of a model naming a stream (KinesisSource, KinesisStream): its region (else the ARN's),
-    endpoint and credentials."""
-    found = _STREAM_ARN.match(address.stream_arn or "")
-    return AwsAccess(
-        region_name=address.region_name or (found.group("region") if found else None),
-        endpoint_url=address.endpoint_url,
-        aws_access_key_id=address.aws_access_key_id,
-        aws_secret_access_key=address.aws_secret_access_key,
-        aws_session_token=address.aws_session_token,
-    )
+def stream_region(arn: str | None) -> str | None:
+    """The region a (validated) stream ARN names, if one is given."""
+    found = _STREAM_ARN.match(arn or "")
+    return found.group("region") if found else None
 
 
 class KinesisSource(TopicFormat, ShardSourceOptions):
@@ -118,7 +106,7 @@ class KinesisSource(TopicFormat, ShardSourceOptions):
 
     def access(self) -> AwsAccess:
         """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
-        return stream_access(self)
+        return self.aws_access(stream_region(self.stream_arn))
 
     def reader(self, *, group_id: str) -> ShardReader:
         value, key = self.codecs()

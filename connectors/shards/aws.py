@@ -39,13 +39,14 @@ def check_credentials(key_id: str | None, secret: SecretStr | None, token: Secre
         raise ValueError("aws_session_token needs aws_access_key_id and aws_secret_access_key")
 
 
-class AwsAccess(StrictModel):
-    """Region, endpoint and explicit credentials; every field optional (the AWS chain fills the rest)."""
-
-    owner = "AwsAccess"
+class AwsAddress(StrictModel):
+    """Where AWS is and who calls it: region, endpoint and explicit credentials, every field optional (the AWS chain
+    fills the rest). The parameters of every declaration that reaches AWS (shard sources, KinesisStream,
+    DynamoDBTable) and of the clients' access."""
 
     region_name: str | None = Field(None, min_length=1)
     endpoint_url: str | None = None
+    """For AWS-compatible servers (moto, LocalStack): every service the declaration uses is reached there."""
     aws_access_key_id: str | None = Field(None, min_length=1)
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
@@ -57,9 +58,25 @@ class AwsAccess(StrictModel):
         return None if value is None else http_url(value)
 
     @model_validator(mode="after")
-    def _key_pair(self) -> AwsAccess:
+    def _key_pair(self) -> Any:
         check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
         return self
+
+    def aws_access(self, default_region: str | None = None) -> AwsAccess:
+        """The clients' access: this address, the region given here else `default_region` (an ARN's)."""
+        return AwsAccess(
+            region_name=self.region_name or default_region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+
+class AwsAccess(AwsAddress):
+    """An address (AwsAddress) that opens clients."""
+
+    owner = "AwsAccess"
 
     def client(self, service: str) -> AbstractAsyncContextManager[Any]:
         """An aiobotocore client for `service` ("dynamodb", "kinesis", "dynamodbstreams"), as a context manager."""

@@ -12,32 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field
 
-from streamfn.config import http_url
-from streamfn.connectors.shards.aws import AwsAccess, check_credentials
+from streamfn.connectors.shards.aws import AwsAccess, AwsAddress
 from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
 from streamfn.connectors.shards.table import TABLE_NAME, default_table_name
-from streamfn.errors import ConfigError, StrictModel
+from streamfn.errors import ConfigError
 from streamfn.failures.model import Destination
 from streamfn.state.changelog import Changelog
 
 
-class ShardSourceOptions(StrictModel):
+class ShardSourceOptions(AwsAddress):
     """The parameters every shard source has besides what it reads: AWS's address and the function's tables."""
 
     kind: ClassVar[str] = "a shard"
     """How destination errors name the source: "a Kinesis", "a DynamoDB Streams"."""
 
-    region_name: str | None = Field(None, min_length=1)
-    endpoint_url: str | None = None
-    """For AWS-compatible servers (moto, LocalStack): every service the source uses (the stream's, and DynamoDB
-    for the lease table) is reached there."""
-    aws_access_key_id: str | None = Field(None, min_length=1)
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
     lease_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
     """The DynamoDB table of the function's shard leases and checkpoints; by default "streamfn-<app>-<function>"."""
     lease_duration_seconds: float = Field(10.0, ge=1, le=3600)
@@ -45,27 +37,6 @@ class ShardSourceOptions(StrictModel):
     state_table: str | None = Field(None, pattern=TABLE_NAME.pattern)
     """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
     table's name + "-state"."""
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
-
-    @model_validator(mode="after")
-    def _credentials(self) -> Any:
-        check_credentials(self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
-        return self
-
-    def aws_access(self, arn_region: str | None) -> AwsAccess:
-        """Region (given, else the stream ARN's, else AWS's chain), endpoint and credentials for every client of
-        the source."""
-        return AwsAccess(
-            region_name=self.region_name or arn_region,
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
 
     def access(self) -> AwsAccess:
         """The source's clients' access (each source knows where its ARN names a region)."""
