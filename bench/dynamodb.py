@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import os
 import statistics
 import sys
@@ -33,13 +32,14 @@ import time
 from typing import Any
 
 import harness
-from kinesis import REGION, client, make_value, moto_server
+from kinesis import REGION, client, make_value
 from rich.console import Console
 from rich.table import Table
 
 from streamfn import App, Record
 from streamfn.connectors.dynamodb import DynamoDBStreamSource
 from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi
+from streamfn.connectors.shards.local import embedded_aws
 from streamfn.connectors.shards.reader import ShardReader
 from streamfn.context import LambdaContext
 from streamfn.engine.worker import Worker
@@ -191,23 +191,11 @@ async def bench(args: argparse.Namespace, endpoint: str, console: Console) -> in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = harness.new_parser(__doc__)
-    harness.add_records(parser, 20_000)
-    harness.add_repeats(parser, "variant")
-    harness.add_batch_size(parser, 100)
-    harness.add_variant_options(parser, list(VARIANTS))
-    args = harness.parse_variant_args(parser, argv, list(VARIANTS))
-    if min(args.records, args.repeats, args.batch_size) < 1:
-        parser.error("--records, --repeats and --batch-size must be >= 1")
-    return args
+    return harness.variant_args(__doc__, argv, list(VARIANTS), records=20_000)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console() if Console().is_terminal else Console(width=170)
-    with moto_server() as endpoint:
-        return asyncio.run(bench(args, endpoint, console))
+    return harness.run_bench(parse_args(argv), bench, embedded_aws)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 import harness
 import orjson
 from boto3.dynamodb.types import TypeSerializer
-from kinesis import REGION, client, moto_server
+from kinesis import REGION, client
 from rich.console import Console
 from rich.table import Table
 
@@ -48,6 +47,7 @@ from streamfn import App, Record
 from streamfn.connectors.dynamodb import DynamoDBTable
 from streamfn.connectors.dynamodb.writer import MAX_REQUEST_ITEMS, NEWER, PARTITION, POSITION
 from streamfn.connectors.memory import MemorySource, MemoryStream
+from streamfn.connectors.shards.local import embedded_aws
 from streamfn.engine.worker import Worker
 
 VARIANTS = {
@@ -222,23 +222,11 @@ async def bench(args: argparse.Namespace, endpoint: str, console: Console) -> in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = harness.new_parser(__doc__)
-    harness.add_records(parser, 5_000)
-    harness.add_repeats(parser, "variant")
-    harness.add_batch_size(parser, 100)
-    harness.add_variant_options(parser, list(VARIANTS))
-    args = harness.parse_variant_args(parser, argv, list(VARIANTS))
-    if min(args.records, args.repeats, args.batch_size) < 1:
-        parser.error("--records, --repeats and --batch-size must be >= 1")
-    return args
+    return harness.variant_args(__doc__, argv, list(VARIANTS), records=5_000)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console() if Console().is_terminal else Console(width=170)
-    with moto_server() as endpoint:
-        return asyncio.run(bench(args, endpoint, console))
+    return harness.run_bench(parse_args(argv), bench, embedded_aws)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -19,7 +20,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NamedTuple, TypeVar
@@ -313,13 +315,37 @@ def parse_variant_args(
     return args
 
 
+def variant_args(doc: str | None, argv: list[str] | None, variants: Sequence[str], records: int) -> argparse.Namespace:
+    """The arguments of a bench with nothing but variants: --records (default `records`), --repeats, --batch-size
+    (default 100) and the variant options, checked."""
+    parser = new_parser(doc)
+    add_records(parser, records)
+    add_repeats(parser, "variant")
+    add_batch_size(parser, 100)
+    add_variant_options(parser, variants)
+    args = parse_variant_args(parser, argv, variants)
+    if min(args.records, args.repeats, args.batch_size) < 1:
+        parser.error("--records, --repeats and --batch-size must be >= 1")
+    return args
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[str]:
+    """The embedded broker for the bench: its address."""
+    with EmbeddedBroker() as broker:
+        yield broker.address
+
+
 def run_bench(
-    args: argparse.Namespace, bench: Callable[[argparse.Namespace, str, Console], Coroutine[Any, Any, int]]
+    args: argparse.Namespace,
+    bench: Callable[[argparse.Namespace, str, Console], Coroutine[Any, Any, int]],
+    system: Callable[[], AbstractContextManager[str]] = embedded_broker,
 ) -> int:
-    """Start the embedded broker and run `bench(args, servers, console)` on it; returns its exit status."""
+    """Start `system` (the embedded broker; connectors/shards/local.py's embedded_aws for the AWS benches) and run
+    `bench(args, its address, console)` on it; returns its exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
         console = Console(width=170)
-    with EmbeddedBroker() as broker:
-        return asyncio.run(bench(args, broker.address, console))
+    with system() as address:
+        return asyncio.run(bench(args, address, console))

@@ -39,17 +39,15 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +59,9 @@ from rich.console import Console
 from rich.table import Table
 
 from streamfn import App, Record
-from streamfn.connectors.kafka.embedded import free_port
 from streamfn.connectors.kinesis import KinesisSource
 from streamfn.connectors.kinesis.api import KinesisApi
+from streamfn.connectors.shards.local import embedded_aws
 from streamfn.connectors.shards.reader import ShardReader
 from streamfn.context import LambdaContext
 from streamfn.engine.worker import Worker
@@ -93,31 +91,6 @@ async def noop(records):
 
 
 # --- moto ------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto in server mode on a free port, with dummy credentials in this process's environment: its endpoint."""
-    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench")):
-        os.environ[name] = value
-    os.environ["AWS_DEFAULT_REGION"] = REGION
-    port = free_port()
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @contextlib.asynccontextmanager
@@ -468,11 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console() if Console().is_terminal else Console(width=170)
-    with moto_server() as endpoint:
-        return asyncio.run(bench(args, endpoint, console))
+    return harness.run_bench(parse_args(argv), bench, embedded_aws)
 
 
 if __name__ == "__main__":
