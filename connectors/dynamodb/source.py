@@ -23,10 +23,8 @@ from streamfn.connectors.dynamodb.change import change_codec, keys_codec
 from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
 from streamfn.connectors.dynamodb.location import TableStreamLocation
 from streamfn.connectors.shards import AwsAccess
-from streamfn.connectors.shards.reader import ShardReader
 from streamfn.connectors.shards.source import ShardSourceOptions
 from streamfn.formats.codec import Codec
-from streamfn.source import GroupStatus
 
 TABLE_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{3,255}$"
 AT_TIMESTAMP_REFUSED = "Unsupported starting position for arn type: {arn}"
@@ -103,29 +101,12 @@ class DynamoDBStreamSource(ShardSourceOptions):
         found = STREAM_ARN.match(self.stream_arn or "")
         return self.aws_access(found.group("region") if found else None)
 
-    def reader(self, *, group_id: str) -> ShardReader:
-        value, key = self.codecs()
-        access = self.access()
-        return ShardReader(
-            DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn, location=self._location),
-            access,
-            lease_table=group_id,
-            value_codec=value,
-            key_codec=key,
-            starting_position=self.starting_position,
-            lease_duration=self.lease_duration_seconds,
-        )
+    def shard_api(self) -> DynamoDBStreamsApi:
+        return DynamoDBStreamsApi(self.access(), table=self.table, stream_arn=self.stream_arn, location=self._location)
 
-    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
-        from streamfn.connectors.shards.status import shard_status  # only the command line asks
-
-        access = self.access()
-        api = DynamoDBStreamsApi(access, table=self.table, stream_arn=self.stream_arn)
-        where = f"DynamoDB table {self.table_name}'s stream" + (
-            f" at {access.endpoint_url}" if access.endpoint_url else ""
-        )
-        return await shard_status(api, access, group_id, where)
+    @property
+    def located(self) -> str:
+        return f"DynamoDB table {self.table_name}'s stream"
 
     # Capabilities the command line uses (streamfn.capabilities): Producing, Refillable; LocalSystem is every shard
     # source's (ShardSourceOptions).
@@ -144,4 +125,4 @@ class DynamoDBStreamSource(ShardSourceOptions):
         """Redrive's client: dead-lettered changes written back to the table (connectors/dynamodb/refill.py)."""
         from streamfn.connectors.dynamodb.refill import table_refill  # only the command line redrives
 
-        return table_refill(DynamoDBStreamsApi(self.access(), table=self.table, stream_arn=self.stream_arn))
+        return table_refill(self.shard_api())

@@ -27,9 +27,7 @@ from streamfn.connectors.kafka.codecs import TopicFormat
 from streamfn.connectors.kinesis.api import KinesisApi
 from streamfn.connectors.kinesis.dialect import KinesisDialect
 from streamfn.connectors.shards import AwsAccess
-from streamfn.connectors.shards.reader import ShardReader
 from streamfn.connectors.shards.source import ShardSourceOptions
-from streamfn.source import GroupStatus
 
 DIALECT = KinesisDialect()
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
@@ -108,27 +106,12 @@ class KinesisSource(TopicFormat, ShardSourceOptions):
         """Region, endpoint and credentials for every client of the source (Kinesis, DynamoDB, STS)."""
         return self.aws_access(stream_region(self.stream_arn))
 
-    def reader(self, *, group_id: str) -> ShardReader:
-        value, key = self.codecs()
-        access = self.access()
-        return ShardReader(
-            KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp),
-            access,
-            lease_table=group_id,
-            value_codec=value,
-            key_codec=key,
-            starting_position=self.starting_position,
-            lease_duration=self.lease_duration_seconds,
-        )
+    def shard_api(self) -> KinesisApi:
+        return KinesisApi(self.stream_name, self.access(), starting_timestamp=self.starting_position_timestamp)
 
-    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
-        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
-        from streamfn.connectors.shards.status import shard_status  # only the command line asks
-
-        access = self.access()
-        where = f"Kinesis stream {self.stream_name}" + (f" at {access.endpoint_url}" if access.endpoint_url else "")
-        api = KinesisApi(self.stream_name, access, starting_timestamp=self.starting_position_timestamp)
-        return await shard_status(api, access, group_id, where)
+    @property
+    def located(self) -> str:
+        return f"Kinesis stream {self.stream_name}"
 
     # Capabilities the command line uses (streamfn.capabilities): Producing, Refillable; LocalSystem is every shard
     # source's (ShardSourceOptions).

@@ -70,6 +70,8 @@ class ShardApi(Protocol):
 
     topic: str
     """The partitions' topic: the stream's name (Kinesis), the table's (DynamoDB Streams)."""
+    access: AwsAccess
+    """How its clients (and the lease table's) reach AWS."""
     description: str
     """What the source reads, for messages: "Kinesis stream orders (us-east-1)"."""
     service: str

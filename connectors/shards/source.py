@@ -18,9 +18,12 @@ from pydantic import Field
 
 from streamfn.connectors.shards.aws import AwsAccess, AwsAddress
 from streamfn.connectors.shards.changelog import DynamoChangelog, state_table_name
+from streamfn.connectors.shards.reader import ShardApi, ShardReader
 from streamfn.connectors.shards.table import TABLE_NAME, default_table_name
 from streamfn.errors import ConfigError
 from streamfn.failures.model import Destination
+from streamfn.formats.codec import Codec
+from streamfn.source import GroupStatus
 from streamfn.state.changelog import Changelog
 
 
@@ -38,9 +41,46 @@ class ShardSourceOptions(AwsAddress):
     """The DynamoDB table of a stateful function's state (tumbling windows, aggregations); by default the lease
     table's name + "-state"."""
 
+    starting_position: str = "TRIM_HORIZON"
+    """Where a shard without a checkpoint starts (each source says which positions it takes)."""
+
     def access(self) -> AwsAccess:
         """The source's clients' access (each source knows where its ARN names a region)."""
         raise NotImplementedError
+
+    def shard_api(self) -> ShardApi:
+        """The service's API for the reader and `status` (each source has its own)."""
+        raise NotImplementedError
+
+    def codecs(self) -> tuple[Codec, Codec | None]:
+        """The value codec and the key codec of the source's records."""
+        raise NotImplementedError
+
+    @property
+    def located(self) -> str:
+        """What `status` says it read: "Kinesis stream clicks"."""
+        raise NotImplementedError
+
+    def reader(self, *, group_id: str) -> ShardReader:
+        value, key = self.codecs()
+        api = self.shard_api()
+        return ShardReader(
+            api,
+            api.access,
+            lease_table=group_id,
+            value_codec=value,
+            key_codec=key,
+            starting_position=self.starting_position,
+            lease_duration=self.lease_duration_seconds,
+        )
+
+    async def status(self, *, group_id: str, default_servers: str | None) -> GroupStatus:
+        """Per shard: the lease's owner and checkpoint, lineage, milliseconds behind (connectors/shards/status.py)."""
+        from streamfn.connectors.shards.status import shard_status  # only the command line asks
+
+        api = self.shard_api()
+        endpoint = api.access.endpoint_url
+        return await shard_status(api, api.access, group_id, self.located + (f" at {endpoint}" if endpoint else ""))
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""
