@@ -16,7 +16,9 @@ on a closed shard read to its end, no NextShardIterator; ResourceNotFoundExcepti
 `trim`: the oldest records of a shard go, as the 24-hour retention trims them (TrimmedDataAccessException for an
 iterator asked before the trim point, or one that points at trimmed records);
 records as the API returns them (eventVersion "1.1", eventSource, awsRegion, ApproximateCreationDateTime in epoch
-seconds, SizeBytes); `throttle(n)`: the next n GetRecords answer LimitExceededException.
+seconds, SizeBytes); `throttle(n)`: the next n GetRecords answer LimitExceededException; `empty(n)`: the next n
+GetRecords answer an empty page whose NextShardIterator points where they were asked to read (AWS may answer so
+while records follow).
 What it does not: iterator expiry (15 minutes), trimming by time (only on command), empty pages on an
 open shard that still has records, stream labels or view types changing, authentication (any signature passes),
 and it writes no change of its own: `put` says what happened to which item (no table behind it).
@@ -101,6 +103,7 @@ class StreamsDouble:
         self._streams: dict[str, _Stream] = {}
         self._shard_numbers = itertools.count(1)
         self._throttles = 0
+        self._empties = 0
         self.calls: list[str] = []
         """Every operation answered, in order (the tests count GetRecords calls with it)."""
         double = self
@@ -217,6 +220,11 @@ class StreamsDouble:
         with self._lock:
             self._throttles = times
 
+    def empty(self, times: int) -> None:
+        """The next `times` GetRecords calls answer an empty page, the next iterator where they were asked to read."""
+        with self._lock:
+            self._empties = times
+
     def _open(self, stream: _Stream, parent: str | None) -> _Shard:
         number = next(self._shard_numbers)
         shard = _Shard(f"shardId-{int(time.time() * 1000):020d}-{number:08x}", parent, stream.next_sequence())
@@ -304,6 +312,9 @@ class StreamsDouble:
         if index < 0:
             raise ApiError("TrimmedDataAccessException", f"the iterator points at trimmed records of {shard_id}")
         limit = min(int(request.get("Limit", 1000)), 1000)
+        if self._empties:
+            self._empties -= 1
+            limit = 0
         records = shard.records[index : index + limit]
         answer: dict[str, Any] = {"Records": records}
         following = index + len(records)

@@ -16,8 +16,8 @@ redrive's answer the same on both). Limits: the write does not care what the ite
 back an image a later change replaced, and a REMOVE deletes an item created again since.
 
 A letter without its payload is read back from its shard at its sequence number (GetShardIterator
-AT_SEQUENCE_NUMBER, then GetRecords) as the reader stored it (connectors/dynamodb/api.py's `stream_record`), while
-the stream still holds it (24 hours).
+AT_SEQUENCE_NUMBER, then GetRecords, past empty pages: connectors/shards/readback.py) as the reader stored it
+(connectors/dynamodb/api.py's `stream_record`), while the stream still holds it (24 hours).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi, stream_record
 from streamfn.connectors.dynamodb.change import attributes
 from streamfn.connectors.dynamodb.item import Typed, serialized
 from streamfn.connectors.shards.aws import error_code
+from streamfn.connectors.shards.readback import first_records
 from streamfn.errors import Unreachable
 
 _PLAIN: Callable[[dict[str, Any]], Any] = TypeDeserializer().deserialize
@@ -103,14 +104,17 @@ class TableRefill:
                 ShardIteratorType="AT_SEQUENCE_NUMBER",
                 SequenceNumber=str(offset),
             )
-            page = await self._streams.client.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)
+            client = self._streams.client
+            items = await first_records(
+                lambda following: client.get_records(ShardIterator=following, Limit=1), iterator["ShardIterator"]
+            )
         except ClientError as error:
             if error_code(error) in GONE:
                 return None
             raise Unreachable(f"{self._streams.description}: {error}") from None
         except (BotoCoreError, OSError) as error:
             raise Unreachable(f"{self._streams.description}: {error}") from None
-        for item in page.get("Records", []):
+        for item in items:
             if int(item["dynamodb"]["SequenceNumber"]) == offset:
                 record = stream_record(self._table, str(partition), item)
                 return record.key, record.value

@@ -4,7 +4,8 @@ Each record goes back with PutRecord, one at a time and acknowledged before the 
 key go back in the order of their letters: the partition key and the data byte for byte; the stream's hash of the
 key picks the shard (after a reshard, perhaps not the one it came from), and it gets a new sequence number. A
 letter without its payload is read back from its shard at its sequence number (GetShardIterator
-AT_SEQUENCE_NUMBER, then GetRecords), while the stream still holds it (its retention).
+AT_SEQUENCE_NUMBER, then GetRecords, past empty pages: connectors/shards/readback.py), while the stream still holds
+it (its retention).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.shards import AwsAccess
+from streamfn.connectors.shards.readback import first_records
 from streamfn.errors import Unreachable
 
 GONE = frozenset({"ResourceNotFoundException", "InvalidArgumentException"})
@@ -46,14 +48,17 @@ class StreamRefill:
                 ShardIteratorType="AT_SEQUENCE_NUMBER",
                 StartingSequenceNumber=str(offset),
             )
-            page = await self._kinesis.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)
+            kinesis = self._kinesis
+            items = await first_records(
+                lambda following: kinesis.get_records(ShardIterator=following, Limit=1), iterator["ShardIterator"]
+            )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in GONE:
                 return None
             raise Unreachable(f"Kinesis stream {self._stream}: {error}") from None
         except (BotoCoreError, OSError) as error:
             raise Unreachable(f"Kinesis stream {self._stream}: {error}") from None
-        for item in page.get("Records", []):
+        for item in items:
             if int(item["SequenceNumber"]) == offset:
                 return item["PartitionKey"].encode(), bytes(item["Data"])
         return None
