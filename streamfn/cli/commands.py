@@ -384,7 +384,11 @@ def produce(
     file: Annotated[Path | None, typer.Argument(help="JSON or text lines; standard input if omitted.")] = None,
     bootstrap_servers: Servers = None,
     key_field: Annotated[
-        str | None, typer.Option(help="The JSON field that keys each record (Kinesis: its partition key).")
+        str | None,
+        typer.Option(
+            help="The JSON field that keys each record (Kinesis: its partition key; DynamoDB: the table's partition "
+            "key, for a table the embedded server creates)."
+        ),
     ] = None,
     pipeline: Annotated[
         Path | None,
