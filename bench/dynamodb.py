@@ -32,17 +32,14 @@ import time
 from typing import Any
 
 import harness
-from kinesis import REGION, client, make_value
+from kinesis import REGION, client, make_value, run_noop, timed_reads
 from rich.console import Console
 from rich.table import Table
 
-from streamfn import App, Record
 from streamfn.connectors.dynamodb import DynamoDBStreamSource
 from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi
 from streamfn.connectors.shards.local import embedded_aws
 from streamfn.connectors.shards.reader import ShardReader
-from streamfn.context import LambdaContext
-from streamfn.engine.worker import Worker
 
 WRITE_CHUNK = 25  # BatchWriteItem's most items per call
 VARIANTS = {
@@ -90,50 +87,18 @@ async def run_plain(endpoint: str, arn: str, records: int) -> harness.TimedRun:
     return harness.TimedRun(records, end.wall - started.wall, end.cpu - started.cpu)
 
 
-STARTED: list[harness.Mark] = []
-"""When the first GetRecords request of the run's reader left (the clock's start)."""
-
-
 class TimedSource(DynamoDBStreamSource):
-    """A DynamoDBStreamSource whose readers note when their first GetRecords request leaves, in STARTED."""
+    """A DynamoDBStreamSource whose readers note when their first GetRecords request leaves (bench/kinesis.py)."""
 
     def reader(self, *, group_id: str) -> ShardReader:
-        made = super().reader(group_id=group_id)
-        api = made.api
-        assert isinstance(api, DynamoDBStreamsApi)
-        records = api.records
-
-        async def timed(shard: str, iterator: str, limit: int | None = None) -> Any:
-            if not STARTED:
-                STARTED.append(harness.now())
-            return await records(shard, iterator, limit)
-
-        api.records = timed  # type: ignore[method-assign]
-        return made
+        return timed_reads(super().reader(group_id=group_id))
 
 
 async def run_streamfn(endpoint: str, table: str, records: int, variant: str, batch_size: int, run: int) -> Any:
-    STARTED.clear()
-
-    async def native_noop(records: list[Record]) -> None:
-        pass
-
-    def lambda_noop(event: dict[str, Any], context: LambdaContext) -> None:
-        pass
-
-    app = App("bench")
     source = TimedSource(
-        table=table,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        lease_table=harness.unique_name("leases", variant, run),
+        table=table, endpoint_url=endpoint, region_name=REGION, lease_table=harness.unique_name("leases", variant, run)
     )
-    handler = native_noop if variant == "b" else lambda_noop
-    app.function(source=source, name="noop", batch_size=batch_size, timeout=harness.HANDLER_TIMEOUT_SECONDS)(handler)
-    summary, end = await harness.run_until_committed(Worker(app), records)
-    if summary.stats.failed_invocations or summary.stats.handled != records:
-        raise RuntimeError(f"streamfn ({variant}) handled {summary.stats.handled} records: {summary.stats}")
-    return harness.TimedRun(records, end.wall - STARTED[0].wall, end.cpu - STARTED[0].cpu)
+    return await run_noop(source, variant, batch_size, records)
 
 
 def print_throughput(console: Console, args: argparse.Namespace, results: dict[str, list[harness.TimedRun]]) -> None:

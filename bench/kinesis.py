@@ -173,31 +173,23 @@ STARTED: list[harness.Mark] = []
 """When the first GetRecords request of the run's reader left (the clock's start)."""
 
 
-class TimedSource(KinesisSource):
-    """A KinesisSource whose readers note when their first GetRecords request leaves, in STARTED."""
+def timed_reads(reader: ShardReader) -> ShardReader:
+    """`reader`, noting in STARTED when its first GetRecords request leaves (a shard source's bench variants)."""
+    api = reader.api
+    records = api.records
 
-    def reader(self, *, group_id: str) -> ShardReader:
-        made = super().reader(group_id=group_id)
-        connect = made.connect
+    async def timed(shard: str, iterator: str, limit: int | None = None) -> Any:
+        if not STARTED:
+            STARTED.append(harness.now())
+        return await records(shard, iterator, limit)
 
-        async def connect_then_time() -> None:
-            await connect()
-            api = made.api
-            assert isinstance(api, KinesisApi)
-            real = api.client.get_records
-
-            async def get_records(**arguments: Any) -> Any:
-                if not STARTED:
-                    STARTED.append(harness.now())
-                return await real(**arguments)
-
-            api.client.get_records = get_records
-
-        made.connect = connect_then_time  # type: ignore[method-assign]
-        return made
+    api.records = timed  # type: ignore[method-assign]
+    return reader
 
 
-async def run_streamfn(endpoint: str, stream: Stream, variant: str, batch_size: int, run: int) -> harness.TimedRun:
+async def run_noop(source: Any, variant: str, batch_size: int, records: int) -> harness.TimedRun:
+    """A no-op handler over `source` (whose readers are `timed_reads`) until its `records` are committed: (b) native
+    `async def noop(records)`, (c) Lambda-style `def noop(event, context)`; timed from the first GetRecords request."""
     STARTED.clear()
 
     async def native_noop(records: list[Record]) -> None:
@@ -207,6 +199,22 @@ async def run_streamfn(endpoint: str, stream: Stream, variant: str, batch_size: 
         pass
 
     app = App("bench")
+    handler = native_noop if variant == "b" else lambda_noop
+    app.function(source=source, name="noop", batch_size=batch_size, timeout=harness.HANDLER_TIMEOUT_SECONDS)(handler)
+    summary, end = await harness.run_until_committed(Worker(app), records)
+    if summary.stats.failed_invocations or summary.stats.handled != records:
+        raise RuntimeError(f"streamfn ({variant}) handled {summary.stats.handled} records: {summary.stats}")
+    return harness.TimedRun(records, end.wall - STARTED[0].wall, end.cpu - STARTED[0].cpu)
+
+
+class TimedSource(KinesisSource):
+    """A KinesisSource whose readers note when their first GetRecords request leaves, in STARTED."""
+
+    def reader(self, *, group_id: str) -> ShardReader:
+        return timed_reads(super().reader(group_id=group_id))
+
+
+async def run_streamfn(endpoint: str, stream: Stream, variant: str, batch_size: int, run: int) -> harness.TimedRun:
     source = TimedSource(
         stream=stream.name,
         endpoint_url=endpoint,
@@ -214,13 +222,7 @@ async def run_streamfn(endpoint: str, stream: Stream, variant: str, batch_size: 
         lease_table=harness.unique_name("leases", stream.shards, variant, run),
         value_format="json",
     )
-    handler = native_noop if variant == "b" else lambda_noop
-    app.function(source=source, name="noop", batch_size=batch_size, timeout=harness.HANDLER_TIMEOUT_SECONDS)(handler)
-    worker = Worker(app)
-    summary, end = await harness.run_until_committed(worker, stream.records)
-    if summary.stats.failed_invocations or summary.stats.handled != stream.records:
-        raise RuntimeError(f"streamfn ({variant}) handled {summary.stats.handled} records: {summary.stats}")
-    return harness.TimedRun(stream.records, end.wall - STARTED[0].wall, end.cpu - STARTED[0].cpu)
+    return await run_noop(source, variant, batch_size, stream.records)
 
 
 async def run_variant(
