@@ -127,10 +127,9 @@ class _Shard:
     """GetRecords returned no next iterator: everything fetched is the shard's last."""
     children: list[Shard] = field(default_factory=list)
     """The children the service named with the shard's end (else the listing says)."""
-    polled: bool = False
-    """A GetRecords has answered (the lag is known)."""
-    behind: int = 0
-    """Milliseconds behind the tip the last GetRecords said (0 when the service does not say)."""
+    behind: int | None = None
+    """Milliseconds behind the tip the last GetRecords said (0 when the service does not say); None before the first
+    GetRecords answered (the lag is not known)."""
     pages: deque[tuple[int, int]] = field(default_factory=deque)
     """(last sequence number, first arrival ms) of each page fetched and not yet known committed (for the lag)."""
     task: asyncio.Task[None] | None = None
@@ -139,12 +138,12 @@ class _Shard:
 
 
 class ShardReader:
-    """The SourceReader of a shard source: `api` reaches the stream, `access` the lease table (DynamoDB)."""
+    """The SourceReader of a shard source: `api` reaches the stream, and with its `access` the lease table
+    (DynamoDB)."""
 
     def __init__(
         self,
         api: ShardApi,
-        access: AwsAccess,
         *,
         lease_table: str,
         value_codec: Codec,
@@ -154,8 +153,6 @@ class ShardReader:
     ) -> None:
         self.api = api
         self.stream = api.topic
-        self.access = access
-        """Reaches the lease table (DynamoDB)."""
         self.lease_table = lease_table
         self.value_codec, self.key_codec = value_codec, key_codec
         self._starting_position = starting_position
@@ -189,7 +186,7 @@ class ShardReader:
         try:
             await self.api.connect()
             if self._table is None:
-                self._table = await LeaseTable.open(self.lease_table, self.access)
+                self._table = await LeaseTable.open(self.lease_table, self.api.access)
         except ClientError as error:
             missing = error_code(error) == "ResourceNotFoundException"
             raise Unreachable(f"{self.description}: " + (self.api.missing if missing else str(error))) from None
@@ -352,7 +349,7 @@ class ShardReader:
         service says (Kinesis's MillisBehindLatest) when that is more; 0 when caught up; None before the first
         GetRecords."""
         shard = self._shards.get(partition)
-        if shard is None or not shard.polled:
+        if shard is None or shard.behind is None:
             return None
         pages = shard.pages
         while pages and pages[0][0] <= committed:
@@ -408,7 +405,7 @@ class ShardReader:
                 continue
             shard.throttled = 0
             records = page.records
-            shard.polled, shard.behind = True, page.behind or 0
+            shard.behind = page.behind or 0
             if records:
                 shard.after = records[-1].offset
                 shard.pages.append((records[-1].offset, records[0].timestamp))

@@ -66,7 +66,6 @@ class ShardSourceOptions(AwsAddress):
         api = self.shard_api()
         return ShardReader(
             api,
-            api.access,
             lease_table=group_id,
             value_codec=value,
             key_codec=key,
@@ -80,7 +79,7 @@ class ShardSourceOptions(AwsAddress):
 
         api = self.shard_api()
         endpoint = api.access.endpoint_url
-        return await shard_status(api, api.access, group_id, self.located + (f" at {endpoint}" if endpoint else ""))
+        return await shard_status(api, group_id, self.located + (f" at {endpoint}" if endpoint else ""))
 
     def group_id(self, app_name: str, function_name: str) -> str:
         """The lease table's name: configured, else "streamfn-<app>-<function>" (connectors/shards)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamfn.connectors.shards.aws import AwsAccess, error_code
+from streamfn.connectors.shards.aws import error_code
 from streamfn.connectors.shards.lease import SHARD_END, UNSTARTED, Lease, Shard
 from streamfn.connectors.shards.reader import ShardApi
 from streamfn.connectors.shards.table import LeaseTable, LeaseTableError
@@ -32,10 +32,10 @@ EMPTY_PAGES = 5
 """GetRecords calls a shard's lag may take while the service answers empty pages (old, trimmed data)."""
 
 
-async def shard_status(api: ShardApi, access: AwsAccess, lease_table: str, where: str) -> GroupStatus:
+async def shard_status(api: ShardApi, lease_table: str, where: str) -> GroupStatus:
     """The lease table's view of the stream `api` reads; Unreachable if AWS (or the endpoint) does not answer."""
     try:
-        async with access.client("dynamodb") as dynamodb:
+        async with api.access.client("dynamodb") as dynamodb:
             try:
                 await api.connect()
             except ClientError as error:

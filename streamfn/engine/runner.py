@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -43,7 +42,7 @@ from streamfn.failures.model import (
     StopProcessing,
 )
 from streamfn.failures.recovery import Recovery
-from streamfn.formats.codec import Codec, is_plain, model_validator
+from streamfn.formats.codec import Codec, is_plain, value_validator
 from streamfn.observability.logs import bind, unbind
 from streamfn.observability.stats import FunctionStats
 from streamfn.observability.telemetry import NO_TELEMETRY, FunctionTelemetry
@@ -117,7 +116,10 @@ class FunctionRunner:
         self._key_codec = key_codec
         self._resolves = not (is_plain(value_codec) and is_plain(key_codec))
         """A format with a schema: resolve the batch's schemas first; Lambda-style payloads are validated too."""
-        self._decode_value = _decoder(value_codec, function.config.value_model)
+        model = function.config.value_model
+        self._validate = value_validator(value_codec, model) if model is not None else None
+        """A function's `value_model` check of each decoded value (None: no model)."""
+        self._decode_value = _decoder(value_codec.decode, self._validate)
         self._decode_key = key_codec.decode if key_codec is not None else None
         self._invoker = Invoker(
             function.name, function.handler, function.config.timeout, function.config.reports_item_failures
@@ -484,8 +486,7 @@ class FunctionRunner:
 
     def _with_predecoded(self, predecoded: dict[Position, Any]) -> Callable[[SourceRecord], Any]:
         """Decode by record: the filters' decoded value when there is one (validated into the model, if any)."""
-        decode, model = self._value_codec.decode, self.function.config.value_model
-        validate = model_validator(self._value_codec, model) if model is not None else None
+        decode, validate = self._value_codec.decode, self._validate
         missing = object()
 
         def value_of(r: SourceRecord) -> Any:
@@ -602,10 +603,10 @@ def _record(r: SourceRecord, value: Any, key: Any) -> Record:
     return Record(r.topic, r.partition, r.offset, r.timestamp, key, value, r.headers, TIMESTAMP_TYPES[r.timestamp_type])
 
 
-def _decoder(codec: Codec, model: type[BaseModel] | None) -> Callable[[bytes | None], Any]:
+def _decoder(
+    decode: Callable[[bytes | None], Any], validate: Callable[[Any], Any] | None
+) -> Callable[[bytes | None], Any]:
     """Decode, then validate into the function's `value_model` if it declares one."""
-    decode = codec.decode
-    if model is None:
+    if validate is None:
         return decode
-    validate = model_validator(codec, model)
     return lambda data: validate(decode(data))

@@ -58,7 +58,7 @@ class Validating(Protocol):
         """Validates one decoded value into `model`: the value with the validated part; raises if it fails."""
 
 
-def model_validator(codec: Codec, model: type[BaseModel]) -> Callable[[Any], Any]:
+def value_validator(codec: Codec, model: type[BaseModel]) -> Callable[[Any], Any]:
     """How a function's `value_model` validates the values `codec` decodes: whole, unless the codec says otherwise."""
     return codec.validator(model) if isinstance(codec, Validating) else model.model_validate
 
