@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from streamfn.connectors.dynamodb.location import TableStreamLocation
 from streamfn.connectors.shards import TRIM_HORIZON, AwsAccess, Shard
 from streamfn.connectors.shards.aws import error_code
-from streamfn.connectors.shards.reader import Page
+from streamfn.connectors.shards.reader import MAX_LISTING_PAGES, Page
 from streamfn.errors import Unreachable
 from streamfn.record import RawRecord
 
@@ -45,8 +45,6 @@ STREAM_ARN = re.compile(
 )
 EVENT_VERSION = "1.1"
 """The eventVersion of Lambda's DynamoDB Streams events today (the API's records say "1.0")."""
-MAX_LISTING_PAGES = 1_000
-"""A bound on DescribeStream paging (a table's stream holds a few shards per partition and retention period)."""
 
 
 def _base64(value: Any) -> str:
@@ -64,7 +62,8 @@ def stream_record(table: str, shard: str, item: dict[str, Any]) -> RawRecord:
     them (binary as base64)."""
     change = item["dynamodb"]
     created: datetime = change["ApproximateCreationDateTime"]
-    dynamodb: dict[str, Any] = {"ApproximateCreationDateTime": created.timestamp(), "Keys": change["Keys"]}
+    seconds = created.timestamp()
+    dynamodb: dict[str, Any] = {"ApproximateCreationDateTime": seconds, "Keys": change["Keys"]}
     for image in ("NewImage", "OldImage"):
         if image in change:
             dynamodb[image] = change[image]
@@ -86,7 +85,7 @@ def stream_record(table: str, shard: str, item: dict[str, Any]) -> RawRecord:
         table,
         shard,
         int(change["SequenceNumber"]),
-        round(created.timestamp() * 1000),
+        round(seconds * 1000),
         orjson.dumps(change["Keys"], default=_base64, option=orjson.OPT_SORT_KEYS),
         orjson.dumps(value, default=_base64),
         timestamp_type=1,
@@ -123,9 +122,8 @@ class DynamoDBStreamsApi:
         self.access = access
         self.topic = table if table is not None else table_of(stream_arn or "")
         self._stream_arn = stream_arn
-        where = ", ".join(filter(None, [access.region_name, access.endpoint_url]))
         named = f"DynamoDB table {table}" if table is not None else f"DynamoDB stream {stream_arn}"
-        self.description = named + (f" ({where})" if where else "")
+        self.description = access.described(named)
         self.connection = location if location is not None else TableStreamLocation(region="")
         """Filled in by `connect` (the stream's ARN names its region); the source's own, which its dialect reads."""
         self.connection.region = self.connection.region or access.region_name or ""

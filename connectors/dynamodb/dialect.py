@@ -32,12 +32,11 @@ from typing import Any, Final
 import orjson
 
 from streamfn.connectors.dynamodb.location import TableStreamLocation
-from streamfn.connectors.kinesis.dialect import ITERATOR_AGE, StreamBatchInfo, StreamDialect
+from streamfn.connectors.kinesis.dialect import StreamBatchInfo, StreamDialect
 from streamfn.failures.model import BatchInfo, LambdaEvent
 from streamfn.filters.criteria import RecordFields
 from streamfn.filters.patterns import MISSING
 from streamfn.formats.codec import Codec
-from streamfn.observability.metrics import LagMetric
 from streamfn.record import Partition, Record, SourceRecord
 
 EVENT_SOURCE: Final = "aws:dynamodb"
@@ -132,8 +131,8 @@ class DynamoDBDialect(StreamDialect):
     connection, so that filter patterns may name `awsRegion` and `eventSourceARN` (without it they are refused when
     the function is declared)."""
 
-    def __init__(self, location: TableStreamLocation | None = None, lag_metric: LagMetric = ITERATOR_AGE) -> None:
-        super().__init__(lag_metric)
+    def __init__(self, location: TableStreamLocation | None = None) -> None:
+        super().__init__()
         self.filter_fields = record_fields(location)
 
     def lambda_event(self, connection: TableStreamLocation, value_codec: Codec, key_codec: Codec | None) -> LambdaEvent:

@@ -47,6 +47,11 @@ class KeySchema:
     def __str__(self) -> str:
         return ", ".join(f"{name} ({kind})" for name, kind in self.attributes)
 
+    def table_keys(self) -> list[tuple[str, str, str]]:
+        """The key as a table is created with it (connectors/shards/aws.py's `ensure_table`): (attribute, HASH or
+        RANGE, type)."""
+        return [(name, "RANGE" if i else "HASH", kind) for i, (name, kind) in enumerate(self.attributes)]
+
     @classmethod
     def described(cls, table: Mapping[str, Any]) -> KeySchema:
         """The key of DescribeTable's `Table`."""

@@ -27,12 +27,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.capabilities import Produced
 from streamfn.connectors.dynamodb.item import Invalid, KeySchema, identity, put_item
+from streamfn.connectors.dynamodb.writer import MAX_REQUEST_ITEMS
 from streamfn.connectors.shards import AwsAccess
 from streamfn.connectors.shards.aws import ensure_table, error_code
 from streamfn.connectors.shards.local import LOCAL_ENV
 from streamfn.errors import ConfigError, Unreachable
 
-MAX_REQUEST_ITEMS = 25
 """BatchWriteItem's limit."""
 LOCAL_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 """The stream of a table the embedded server creates for a seed: every image, as most pipelines want."""
@@ -117,8 +117,9 @@ async def _table_key(
             "partition key to create it with"
         )
     kind = "S" if first is None else _key_type(first, key_field)
-    await ensure_table(client, table, [(key_field, "HASH", kind)], stream_view_type=LOCAL_VIEW_TYPE)
-    return KeySchema(((key_field, kind),)), f"table {table} with a {LOCAL_VIEW_TYPE} stream"
+    key = KeySchema(((key_field, kind),))
+    await ensure_table(client, table, key.table_keys(), stream_view_type=LOCAL_VIEW_TYPE)
+    return key, f"table {table} with a {LOCAL_VIEW_TYPE} stream"
 
 
 def _key_type(line: Line, key_field: str) -> str:

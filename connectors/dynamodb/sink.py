@@ -43,10 +43,10 @@ from streamfn.connectors.dynamodb.item import KeySchema
 from streamfn.connectors.dynamodb.writer import TableWriter
 from streamfn.connectors.shards.aws import AwsAccess, AwsAddress, ensure_table, error_code
 from streamfn.connectors.shards.local import LOCAL_ENV
+from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.errors import ConfigError, Unreachable
 from streamfn.outputs.sink import SinkContext, SinkRetry
 
-TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 KEY_ATTRIBUTE = re.compile(r"^(?P<name>.*?)(?::(?P<type>[SNB]))?$", re.S)
 """A `key=` attribute: its name, and ":S", ":N" or ":B" for its type (S when not given)."""
 
@@ -158,8 +158,7 @@ class DynamoDBTable(AwsAddress):
     async def _create(self, client: Any, key: KeySchema, where: str) -> KeySchema:
         """The missing table created on the embedded server with the declared key (PAY_PER_REQUEST)."""
         try:
-            keys = [(name, "RANGE" if i else "HASH", kind) for i, (name, kind) in enumerate(key.attributes)]
-            await ensure_table(client, self.table, keys)
+            await ensure_table(client, self.table, key.table_keys())
         except (ClientError, TimeoutError) as error:
             raise ConfigError(f"{self}: creating the table {where} failed: {error}") from None
         return key

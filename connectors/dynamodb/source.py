@@ -24,9 +24,9 @@ from streamfn.connectors.dynamodb.dialect import DynamoDBDialect
 from streamfn.connectors.dynamodb.location import TableStreamLocation
 from streamfn.connectors.shards import AwsAccess
 from streamfn.connectors.shards.source import ShardSourceOptions
+from streamfn.connectors.shards.table import TABLE_NAME
 from streamfn.formats.codec import Codec
 
-TABLE_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{3,255}$"
 AT_TIMESTAMP_REFUSED = "Unsupported starting position for arn type: {arn}"
 """Lambda's answer (InvalidParameterValueException) to AT_TIMESTAMP for a DynamoDB stream."""
 
@@ -39,7 +39,7 @@ class DynamoDBStreamSource(ShardSourceOptions):
     owner = "DynamoDBStreamSource"
     kind = "a DynamoDB Streams"
 
-    table: str | None = Field(None, pattern=TABLE_NAME_PATTERN)
+    table: str | None = Field(None, pattern=TABLE_NAME.pattern)
     stream_arn: str | None = Field(None, validation_alias=AliasChoices("stream_arn", "EventSourceArn"))
     starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
         "TRIM_HORIZON", validation_alias=AliasChoices("starting_position", "StartingPosition")

@@ -15,11 +15,8 @@ from typing import Any
 
 from streamfn.connectors.kinesis.dialect import StreamLocation
 from streamfn.connectors.shards import AT_TIMESTAMP, AwsAccess, Shard
-from streamfn.connectors.shards.reader import Page
+from streamfn.connectors.shards.reader import MAX_LISTING_PAGES, Page
 from streamfn.record import RawRecord
-
-MAX_LISTING_PAGES = 1_000
-"""A bound on ListShards paging (emulators have been seen to repeat a page forever)."""
 
 
 def kinesis_record(stream: str, shard: str, item: dict[str, Any]) -> RawRecord:
@@ -60,8 +57,7 @@ class KinesisApi:
         self.topic = stream
         self.access = access
         self._starting_timestamp = starting_timestamp
-        where = ", ".join(filter(None, [access.region_name, access.endpoint_url]))
-        self.description = f"Kinesis stream {stream}" + (f" ({where})" if where else "")
+        self.description = access.described(f"Kinesis stream {stream}")
         self.connection = StreamLocation(region=access.region_name or "", account="", identity_arn="")
         """Filled in by `connect` (the stream's ARN names its account and region)."""
         self.state = ""

@@ -78,6 +78,11 @@ class AwsAccess(AwsAddress):
 
     owner = "AwsAccess"
 
+    def described(self, what: str) -> str:
+        """`what` with the region and endpoint given, for messages: "Kinesis stream orders (us-east-1)"."""
+        where = ", ".join(filter(None, [self.region_name, self.endpoint_url]))
+        return what + (f" ({where})" if where else "")
+
     def client(self, service: str) -> AbstractAsyncContextManager[Any]:
         """An aiobotocore client for `service` ("dynamodb", "kinesis", "dynamodbstreams"), as a context manager."""
         config = AioConfig(

@@ -50,6 +50,11 @@ BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
 
 
+MAX_LISTING_PAGES = 1_000
+"""A bound on a stream's shard listing pages (ListShards, DescribeStream): emulators have been seen to repeat a page
+for ever, and a stream holds a few shards per partition and retention period."""
+
+
 @dataclass(frozen=True)
 class Page:
     """One GetRecords answer, in the reader's terms."""
