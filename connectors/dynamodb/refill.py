@@ -33,8 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from streamfn.connectors.dynamodb.api import DynamoDBStreamsApi, stream_record
 from streamfn.connectors.dynamodb.change import attributes
 from streamfn.connectors.dynamodb.item import Typed, serialized
-from streamfn.connectors.shards.aws import error_code
-from streamfn.connectors.shards.readback import first_records
+from streamfn.connectors.shards.readback import record_at
 from streamfn.errors import Unreachable
 
 _PLAIN: Callable[[dict[str, Any]], Any] = TypeDeserializer().deserialize
@@ -95,30 +94,20 @@ class TableRefill:
             raise Unreachable(f"DynamoDB table {self._table}: writing a change back failed: {error}") from None
 
     async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
-        try:
-            if self._streams.client is None:
-                await self._streams.connect()
-            iterator = await self._streams.client.get_shard_iterator(
-                StreamArn=self._streams.connection.arn,
-                ShardId=str(partition),
-                ShardIteratorType="AT_SEQUENCE_NUMBER",
-                SequenceNumber=str(offset),
-            )
-            client = self._streams.client
-            items = await first_records(
-                lambda following: client.get_records(ShardIterator=following, Limit=1), iterator["ShardIterator"]
-            )
-        except ClientError as error:
-            if error_code(error) in GONE:
-                return None
-            raise Unreachable(f"{self._streams.description}: {error}") from None
-        except (BotoCoreError, OSError) as error:
-            raise Unreachable(f"{self._streams.description}: {error}") from None
-        for item in items:
-            if int(item["dynamodb"]["SequenceNumber"]) == offset:
-                record = stream_record(self._table, str(partition), item)
-                return record.key, record.value
-        return None
+        streams = self._streams
+        if streams.client is None:
+            try:
+                await streams.connect()
+            except (ClientError, BotoCoreError, OSError) as error:
+                raise Unreachable(f"{streams.description}: {error}") from None
+        at = {"StreamArn": streams.connection.arn, "ShardId": str(partition), "SequenceNumber": str(offset)}
+        item = await record_at(
+            streams.client, at, offset, lambda r: r["dynamodb"]["SequenceNumber"], GONE, streams.description
+        )
+        if item is None:
+            return None
+        record = stream_record(self._table, str(partition), item)
+        return record.key, record.value
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamfn.connectors.shards import AwsAccess
-from streamfn.connectors.shards.readback import first_records
+from streamfn.connectors.shards.readback import record_at
 from streamfn.errors import Unreachable
 
 GONE = frozenset({"ResourceNotFoundException", "InvalidArgumentException"})
@@ -41,27 +41,11 @@ class StreamRefill:
         return None  # a stream takes any key and data back
 
     async def get(self, partition: int | str, offset: int) -> tuple[bytes | None, bytes | None] | None:
-        try:
-            iterator = await self._kinesis.get_shard_iterator(
-                StreamName=self._stream,
-                ShardId=str(partition),
-                ShardIteratorType="AT_SEQUENCE_NUMBER",
-                StartingSequenceNumber=str(offset),
-            )
-            kinesis = self._kinesis
-            items = await first_records(
-                lambda following: kinesis.get_records(ShardIterator=following, Limit=1), iterator["ShardIterator"]
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in GONE:
-                return None
-            raise Unreachable(f"Kinesis stream {self._stream}: {error}") from None
-        except (BotoCoreError, OSError) as error:
-            raise Unreachable(f"Kinesis stream {self._stream}: {error}") from None
-        for item in items:
-            if int(item["SequenceNumber"]) == offset:
-                return item["PartitionKey"].encode(), bytes(item["Data"])
-        return None
+        at = {"StreamName": self._stream, "ShardId": str(partition), "StartingSequenceNumber": str(offset)}
+        item = await record_at(
+            self._kinesis, at, offset, lambda r: r["SequenceNumber"], GONE, f"Kinesis stream {self._stream}"
+        )
+        return None if item is None else (item["PartitionKey"].encode(), bytes(item["Data"]))
 
 
 @asynccontextmanager
